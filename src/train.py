@@ -1,0 +1,15 @@
+"""Hydra entry point: `python src/train.py [overrides]` or `python src/train.py -m [sweep]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from tunelab.entry import main as run_job
+
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Experiment tracking behind one small protocol: MLflow for real runs, a null tracker for tests.
+
+The training loop only sees `Tracker`; nothing outside this module imports mlflow for logging runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_BATCH = 100  # MLflow's limit on params per log_batch call
+PARAM_CHARS = 6000
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def start(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_dict(self, obj: Any, artifact_file: str) -> None: ...
+    def log_figure(self, fig: Any, artifact_file: str) -> None: ...
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None: ...
+    def log_model(self, model: Any, input_example: Any) -> None: ...
+    def end(self, status: str) -> None: ...
+
+
+class NullTracker:
+    """Records nothing; keeps the calls so tests can inspect them."""
+
+    def __init__(self, **_: Any) -> None:
+        self.run_id: str | None = None
+        self.calls: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.calls.append((name, args or kwargs))
+
+    def start(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        self.run_id = run_id or "null"
+        return self.run_id
+
+
+def retry_locked(fn: Callable[[], T], *, attempts: int = 12) -> T:
+    """Call fn, retrying with jittered backoff while SQLite reports 'database is locked'."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # sqlalchemy/mlflow wrap the sqlite3 error differently per path
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+class MlflowTracker:
+    """One MLflow run through MlflowClient (no global fluent state, safe for in-process sweeps)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, log_model: bool = True) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri, self.experiment, self.log_model_enabled = (
+            tracking_uri,
+            experiment,
+            log_model,
+        )
+        if os.environ.get("TUNELAB_LOG_MODEL") == "0":
+            self.log_model_enabled = False
+        self.client = retry_locked(lambda: MlflowClient(tracking_uri))
+        self.run_id: str | None = None
+        self.experiment_id = ensure_experiment(self.client, experiment)
+
+    def start(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        if run_id is not None:  # resume an existing run
+            retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
+            self.run_id = run_id
+            return run_id
+        all_tags = {k: str(v) for k, v in tags.items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = retry_locked(
+            lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        )
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:PARAM_CHARS]) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_BATCH):
+            retry_locked(
+                lambda c=chunk: self.client.log_batch(self.run_id, params=c, synchronous=True)
+            )
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for chunk in _chunks(items, 1000):
+            retry_locked(
+                lambda c=chunk: self.client.log_batch(self.run_id, metrics=c, synchronous=True)
+            )
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:PARAM_CHARS]) for k, v in tags.items()]
+        for chunk in _chunks(items, MAX_BATCH):
+            retry_locked(
+                lambda c=chunk: self.client.log_batch(self.run_id, tags=c, synchronous=True)
+            )
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        retry_locked(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        retry_locked(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        retry_locked(lambda: self.client.log_figure(self.run_id, fig, artifact_file))
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(profile),
+        )
+        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])
+        retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=[inp]))
+
+    def log_model(self, model: Any, input_example: Any) -> None:
+        """Log with MLflow's PyTorch flavour (signature inferred from the input example)."""
+        if not self.log_model_enabled:
+            return
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example, serialization_format="pickle"
+            )
+
+    def end(self, status: str) -> None:
+        if self.run_id is not None:
+            retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    """Create the experiment (and so the schema) once; safe against a concurrent creator."""
+    exp = retry_locked(lambda: client.get_experiment_by_name(name))
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return retry_locked(lambda: client.create_experiment(name))
+    except Exception:
+        exp = retry_locked(lambda: client.get_experiment_by_name(name))
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def prepare_store(tracking_uri: str, experiment: str) -> str:
+    """Create schema and experiment before parallel jobs start (SQLite is single-writer)."""
+    from mlflow import MlflowClient
+
+    return ensure_experiment(MlflowClient(tracking_uri), experiment)
+
+
+def temp_artifact_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="tunelab-")
+
+
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
