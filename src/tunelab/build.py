@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -35,12 +36,22 @@ def without(node: DictConfig, keys: tuple[str, ...]) -> DictConfig:
     return OmegaConf.create({k: v for k, v in plain.items() if k not in keys})
 
 
+def _instantiate(node: DictConfig) -> Any:
+    """instantiate(), re-raising our own clear errors rather than Hydra's wrapper around them."""
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, (ValueError, KeyError, FileNotFoundError, TypeError)):
+            raise exc.__cause__ from None
+        raise
+
+
 def build_data(cfg: DictConfig) -> Splits:
-    return instantiate(_checked(without(cfg, ("name",)), "data"))
+    return _instantiate(_checked(without(cfg, ("name",)), "data"))
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    factory = instantiate(_checked(without(cfg, ("name",)), "model"))
+    factory = _instantiate(_checked(without(cfg, ("name",)), "model"))
     return factory(input_shape=tuple(input_shape), num_classes=num_classes)
 
 
@@ -48,7 +59,7 @@ def build_optimizer(
     model: nn.Module, cfg: DictConfig, backbone_lr_mult: float = 1.0
 ) -> torch.optim.Optimizer:
     """Optimizer over parameter groups (bias/norm decay exclusion, backbone lr multiplier)."""
-    factory = instantiate(_checked(without(cfg, META_KEYS), "optimizer"))
+    factory = _instantiate(_checked(without(cfg, META_KEYS), "optimizer"))
     groups = param_groups(
         model,
         lr=float(cfg.lr),
@@ -61,7 +72,7 @@ def build_optimizer(
 
 def optimizer_factory(cfg: DictConfig) -> Any:
     """`make(params, lr=None)`: a fresh optimizer of the configured kind (diagnostics use it)."""
-    factory = instantiate(_checked(without(cfg, META_KEYS), "optimizer"))
+    factory = _instantiate(_checked(without(cfg, META_KEYS), "optimizer"))
 
     def make(params: Any, lr: float | None = None) -> torch.optim.Optimizer:
         return factory(params, lr=float(cfg.lr if lr is None else lr))
@@ -70,4 +81,4 @@ def optimizer_factory(cfg: DictConfig) -> Any:
 
 
 def build_tracker(cfg: DictConfig) -> Any:
-    return instantiate(_checked(without(cfg, ("name",)), "tracking"))
+    return _instantiate(_checked(without(cfg, ("name",)), "tracking"))

@@ -123,7 +123,14 @@ def _path_problems(cfg: DictConfig) -> list[str]:
     """Local data and checkpoint paths must exist before anything starts."""
     out = []
     for key in ("data.path", "finetune.init_checkpoint"):
-        value = OmegaConf.select(cfg, key, default=None)
+        parent, leaf = key.split(".")
+        present = leaf in cfg[parent].keys() if parent in cfg else False  # noqa: SIM118 (??? is not "in")
+        if present and OmegaConf.is_missing(cfg[parent], leaf):
+            out.append(
+                f"{key} is required for {parent}={cfg[parent].get('name')!r}: give {key}=/local/path"
+            )
+            continue
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not Path(str(value)).expanduser().exists():
             out.append(f"{key}={value!r}: no such file or directory")
     return out

@@ -19,7 +19,8 @@ def learning_curves(history: dict[str, list[float]], best_epoch: int | None = No
             ("loss", ("train/loss", "val/loss")),
             ("accuracy", ("train/acc", "val/acc")),
             ("learning rate", ("opt/lr",)),
-        ], strict=False,
+        ],
+        strict=False,
     ):
         for k in keys:
             if k in history:

@@ -84,14 +84,11 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, log_model: bool = True) -> None:
         from mlflow import MlflowClient
 
-        self.tracking_uri, self.experiment, self.log_model_enabled = (
-            tracking_uri,
-            experiment,
-            log_model,
-        )
+        self.tracking_uri = absolute_uri(tracking_uri)
+        self.experiment, self.log_model_enabled = experiment, log_model
         if os.environ.get("TUNELAB_LOG_MODEL") == "0":
             self.log_model_enabled = False
-        self.client = retry_locked(lambda: MlflowClient(tracking_uri))
+        self.client = retry_locked(lambda: MlflowClient(self.tracking_uri))
         self.run_id: str | None = None
         self.experiment_id = ensure_experiment(self.client, experiment)
 
@@ -201,7 +198,15 @@ def prepare_store(tracking_uri: str, experiment: str) -> str:
     """Create schema and experiment before parallel jobs start (SQLite is single-writer)."""
     from mlflow import MlflowClient
 
-    return ensure_experiment(MlflowClient(tracking_uri), experiment)
+    return ensure_experiment(MlflowClient(absolute_uri(tracking_uri)), experiment)
+
+
+def absolute_uri(uri: str) -> str:
+    """Pin a relative sqlite path to the current directory (MLflow caches stores by URI)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
 
 
 def temp_artifact_dir() -> tempfile.TemporaryDirectory:

@@ -1,0 +1,84 @@
+"""What a user typing `python src/train.py ...` sees: runs, multiruns, and bad input."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from conftest import FAST, mlflow_runs, run_cli
+
+
+def _runs(cwd):
+    return mlflow_runs(cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["optimizer=nosuch"], ["optimizer/nosuch", "Available options"]),
+        (["optimizer.nosuch=1"], ["nosuch"]),
+        (["optimizer.lr=abc"], ["optimizer.lr='abc'", "expected a number"]),
+        (["optimizer.lr=-0.01"], ["optimizer.lr=-0.01", "expected a number in (0"]),
+        (["trainer.batch_size=0"], ["trainer.batch_size=0", "expected an integer"]),
+        (["trainer.max_epochs=1.5"], ["trainer.max_epochs=1.5", "expected an integer"]),
+        (
+            ["data=npz", "data.path=/nonexistent/x.npz"],
+            ["data.path='/nonexistent/x.npz'", "no such file"],
+        ),
+        (["data=cifar10"], ["data.path is required"]),
+    ],
+)
+def test_bad_input_fails_fast_with_a_clear_message_and_no_side_effects(tmp_path, args, needles):
+    proc = run_cli(*args, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    for needle in needles:
+        assert needle in proc.stderr + proc.stdout, (needle, proc.stderr[-2000:])
+    leftovers = {p.name for p in tmp_path.iterdir()}
+    assert not leftovers & {"outputs", "multirun", "mlruns", "checkpoints"}, leftovers
+    if (tmp_path / "mlflow.db").exists():
+        assert _runs(tmp_path) == []
+
+
+def test_single_run_prints_where_to_look(tmp_path):
+    proc = run_cli(*FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in proc.stdout
+    assert "runs?workflowType=machine_learning" in proc.stdout
+    (r,) = _runs(tmp_path)
+    assert r.info.run_name == ",".join(FAST)
+    assert list(tmp_path.glob("outputs/*/*/metrics.json"))
+    assert list(tmp_path.glob("outputs/*/*/train.log"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_puts_jobs_under_one_parent(tmp_path, launcher):
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    args = [a for a in FAST if not a.startswith("optimizer=")]
+    proc = run_cli("-m", *args, "optimizer=sgd,adam", *extra, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "locked" not in proc.stderr
+    runs = _runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("role") == "multirun"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.params["optimizer.name"] for r in children} == {"sgd", "adam"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    keys = (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "opt/lr",
+        "train/grad_norm",
+        "perf/epoch_s",
+        "perf/samples_per_s",
+    )
+    with sqlite3.connect(
+        tmp_path / "mlflow.db"
+    ) as db:  # no lost metric rows: 2 runs x 2 epochs x 8 keys
+        n = db.execute(
+            f"select count(*) from metrics where key in ({','.join('?' * len(keys))})", keys
+        ).fetchone()[0]
+    assert n == 2 * 2 * len(keys)

@@ -1,0 +1,188 @@
+"""Every option of every config group composes and builds; bad values are rejected with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONF, compose_cfg
+
+from tunelab import build
+from tunelab.config import ConfigError, validate
+from tunelab.data.sources import synthetic
+from tunelab.optim.schedules import build_schedule
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def small_1d():
+    return synthetic(num_samples=64, length=16)
+
+
+def test_groups_have_the_documented_options():
+    assert set(options("optimizer")) >= {
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adam",
+        "adamw",
+        "nadam",
+        "radam",
+        "rmsprop",
+        "adagrad",
+        "adadelta",
+        "adamax",
+    }
+    assert set(options("scheduler")) >= {
+        "constant",
+        "step",
+        "multistep",
+        "exponential",
+        "piecewise",
+        "polynomial",
+        "inverse_time",
+        "cosine",
+        "cosine_restarts",
+        "linear_cosine",
+        "onecycle",
+        "plateau",
+    }
+    assert set(options("model")) == {"logreg", "mlp", "cnn", "resnet"}
+    assert set(options("data")) == {"mnist1d", "digits", "cifar10", "npz", "synthetic"}
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("shape", [(1, 16), (3, 8, 8)])
+def test_every_model_builds_for_1d_and_2d_inputs(model, shape):
+    cfg = compose_cfg(f"model={model}", "model.width=8" if model != "logreg" else "seed=0")
+    net = build.build_model(cfg.model, shape, 5)
+    out = net(torch.randn(4, *shape))  # (4, *shape) -> (4, 5)
+    assert out.shape == (4, 5)
+    assert isinstance(net.head, torch.nn.Linear)
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        "default",
+        "kaiming_normal",
+        "kaiming_uniform",
+        "xavier_normal",
+        "xavier_uniform",
+        "orthogonal",
+    ],
+)
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "none"])
+def test_cnn_knobs_compose(init, norm):
+    cfg = compose_cfg(
+        f"model.init={init}",
+        f"model.norm={norm}",
+        "model.width=8",
+        "model.activation=gelu",
+        "model.dropout=0.3",
+        "model.kernel_size=3",
+    )
+    net = build.build_model(cfg.model, (1, 40), 10)
+    assert torch.isfinite(net(torch.randn(2, 1, 40))).all()
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+def test_every_optimizer_trains_a_few_steps(optimizer, small_1d):
+    torch.manual_seed(0)
+    cfg = compose_cfg(f"optimizer={optimizer}", "model=mlp", "model.width=16")
+    net = build.build_model(cfg.model, small_1d.input_shape, small_1d.num_classes)
+    opt = build.build_optimizer(net, cfg.optimizer)
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(net(small_1d.x_train), small_1d.y_train)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0] * 1.5
+
+
+def test_bias_and_norm_parameters_skip_weight_decay():
+    cfg = compose_cfg("optimizer=adamw", "model.width=8")
+    net = build.build_model(cfg.model, (1, 16), 3)
+    opt = build.build_optimizer(net, cfg.optimizer)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in net.named_parameters():
+        assert (id(p) in decayed) == (name.endswith("weight") and p.ndim > 1), name
+
+
+def test_backbone_lr_multiplier_applies_to_backbone_only():
+    cfg = compose_cfg("optimizer=momentum", "model=mlp")
+    net = build.build_model(cfg.model, (1, 16), 3)
+    opt = build.build_optimizer(net, cfg.optimizer, backbone_lr_mult=0.1)
+    lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+    assert lrs["head"] == pytest.approx(cfg.optimizer.lr)
+    assert lrs["backbone"] == pytest.approx(cfg.optimizer.lr * 0.1)
+
+
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_scheduler_composes_and_builds(scheduler):
+    cfg = compose_cfg(f"scheduler={scheduler}")
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = build_schedule(opt, cfg.scheduler, steps_per_epoch=10, max_epochs=5)
+    for _ in range(10):
+        opt.step()
+        sched.after_step()
+    sched.after_epoch({"val/acc": 0.5, "val/loss": 1.0})
+    assert sched.lr > 0
+
+
+def test_every_data_source_with_local_files_builds(tmp_path):
+    assert build.build_data(compose_cfg("data=digits").data).input_shape == (1, 8, 8)
+    rng = np.random.default_rng(0)
+    path = tmp_path / "arrays.npz"
+    np.savez(
+        path,
+        x_train=rng.normal(size=(50, 6)),
+        y_train=rng.integers(0, 3, 50),
+        x_test=rng.normal(size=(20, 6)),
+        y_test=rng.integers(0, 3, 20),
+    )
+    splits = build.build_data(compose_cfg("data=npz", f"data.path={path}").data)
+    assert splits.input_shape == (1, 6) and splits.sizes()["test"] == 20
+
+
+def test_cifar10_names_the_expected_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        build.build_data(compose_cfg("data=cifar10", f"data.path={tmp_path}").data)
+
+
+def test_mnist1d_is_the_official_split():
+    splits = build.build_data(compose_cfg().data)
+    assert splits.sizes() == {"train": 3600, "val": 400, "test": 1000}
+    assert splits.input_shape == (1, 40) and splits.num_classes == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optimizer.lr=abc", "optimizer.lr='abc'"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1"),
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5"),
+        ("model.dropout=1.5", "model.dropout=1.5"),
+        ("optimizer=adam", None),
+    ],
+)
+def test_validation_names_key_value_and_what_is_allowed(override, needle):
+    cfg = compose_cfg(override)
+    if needle is None:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError, match="expected") as err:
+        validate(cfg)
+    assert needle in str(err.value)
+
+
+def test_missing_dataset_path_is_rejected():
+    with pytest.raises(ConfigError, match="data.path"):
+        validate(compose_cfg("data=npz", "data.path=/nonexistent/arrays.npz"))
