@@ -253,17 +253,17 @@ def finish_run(
 
 
 def _diagnosis_tags(history: dict[str, list[float]], splits: Any) -> dict[str, str]:
-    try:
-        from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
-        from tunelab.diagnostics.datacheck import check_data
-    except ImportError:
-        return {}
-    tags = findings_to_tags(diagnose_curves(history))
+    """Curve diagnosis (overfitting, unstable, ...) and data check, as flat tags."""
+    from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
+    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
+
+    findings = diagnose_curves(history)
+    for f in findings:
+        log.info("diagnosis: %s — %s", f.message, f.recommendation)
     report = check_data(splits)
     for w in report.warnings:
         log.warning("data check: %s", w)
-    tags["data_check"] = "; ".join(report.warnings)[:5000] or "ok"
-    return tags
+    return {**findings_to_tags(findings), **datacheck_tags(report)}
 
 
 def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:

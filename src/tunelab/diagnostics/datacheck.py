@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from scipy.stats import chisquare
 
 SPLITS = ("train", "val", "test")
 
@@ -82,10 +83,12 @@ def _check_classes(
     present = [n for n in counts if n > 0]
     r = max(present) / min(present)
     report.stats.setdefault("class_ratio", {})[split] = r
-    if r > ratio:
+    # a small split is uneven by chance: warn only when uniform sampling cannot explain it
+    p_uniform = float(chisquare(present).pvalue) if len(present) > 1 else 1.0
+    if r > ratio and p_uniform < 1e-3:
         report.warnings.append(
             f"{split}: class imbalance, largest/smallest class = {max(present)}/{min(present)} = {r:.2f} "
-            f"(> {ratio}); consider class weights or resampling"
+            f"(> {ratio}, chi-square p={p_uniform:.1g}); consider class weights or resampling"
         )
 
 

@@ -1,0 +1,106 @@
+"""Throughput of `tunelab.train.run` with all tracking on versus a bare PyTorch loop.
+
+Same model, data, batch size, optimizer, schedule and epochs; runs interleaved (bare, ours, bare,
+ours, ...) in one process so machine noise hits both alike. Prints medians and their ratio.
+
+    python bench/overhead.py [--epochs 10] [--repeats 3] [--log-model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from tunelab import build  # noqa: E402
+from tunelab.optim.schedules import build_schedule  # noqa: E402
+from tunelab.train import run  # noqa: E402
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def bare_loop(cfg) -> float:
+    """The minimal loop: shuffle, forward, backward, step, schedule, validate every epoch."""
+    torch.manual_seed(cfg.seed)
+    splits = build.build_data(cfg.data)
+    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes)
+    opt = build.build_optimizer(model, cfg.optimizer)
+    bs, n = cfg.trainer.batch_size, len(splits.y_train)
+    sched = build_schedule(
+        opt, cfg.scheduler, steps_per_epoch=-(-n // bs), max_epochs=cfg.trainer.max_epochs
+    )
+    start = time.perf_counter()
+    for _ in range(cfg.trainer.max_epochs):
+        model.train()
+        perm = torch.randperm(n)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(model(splits.x_train[idx]), splits.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.after_step()
+        model.eval()
+        with torch.no_grad():
+            val_acc = (model(splits.x_val).argmax(1) == splits.y_val).float().mean().item()
+        sched.after_epoch({"val/acc": val_acc, "val/loss": 0.0})
+    return time.perf_counter() - start
+
+
+def ours(cfg) -> float:
+    start = time.perf_counter()
+    run(cfg)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--log-model", action="store_true", help="include MLflow log_model (about 5 s per call)"
+    )
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model=mlp")
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="tunelab-bench-")
+    os.chdir(workdir)
+    overrides = [
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.resume=never",
+        "data.cache_dir=" + workdir,
+        f"tracking.log_model={str(args.log_model).lower()}",
+        *args.overrides,
+    ]
+    cfg = compose_cfg(overrides)
+    samples = args.epochs * (len(build.build_data(cfg.data).y_train))
+    bare_s, ours_s = [], []
+    ours(compose_cfg(overrides))  # warm-up: store schema, imports, data cache
+    for r in range(args.repeats):
+        bare_s.append(bare_loop(cfg))
+        ours_s.append(ours(compose_cfg(overrides)))
+        print(f"repeat {r + 1}: bare {bare_s[-1]:.2f}s  tunelab {ours_s[-1]:.2f}s", flush=True)
+    b, o = statistics.median(bare_s), statistics.median(ours_s)
+    print(f"bare loop : {samples / b:,.0f} samples/s (median {b:.2f}s for {args.epochs} epochs)")
+    print(
+        f"tunelab   : {samples / o:,.0f} samples/s (median {o:.2f}s, MLflow tracking on, "
+        f"log_model={'on' if args.log_model else 'off'})"
+    )
+    print(f"throughput ratio tunelab/bare = {b / o:.3f}   (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
