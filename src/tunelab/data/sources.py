@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tunelab.data.splits import Splits, make_splits
 
@@ -184,3 +186,45 @@ def synthetic(
         val_fraction=val_fraction,
         split_seed=split_seed,
     )
+
+
+def prepared(*, path: str, name: str | None = None, source: dict | None = None) -> Splits:
+    """Splits written by `export_splits` (the DVC prepare stage): loaded as they are, no re-split.
+
+    `source` records the data config the splits were made from; it is not used to load them."""
+    file = Path(path).expanduser() / "splits.npz"
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"data.path={path!r}: no splits.npz there (run the prepare stage: dvc repro prepare)"
+        )
+    with np.load(file, allow_pickle=False) as f:
+        arrays = {k: torch.from_numpy(f[k]) for k in SPLIT_KEYS}
+        meta = json.loads(str(f["meta"]))
+    return Splits(
+        **arrays,
+        num_classes=int(meta["num_classes"]),
+        name=name or meta["name"],
+        digest=meta["digest"],
+    )
+
+
+SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def export_splits(splits: Splits, out_dir: str | Path) -> Path:
+    """Write the splits (already standardised) plus name, class count and digest to out_dir/splits.npz."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "name": splits.name,
+        "digest": splits.digest,
+        "num_classes": splits.num_classes,
+        **splits.sizes(),
+    }
+    tmp = out / ".splits.tmp.npz"
+    np.savez(
+        tmp, **{k: getattr(splits, k).numpy() for k in SPLIT_KEYS}, meta=np.array(json.dumps(meta))
+    )
+    tmp.replace(out / "splits.npz")
+    (out / "data.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out / "splits.npz"

@@ -1,0 +1,58 @@
+"""DVC stage `report`: results/report/report.md with figures, also attached to an MLflow run.
+
+    python pipelines/report.py --params params.yaml --tune results/tune --confirm results/confirm \
+        --eval results/eval --out results/report
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tunelab.report import build_report
+from tunelab.stages import load_params, stage_tags
+from tunelab.tracking import MlflowTracker
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("--tune", "--confirm", "--eval", "--out"):
+        ap.add_argument(flag, required=True)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    cfg, stages = load_params(args.params)
+    tune, confirm_dir = Path(args.tune), Path(args.confirm)
+    confirm = json.loads((confirm_dir / "runs.json").read_text())
+    histories = {
+        p.stem.split("_")[1]: json.loads(p.read_text())
+        for p in sorted(confirm_dir.glob("seed_*_history.json"))
+    }
+    path, warnings = build_report(
+        Path(args.out),
+        trials=pd.read_csv(tune / "trials.csv"),
+        bounds=json.loads((tune / "space.json").read_text()),
+        summary=json.loads((tune / "summary.json").read_text()),
+        metrics=json.loads(Path(args.eval, "metrics.json").read_text()),
+        confirm=confirm,
+        histories=histories,
+        figures_dir=tune / "figures",
+        edge_fraction=float(stages.report.edge_fraction),
+        confusion_png=Path(args.eval, "confusion_matrix.png"),
+        objective=cfg.objective.metric,
+    )
+    for w in warnings:
+        print("warning:", w)
+    tracker = MlflowTracker(cfg.tracking.tracking_uri, cfg.experiment, log_model=False)
+    tracker.start(
+        "report",
+        tags={**stage_tags("report"), "role": "report", "edge_warnings": str(len(warnings))},
+    )
+    for file in sorted(path.parent.iterdir()):
+        tracker.log_artifact(file, "report")
+    tracker.end("FINISHED")
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Helpers shared by the DVC stage scripts in pipelines/: params, lineage tags, best overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+PIPELINE_KEY = "pipeline"
+
+
+def load_params(path: str | Path = "params.yaml") -> tuple[DictConfig, DictConfig]:
+    """(training config, pipeline section) from the composed params file."""
+    params = OmegaConf.load(path)
+    stages = params.pop(PIPELINE_KEY)
+    return params, stages
+
+
+def use_prepared_data(cfg: DictConfig, prepared_dir: str | Path) -> DictConfig:
+    """Point the data node at the prepare stage's output, keeping the original data config as record."""
+    source = {
+        k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "_target_"
+    }
+    cfg = cfg.copy()
+    cfg.data = {
+        "name": cfg.data.name,
+        "_target_": "tunelab.data.sources.prepared",
+        "path": str(prepared_dir),
+        "source": source,
+    }
+    return cfg
+
+
+def stage_tags(stage: str) -> dict[str, str]:
+    """Tags tying a run to its DVC stage and, under `dvc exp run`, to the experiment."""
+    tags = {"dvc_stage": stage}
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def with_run_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Environment for jobs that should carry these tags (merged with any already set)."""
+    merged = {**json.loads(os.environ.get("TUNELAB_RUN_TAGS", "{}")), **tags}
+    return {**os.environ, "TUNELAB_RUN_TAGS": json.dumps(merged)}
+
+
+def config_digest(cfg: DictConfig, drop: tuple[str, ...] = ()) -> str:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in drop:
+        plain.pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def read_overrides(path: str | Path) -> list[str]:
+    """The override lines of best_overrides.yaml / .txt."""
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        return [str(o) for o in OmegaConf.load(path).overrides]
+    return [
+        ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Apply `key=value` overrides to an already composed config (group choices cannot be applied)."""
+    cfg = cfg.copy()
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        key = ov.key_or_group
+        node = OmegaConf.select(cfg, key, default=None)
+        if ov.is_sweep_override() or OmegaConf.is_dict(node):
+            raise ValueError(
+                f"override {ov.input_line!r}: only single values of existing keys can be applied "
+                "to a composed config (search group choices in a study instead)"
+            )
+        OmegaConf.update(cfg, key, ov.value(), merge=False)
+    return cfg
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+def search_bounds(params: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{key: {low, high, log}} for intervals and ranges, {key: {choices}} for choices, parsed with
+    Hydra's override grammar (`tag(log, interval(a, b))`, `range(a, b)`, `choice(...)`)."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    out: dict[str, dict[str, Any]] = {}
+    for ov in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()]):
+        sweep = ov.value()
+        if isinstance(sweep, IntervalSweep):
+            out[ov.key_or_group] = {
+                "low": sweep.start,
+                "high": sweep.end,
+                "log": "log" in sweep.tags,
+            }
+        elif isinstance(sweep, RangeSweep):
+            out[ov.key_or_group] = {
+                "low": sweep.start,
+                "high": sweep.stop,
+                "log": "log" in sweep.tags,
+            }
+        elif isinstance(sweep, ChoiceSweep):
+            out[ov.key_or_group] = {"choices": list(sweep.list)}
+    return out
+
+
+def sweep_params_of(sweep_dir: str | Path) -> dict[str, str]:
+    """The search space a finished sweep used, read from one of its jobs' saved Hydra config."""
+    for hydra_yaml in sorted(Path(sweep_dir).glob("jobs/*/.hydra/hydra.yaml")):
+        params = OmegaConf.load(hydra_yaml).hydra.sweeper.get("params") or {}
+        return {str(k): str(v) for k, v in params.items()}
+    return {}
