@@ -60,3 +60,80 @@ def mlflow_runs(cwd: Path, experiment: str = "tunelab") -> list:
     client = MlflowClient(f"sqlite:///{Path(cwd).resolve()}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], max_results=10000) if exp else []
+
+
+# --- crash tests: background processes, real signals, a store with the schema already created ---
+
+QUICK_ENV = {"TUNELAB_LOG_MODEL": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@pytest.fixture(scope="session")
+def mlflow_schema(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, created once: its schema migrations take seconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_schema") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, mlflow_schema) -> Path:
+    """An empty working directory whose mlflow.db already has the schema (and no experiment)."""
+    import shutil
+
+    shutil.copy(mlflow_schema, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def start_cli(*args: str, cwd: Path, env: dict | None = None, **popen: object):
+    """`python src/train.py ARGS` in the background; its merged output lines go to proc.lines."""
+    import queue
+    import threading
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **QUICK_ENV, **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+    proc.lines, proc.output = queue.Queue(), []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            proc.output.append(line)
+            proc.lines.put(line)
+        proc.lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc
+
+
+def wait_for_line(proc, needle: str, timeout: float = 180) -> str:
+    """Block until the process prints a line containing needle; fail if it exits first."""
+    import queue
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = proc.lines.get(timeout=max(0.05, deadline - time.monotonic()))
+        except queue.Empty:
+            tail = "".join(proc.output)[-3000:]
+            raise AssertionError(f"no {needle!r} within {timeout}s:\n{tail}") from None
+        if line is None:
+            raise AssertionError(f"exited before {needle!r}:\n{''.join(proc.output)[-3000:]}")
+        if needle in line:
+            return line
+
+
+def finish_cli(proc, timeout: float = 300) -> str:
+    """Wait for a background process; its whole output."""
+    proc.wait(timeout=timeout)
+    while proc.lines.get(timeout=30) is not None:
+        pass
+    return "".join(proc.output)

@@ -1,13 +1,17 @@
-"""Atomic, safe checkpoints: written via temp file + fsync + rename, read with weights_only=True.
+"""Atomic, verified, safe checkpoints: written via temp file + fsync + rename, checked against the
+zip CRCs, read with weights_only=True.
 
 Everything stored is a tensor, number, string, list or dict, so `torch.load(weights_only=True)`
-reads it and a crafted file cannot run code on load.
+reads it and a crafted file cannot run code on load. There is no unsafe fallback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +20,44 @@ import torch
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that exists but cannot be used; the message names the file and the reason."""
+    """A checkpoint that cannot be used or written; the message names the file and the reason."""
+
+    def __init__(self, message: str, reason: str = "checkpoint_unreadable") -> None:
+        super().__init__(message)
+        self.reason = reason  # recorded as the run's failure_reason tag
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write `obj` so that `path` holds either the previous or the complete new checkpoint."""
+    """Write `obj` so that `path` holds either the previous or the complete new checkpoint.
+
+    Serialised in memory first, so a full disk or a size limit surfaces as the OS error itself."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint written"
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {exc.strerror or exc} ({kept})",
+            reason="checkpoint_write_failed",
+        ) from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -50,20 +74,58 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True; any failure becomes a CheckpointError naming the file."""
+    """Verify and load with weights_only=True; any problem becomes a CheckpointError naming the file."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    problem = _integrity_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot load checkpoint {path}: {problem}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # truncated zip, pickle refused by the safe unpickler, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first}") from exc
+    except Exception as exc:
+        raise CheckpointError(f"cannot load checkpoint {path}: {_load_problem(exc)}") from exc
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(
             f"cannot load checkpoint {path}: not a tunelab checkpoint (no 'model' entry)"
         )
     return obj
+
+
+def _integrity_problem(path: Path) -> str | None:
+    """Empty, truncated or bit-flipped files (torch itself does not check the zip CRCs)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic == b"PK":
+            return f"truncated or corrupted ({size} bytes, no zip central directory)"
+        return None  # legacy pickle format: the safe unpickler decides
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"corrupted zip archive ({exc})"
+    return f"corrupted: CRC mismatch in {bad!r}" if bad else None
+
+
+def _load_problem(exc: Exception) -> str:
+    text = str(exc)
+    if "Weights only load failed" in text:
+        detail = "disallowed content"
+        for line in text.splitlines():
+            line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+            if line.startswith(("Unsupported", "Trying to load")):
+                detail = line.split(". Please")[0].rstrip(".")
+                break
+        return (
+            f"refused by the safe loader (weights_only=True): {detail} "
+            "(tunelab never loads checkpoints unsafely)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:300]}"
 
 
 def load_model_state(

@@ -103,8 +103,8 @@ RULES: dict[str, Check] = {
 }
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every bad value in cfg."""
+def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
+    """Raise ConfigError listing every bad value in cfg; check_data also loads local .npz arrays."""
     problems = []
     for key, check in RULES.items():
         node = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
@@ -115,6 +115,8 @@ def validate(cfg: DictConfig) -> None:
         if allowed is not None:
             problems.append(f"{key}={value!r} is invalid: expected {allowed}")
     problems += _path_problems(cfg)
+    if check_data and not problems:
+        problems += _npz_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -134,3 +136,20 @@ def _path_problems(cfg: DictConfig) -> list[str]:
         if value is not None and not Path(str(value)).expanduser().exists():
             out.append(f"{key}={value!r}: no such file or directory")
     return out
+
+
+def _npz_problems(cfg: DictConfig) -> list[str]:
+    """A local .npz must hold usable arrays (shapes, labels, finite values): load it to find out."""
+    data = cfg.get("data")
+    if data is None or not str(data.get("_target_", "")).endswith(".npz"):
+        return []
+    from tunelab.build import build_data
+
+    path = str(data.path)
+    try:
+        build_data(data)
+    except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
+        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return [first if first.startswith("data.") else f"data.path={path!r}: {first}"]
+    return []

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from tunelab.train import run, run_context
+from tunelab.train import Terminated, run, run_context
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,14 @@ def main(cfg: DictConfig) -> float:
         from tunelab.diagnostics.run import run_diagnose
 
         return run_diagnose(cfg)
-    metrics = run(cfg, reporter=_reporter())
+    try:
+        metrics = run(cfg, reporter=_reporter())
+    except (Terminated, KeyboardInterrupt) as exc:
+        sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+        log.error(
+            "stopped by %s: the run is recorded KILLED; the same command resumes it", sig.name
+        )
+        raise SystemExit(128 + sig) from None
     _, output_dir = run_context()
     if output_dir:
         Path(output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -95,9 +95,9 @@ def fit(
 ) -> TrainState:
     """Train from `state.epoch` to trainer.max_epochs (or early stop); returns the final state.
 
-    data holds x_train/y_train/x_val/y_val on the training device. After every epoch: metrics to the
-    tracker, the objective to the reporter (which may raise to prune), then `on_epoch_end(state,
-    improved)` for checkpoints."""
+    data holds x_train/y_train/x_val/y_val on the training device. After every epoch:
+    `on_epoch_end(state, improved)` writes checkpoints, then metrics go to the tracker and the
+    objective to the reporter (which may raise to prune)."""
     x, y = data["x_train"], data["y_train"]
     n, bs, accum = len(y), int(trainer.batch_size), int(trainer.grad_accum_steps)
     clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
@@ -155,10 +155,10 @@ def fit(
         if improved:
             state.best_value, state.best_epoch = value, epoch
         _update_early_stopping(state, metrics, stop, objective)
+        if on_epoch_end is not None:
+            on_epoch_end(state, improved)  # checkpoint first: what is reported can be resumed
         tracker.log_metrics(metrics, step=epoch)
         _show(bar, epoch, trainer.max_epochs, metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(state, improved)
         if reporter is not None:
             reporter(epoch, value)
     if bar is not None:

@@ -23,6 +23,9 @@ PARAM_CHARS = 6000
 
 
 class Tracker(Protocol):
+    """start(run_id=...) continues an existing run; on it log_metrics skips (key, step) pairs the
+    run already has, so replaying epochs after a crash never duplicates history."""
+
     run_id: str | None
 
     def start(
@@ -41,6 +44,7 @@ class Tracker(Protocol):
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None: ...
     def log_model(self, model: Any, input_example: Any) -> None: ...
     def end(self, status: str) -> None: ...
+    def mark_killed(self, run_id: str, reason: str) -> bool: ...
 
 
 class NullTracker:
@@ -90,6 +94,7 @@ class MlflowTracker:
             self.log_model_enabled = False
         self.client = retry_locked(lambda: MlflowClient(self.tracking_uri))
         self.run_id: str | None = None
+        self._logged: set[tuple[str, int]] = set()  # (key, step) already in a resumed run
         self.experiment_id = ensure_experiment(self.client, experiment)
 
     def start(
@@ -102,6 +107,7 @@ class MlflowTracker:
         if run_id is not None:  # resume an existing run
             retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
             self.run_id = run_id
+            self._logged = self._logged_pairs(run_id)
             return run_id
         all_tags = {k: str(v) for k, v in tags.items()}
         if parent_run_id:
@@ -125,7 +131,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if (k, step) not in self._logged
+        ]
         for chunk in _chunks(items, 1000):
             retry_locked(
                 lambda c=chunk: self.client.log_batch(self.run_id, metrics=c, synchronous=True)
@@ -178,6 +188,30 @@ class MlflowTracker:
     def end(self, status: str) -> None:
         if self.run_id is not None:
             retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def mark_killed(self, run_id: str, reason: str) -> bool:
+        """End a run that a dead process left RUNNING as KILLED; False if it is not RUNNING here."""
+        from mlflow.entities import RunTag
+
+        try:
+            run = retry_locked(lambda: self.client.get_run(run_id))
+        except Exception as exc:  # e.g. the run lives in another store
+            log.warning("could not look up unfinished run %s: %s", run_id, exc)
+            return False
+        if run.info.status != "RUNNING":
+            return False
+        tags = [RunTag("failure_reason", reason)]
+        retry_locked(lambda: self.client.log_batch(run_id, tags=tags, synchronous=True))
+        retry_locked(lambda: self.client.set_terminated(run_id, status="KILLED"))
+        return True
+
+    def _logged_pairs(self, run_id: str) -> set[tuple[str, int]]:
+        keys = retry_locked(lambda: self.client.get_run(run_id)).data.metrics
+        return {
+            (k, m.step)
+            for k in keys
+            for m in retry_locked(lambda k=k: self.client.get_metric_history(run_id, k))
+        }
 
 
 def ensure_experiment(client: Any, name: str) -> str:

@@ -1,0 +1,256 @@
+"""What a run records at its start, its finish and on every way out (exception, signal, prune)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab import figures
+from tunelab.lineage import git_state, lineage_tags
+from tunelab.loop import DivergedError, TrainState, evaluate
+from tunelab.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: the run ends KILLED after recording what it has. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way (logging, MLflow) swallows it."""
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM -> Terminated, SIGINT -> KeyboardInterrupt, once; later signals are ignored while the
+    run records its status. Main thread only; signals ignored by the parent stay ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if fired:
+            log.warning("signal %d ignored: still recording the run status", signum)
+            return
+        fired.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(f"signal {signum} (SIGTERM)")
+
+    previous = {
+        s: signal.signal(s, handler)
+        for s in (signal.SIGTERM, signal.SIGINT)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_context() -> tuple[list[str], str | None]:
+    """The Hydra overrides of this job and its output dir, when running under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [], None
+    hc = HydraConfig.get()
+    return list(hc.overrides.task), hc.runtime.output_dir
+
+
+def close_unfinished(tracker: Tracker, run_id: str) -> None:
+    """A previous attempt at this config died without cleaning up (SIGKILL, OOM, power cut)."""
+    mark = getattr(tracker, "mark_killed", None)
+    if mark is not None and mark(run_id, "process_died"):
+        log.warning("run %s was left RUNNING by a process that died: marked KILLED", run_id)
+
+
+def start_run(
+    tracker: Tracker,
+    cfg: DictConfig,
+    splits: Any,
+    device: torch.device,
+    run_id: str | None,
+    state: TrainState | None = None,
+) -> None:
+    """Open the run (or continue `run_id`, re-logging checkpointed epochs the run is missing)."""
+    overrides, _ = run_context()
+    shown = [o for o in overrides if not o.startswith("hydra.")]
+    ambient = json.loads(os.environ.get("TUNELAB_RUN_TAGS", "{}"))
+    tags = {
+        **lineage_tags(device),
+        "seed": str(cfg.seed),
+        "data_digest": splits.digest,
+        "data": splits.name,
+        "overrides": " ".join(overrides) or "(none)",
+        "role": "single",
+        "objective": cfg.objective.metric,
+        **ambient,
+    }
+    parent = os.environ.get("TUNELAB_PARENT_RUN_ID") or None
+    name = ",".join(shown) or "default"
+    history = state.history if state is not None else {}
+    if run_id is not None:
+        try:
+            tracker.start(run_name=name, tags=tags, parent_run_id=parent, run_id=run_id)
+        except Exception as exc:  # e.g. the checkpoint's run is not in this tracking store
+            log.warning("cannot continue run %s (%s): recording in a new run", run_id, exc)
+        else:  # a retried sweep trial adopts the run: it moves under the new parent
+            moved = {"mlflow.parentRunId": parent} if parent else {}
+            resumed = {"resumed": "true", "resumed_at_epoch": str(state.epoch)}
+            tracker.set_tags({**ambient, **moved, **resumed})
+            relog_history(tracker, history)
+            return
+    tracker.start(run_name=name, tags=tags, parent_run_id=parent)
+    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_dataset(
+        splits.name,
+        splits.digest,
+        source=f"tunelab.data:{splits.name}",
+        profile={
+            **splits.sizes(),
+            "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape),
+        },
+    )
+    tracker.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+    tracker.log_dict({"overrides": overrides}, "overrides.yaml")
+    diff = git_state()["diff"]
+    if diff:
+        _log_text(tracker, diff, "git.diff")
+    relog_history(tracker, history)
+
+
+def relog_history(tracker: Tracker, history: dict[str, list[float]]) -> None:
+    """Per-epoch metrics of checkpointed epochs; a resumed tracker skips the steps it already has."""
+    for epoch in range(len(next(iter(history.values()), []))):
+        tracker.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch)
+
+
+def _log_text(tracker: Tracker, text: str, name: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_text(text)
+        tracker.log_artifact(path)
+
+
+def finish_run(
+    tracker: Tracker,
+    model: torch.nn.Module,
+    data: dict,
+    state: TrainState,
+    splits: Any,
+    store: Any,
+    autocast: Any,
+) -> dict[str, float]:
+    """Restore the selected (best-validation) weights, report test metrics, log artifacts."""
+    store.load_best(model)
+    val_loss, val_acc, val_pred = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
+    test_loss, test_acc, _ = evaluate(model, data["x_test"], data["y_test"], autocast=autocast)
+    h = state.history
+    summary = {
+        "val/acc": val_acc,
+        "val/loss": val_loss,
+        "test/acc": test_acc,
+        "test/loss": test_loss,
+        "best_epoch": float(state.best_epoch),
+        "epochs_run": float(state.epoch),
+        "train/loss": h["train/loss"][-1],
+        "perf/epoch_s": float(np.mean(h["perf/epoch_s"])),
+        "perf/samples_per_s": float(np.mean(h["perf/samples_per_s"])),
+    }
+    tracker.log_metrics(
+        {f"best/{k}": v for k, v in summary.items() if k.startswith("val/")}
+        | {"test/acc": test_acc, "test/loss": test_loss, "best_epoch": state.best_epoch},
+        step=state.epoch,
+    )
+    per_class = [
+        float((val_pred[data["y_val"] == c] == c).float().mean())
+        if (data["y_val"] == c).any()
+        else float("nan")
+        for c in range(splits.num_classes)
+    ]
+    tracker.log_metrics(
+        {f"val/acc_class_{c}": a for c, a in enumerate(per_class) if a == a}, step=state.epoch
+    )
+    tracker.set_tags(
+        {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits)}
+    )
+    fig = figures.learning_curves(h, state.best_epoch)
+    tracker.log_figure(fig, "learning_curves.png")
+    figures.close(fig)
+    tracker.log_dict(h, "history.json")
+    if store.best_path.exists():
+        tracker.log_artifact(store.best_path, "checkpoints")
+    tracker.log_model(model.cpu(), data["x_val"][:2].cpu().numpy())
+    tracker.end("FINISHED")
+    return summary
+
+
+def _diagnosis_tags(history: dict[str, list[float]], splits: Any) -> dict[str, str]:
+    """Curve diagnosis (overfitting, unstable, ...) and data check, as flat tags."""
+    from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
+    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
+
+    findings = diagnose_curves(history)
+    for f in findings:
+        log.info("diagnosis: %s — %s", f.message, f.recommendation)
+    report = check_data(splits)
+    for w in report.warnings:
+        log.warning("data check: %s", w)
+    return {**findings_to_tags(findings), **datacheck_tags(report)}
+
+
+def final_outcome(exc: BaseException) -> str | None:
+    """Pruned and diverged runs are results: a re-run starts over instead of resuming them."""
+    if type(exc).__name__ == "TrialPruned":
+        return "pruned"
+    return "diverged" if isinstance(exc, DivergedError) else None
+
+
+def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:
+    """Record why a run stopped: pruned and interrupted runs are KILLED, everything else FAILED."""
+    if tracker.run_id is None:
+        return
+    if type(exc).__name__ == "TrialPruned":
+        tags, status = {"pruned": "true", "pruned_at_epoch": str(state.epoch)}, "KILLED"
+    elif isinstance(exc, KeyboardInterrupt):
+        tags, status = {"failure_reason": "interrupted"}, "KILLED"
+    elif isinstance(exc, Terminated):
+        tags, status = {"failure_reason": "terminated"}, "KILLED"
+    elif isinstance(exc, DivergedError):
+        tags = {"failure_reason": "nonfinite_loss", "diverged_at_epoch": str(exc.epoch)}
+        status = "FAILED"
+    else:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        tags = {"failure_reason": reason, "failure_message": str(exc)[:5000]}
+        status = "FAILED"
+    try:
+        tracker.set_tags(tags)
+        tracker.end(status)
+    except Exception as log_exc:  # the original error matters more than a failed status update
+        log.error("could not record run status %s: %s", status, log_exc)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

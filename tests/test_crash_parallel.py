@@ -1,0 +1,64 @@
+"""Four jobs logging to one fresh sqlite MLflow store at the same instant: no lock or migration
+error reaches the user and every metric row is there."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from conftest import QUICK_ENV, mlflow_runs, run_cli
+
+EPOCHS = 3
+PER_EPOCH = (
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "opt/lr",
+    "train/grad_norm",
+    "perf/epoch_s",
+    "perf/samples_per_s",
+)
+AT_THE_END = ("best/val/acc", "best/val/loss", "test/acc", "test/loss", "best_epoch")
+
+
+@pytest.mark.slow
+def test_four_parallel_jobs_on_the_default_sqlite_store(tmp_path):
+    args = [
+        "-m",
+        "seed=0,1,2,3",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "data=synthetic",
+        "model=mlp",
+        "model.width=32",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.num_threads=1",
+        "scheduler=constant",
+        "optimizer=adam",
+    ]
+    env = {k: v for k, v in QUICK_ENV.items() if k != "TUNELAB_LOG_MODEL"}  # log models too
+    proc = run_cli(*args, cwd=tmp_path, env=env, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for needle in ("locked", "alembic", "migrat", "Traceback", "UNIQUE constraint"):
+        assert needle.lower() not in out.lower(), (needle, out[-3000:])
+    runs = mlflow_runs(tmp_path)
+    jobs = [r for r in runs if r.data.tags.get("role") == "single"]
+    assert len(runs) == 5 and len(jobs) == 4  # 4 jobs under one multirun parent
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["seed"] for r in jobs} == {"0", "1", "2", "3"}
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        for r in jobs:
+            rows = db.execute(
+                "select key, step, count(*) from metrics where run_uuid = ? group by key, step",
+                (r.info.run_id,),
+            ).fetchall()
+            assert all(n == 1 for _, _, n in rows), rows  # no row twice
+            keys = {(k, s) for k, s, _ in rows}
+            assert {(k, e) for k in PER_EPOCH for e in range(EPOCHS)} <= keys
+            assert {(k, EPOCHS) for k in AT_THE_END} <= keys
+            per_class = {k for k, s, _ in rows if k.startswith("val/acc_class_")}
+            assert len(rows) == len(PER_EPOCH) * EPOCHS + len(AT_THE_END) + len(per_class)
+        models = db.execute("select count(*) from logged_models").fetchone()[0]
+    assert models == 4
