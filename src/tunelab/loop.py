@@ -28,6 +28,9 @@ class DivergedError(RuntimeError):
         super().__init__(f"non-finite training loss ({value}) in epoch {epoch}")
         self.epoch, self.value = epoch, value
 
+    def __reduce__(self) -> tuple:
+        return (DivergedError, (self.epoch, self.value))  # picklable across process pools
+
 
 @dataclass
 class TrainState:

@@ -1,0 +1,42 @@
+"""The Sweeper class Hydra instantiates; all work happens in tunelab.sweep.orchestrate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from .config import TunelabSweeperConf  # noqa: F401  (registers hydra/sweeper=tunelab)
+
+
+class TunelabSweeper(Sweeper):
+    """Optuna study over Hydra jobs: one job per trial and seed, launched by the configured launcher."""
+
+    def __init__(self, **conf: Any) -> None:
+        self.conf = {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in conf.items()
+        }
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        from tunelab.sweep.jobs import SafeTask
+
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=SafeTask(task_function)
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from tunelab.sweep.orchestrate import run_sweep
+
+        assert self.config is not None and self.launcher is not None
+        return run_sweep(self.conf, self.config, self.launcher, list(arguments))

@@ -1,0 +1,95 @@
+"""Golden-section line search as an Optuna sampler: the "binary search" of one smooth hyperparameter.
+
+Stateless: the next point is replayed from the finished trials, so a resumed study continues the
+same bracket. Assumes a unimodal objective on [low, high] (in log space for log distributions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
+_DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def next_point(
+    history: Sequence[tuple[float, float]], minimize: bool = True, tol: float = 1e-9
+) -> float:
+    """Next golden-section point in [0, 1] given evaluated (u, value) pairs (failures = +-inf)."""
+
+    def lookup(u: float) -> float | None:
+        for x, f in history:
+            if abs(x - u) <= tol:
+                return f if minimize else -f
+        return None
+
+    a, b = 0.0, 1.0
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    for _ in range(200):
+        fc = lookup(c)
+        if fc is None:
+            return c
+        fd = lookup(d)
+        if fd is None:
+            return d
+        if fc <= fd:  # minimum lies in [a, d]
+            b, d = d, c
+            c = b - GOLDEN * (b - a)
+        else:  # minimum lies in [c, b]
+            a, c = c, d
+            d = a + GOLDEN * (b - a)
+    return (a + b) / 2.0
+
+
+def _to_unit(x: float, d: FloatDistribution) -> float:
+    if d.log:
+        return (math.log(x) - math.log(d.low)) / (math.log(d.high) - math.log(d.low))
+    return (x - d.low) / (d.high - d.low)
+
+
+def _from_unit(u: float, d: FloatDistribution) -> float:
+    if d.log:
+        return math.exp(math.log(d.low) + u * (math.log(d.high) - math.log(d.low)))
+    return d.low + u * (d.high - d.low)
+
+
+class GoldenSectionSampler(BaseSampler):
+    """Golden-section search over the single float parameter of the study (sequential trials)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._fallback = RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, dist: BaseDistribution
+    ) -> Any:
+        if not isinstance(dist, FloatDistribution) or dist.step is not None:
+            raise ValueError(
+                f"line search needs a continuous float parameter, got {param_name}: {dist}"
+            )
+        minimize = study.direction == StudyDirection.MINIMIZE
+        worst = math.inf if minimize else -math.inf
+        history = []
+        for t in study.get_trials(deepcopy=False, states=_DONE):
+            if param_name not in t.params or t.user_attrs.get("stale"):
+                continue
+            value = t.value if t.state == TrialState.COMPLETE and t.value is not None else worst
+            history.append((_to_unit(t.params[param_name], dist), value))
+        u = next_point(history, minimize=minimize)
+        return min(max(_from_unit(u, dist), dist.low), dist.high)
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
