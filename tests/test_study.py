@@ -1,0 +1,121 @@
+"""Playbook studies, fast parts: study config parsing, statistics and verdicts, every preset composes."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import CONF
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from scipy import stats as sps
+
+from tunelab.study import stats
+from tunelab.study.spec import merge_overrides, parse
+
+PRESETS = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_presets_cover_the_seed_articles():
+    assert {"optimizer_comparison", "seed_audit", "lr_momentum", "schedules", "l2"} <= set(PRESETS)
+    assert {"batch_size", "dropout"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_composes_and_parses(name):
+    cfg = _config(f"study={name}")
+    assert cfg.hydra.sweeper._target_.endswith("study_sweeper.StudySweeper")
+    conf = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    spec = parse(conf, cfg, [f"study={name}"])
+    assert spec.cells and spec.seeds and spec.goal
+    for cell in spec.cells:
+        args = spec.cell_arguments(cell)
+        assert f"study={name}" in args and f"experiment={spec.experiment}" in args
+        # the cell's jobs compose (its overrides and a point of its nuisance space)
+        job = _config(*[a for a in args if not a.startswith("hydra.")])
+        assert job.trainer.max_epochs <= 15
+
+
+def test_list_values_become_cells_with_conditional_nuisance():
+    cfg = _config()
+    conf = {
+        "study_name": "s",
+        "scientific": {"name": "optimizer.weight_decay", "values": [1.0e-5, 0.1]},
+        "nuisance": {"common": {"optimizer.lr": "interval(0.1, 1)"},
+                     "cells": {"1e-05": {"optimizer.momentum": "interval(0.5, 0.9)"}}},
+        "fixed": {"trainer.max_epochs": 3, "model.kernel": [3, 5]},
+        "seeds": 2,
+    }  # fmt: skip
+    spec = parse(conf, cfg, ["trainer.max_epochs=4"])
+    assert [c.name for c in spec.cells] == ["1e-05", "0.1"]
+    assert spec.cells[0].overrides == ("optimizer.weight_decay=1e-05",)
+    assert set(spec.cells[0].space) == {"optimizer.lr", "optimizer.momentum"}
+    assert set(spec.cells[1].space) == {"optimizer.lr"}
+    assert spec.seeds == [1, 2]
+    args = spec.cell_arguments(spec.cells[1])
+    assert (
+        "trainer.max_epochs=4" in args and "trainer.max_epochs=3" not in args
+    )  # command line wins
+    assert "model.kernel=[3,5]" in args
+    with pytest.raises(ValueError, match="unknown cells"):
+        parse({**conf, "nuisance": {"cells": {"nope": {}}}}, cfg, [])
+
+
+def test_merge_overrides_last_wins_per_key():
+    assert merge_overrides(["a=1", "b=2"], ["+a=3"], ["c=4"]) == ["b=2", "+a=3", "c=4"]
+
+
+def test_describe_matches_scipy_t_interval():
+    x = [0.91, 0.93, 0.92, 0.95]
+    d = stats.describe(x)
+    lo, hi = sps.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=sps.sem(x))
+    assert d["mean"] == pytest.approx(np.mean(x)) and d["std"] == pytest.approx(np.std(x, ddof=1))
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((lo, hi))
+    assert math.isnan(stats.describe([0.9])["std"])
+
+
+def test_paired_comparison_and_verdicts():
+    best = {1: 0.950, 2: 0.960, 3: 0.940, 4: 0.955}
+    noise = {1: 0.952, 2: 0.955, 3: 0.941, 4: 0.951}
+    c = stats.paired("adam", "momentum", "val/acc", noise, best)
+    assert c.p_t == pytest.approx(sps.ttest_rel(list(noise.values()), list(best.values())).pvalue)
+    assert c.verdict.startswith("adam vs momentum: −0.15 ± ")
+    assert "points val/acc, within seed noise (p = " in c.verdict
+    worse = {s: v - 0.05 + 0.001 * s for s, v in best.items()}
+    assert (
+        "lower beyond seed noise" in stats.paired("sgd", "momentum", "val/acc", worse, best).verdict
+    )
+    assert "one seed only" in stats.paired("a", "b", "val/acc", {1: 0.5}, {1: 0.6}).verdict
+    assert stats.paired("a", "b", "val/loss", {1: 0.5, 2: 0.4}, {1: 0.5, 2: 0.4}).p_t == 1.0
+
+
+def test_holm_adjustment_restates_verdicts():
+    best = {s: 0.95 + 0.001 * s for s in range(1, 5)}
+    comps = [
+        stats.paired(
+            name, "best", "val/acc", {s: v - shift + 0.002 * (s % 2) for s, v in best.items()}, best
+        )
+        for name, shift in (("a", 0.01), ("b", 0.0005))
+    ]
+    raw = sorted(c.p_t for c in comps)
+    stats.holm(comps)
+    assert sorted(c.p_holm for c in comps) == pytest.approx([2 * raw[0], max(2 * raw[0], raw[1])])
+    assert all("Holm-adjusted over 2 pairs" in c.verdict for c in comps)
+
+
+def test_seed_audit_gap_between_best_seed_and_median():
+    a = stats.audit([0.90, 0.92, 0.91, 0.97], "maximize")
+    assert a["best"] == 0.97 and a["best_minus_median"] == pytest.approx(0.97 - 0.915)
+    assert stats.audit([0.3, 0.1, 0.2], "minimize")["best_minus_median"] == pytest.approx(0.1)
+
+
+def test_best_so_far_band_is_monotone_and_brackets_the_median():
+    vals = list(np.random.default_rng(0).uniform(0.5, 0.9, size=12))
+    band = stats.best_so_far_band(vals, "maximize", n_boot=200)
+    assert np.all(np.diff(band["observed"]) >= 0) and np.all(np.diff(band["median"]) >= 0)
+    assert np.all(band["low"] <= band["median"]) and np.all(band["median"] <= band["high"])
+    assert stats.doubling_gain(band, "maximize") >= 0

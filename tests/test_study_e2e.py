@@ -1,0 +1,139 @@
+"""`python src/train.py -m study=…` end to end: a tiny study on synthetic data (2 cells x 3 trials x
+2 seeds), its aggregates against the per-seed MLflow runs, its report, and resume after a kill."""
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
+from optuna.trial import TrialState
+
+from tunelab.sweep.study import make_storage
+
+TINY = """# @package _global_
+defaults:
+  - override /data: synthetic
+  - override /model: mlp
+  - override /scheduler: constant
+  - override /hydra/sweeper: tunelab_study
+model: {width: 16}
+trainer: {max_epochs: 2, batch_size: 64}
+hydra:
+  sweeper:
+    study_name: tiny
+    experiment: tiny
+    goal: Does the optimizer matter on the tiny synthetic task?
+    scientific: {name: optimizer, values: [adam, momentum]}
+    nuisance:
+      common: {optimizer.lr: 'tag(log, interval(1.0e-3, 1.0e-1))'}
+      cells: {momentum: {optimizer.momentum: 'interval(0.5, 0.95)'}}
+    fixed: {trainer.label_smoothing: 0.0}
+    sampler: {name: random, seed: 0}
+    n_trials: 3
+    seeds: 2
+"""
+
+
+def _args(cwd: Path, sweep_dir: str) -> list[str]:
+    conf = cwd / "extra_conf" / "study"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "tiny.yaml").write_text(TINY)
+    return ["-m", "study=tiny", f"hydra.searchpath=[file://{cwd / 'extra_conf'}]",
+            f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+
+
+def _by_role(cwd: Path) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for r in mlflow_runs(cwd, "tiny"):
+        out.setdefault(r.data.tags.get("role"), []).append(r)
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir):
+    proc = run_cli(*_args(workdir, "first"), cwd=workdir, env={"TUNELAB_LOG_MODEL": "0"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = workdir / "first" / "study"
+    summary = json.loads((out / "summary.json").read_text())
+    runs = _by_role(workdir)
+    assert len(runs["study"]) == 1 and len(runs["cell"]) == 2
+    assert len(runs["trial"]) == 6 and len(runs["seed"]) == 6 and len(runs["confirm"]) == 4
+    for role in ("cell", "trial", "seed", "confirm"):
+        for r in runs[role]:
+            tags = r.data.tags
+            assert tags["study"] == "tiny" and tags["cell"] in ("adam", "momentum"), (role, tags)
+            assert role in ("cell",) or ("trial" in tags and (role == "trial" or "seed" in tags))
+    # aggregates = what the logged per-seed confirmation runs say
+    for cell in summary["cells"]:
+        confirm = [r for r in runs["confirm"] if r.data.tags["cell"] == cell["cell"]]
+        assert sorted(int(r.data.tags["seed"]) for r in confirm) == [1, 2]
+        for metric, logged in (("val/acc", "best/val/acc"), ("test/acc", "test/acc")):
+            values = [r.data.metrics[logged] for r in confirm]
+            s = cell["stats"][metric]
+            assert s["mean"] == pytest.approx(statistics.mean(values))
+            assert s["std"] == pytest.approx(statistics.stdev(values))
+        cell_run = next(r for r in runs["cell"] if r.data.tags["cell"] == cell["cell"])
+        assert cell_run.data.metrics["confirm/val/acc_mean"] == pytest.approx(
+            cell["stats"]["val/acc"]["mean"]
+        )
+        assert {r.data.tags["mlflow.parentRunId"] for r in confirm} == {cell_run.info.run_id}
+    assert len(summary["comparisons"]) == 2 and len(summary["verdicts"]) == 1
+    assert re.match(r"\w+ vs \w+: [−+]\d+\.\d+ ± \d+\.\d+ points val/acc", summary["verdicts"][0])
+    # the report and every figure it shows
+    md = (out / "report.md").read_text()
+    for name in re.findall(r"\]\((figures/[^)]+)\)", md):
+        assert (out / name).is_file(), name
+    for fig in (
+        "isolation.png",
+        "best_so_far.png",
+        "seed_spread.png",
+        "axis_momentum_optimizer_lr.png",
+    ):
+        assert (out / "figures" / fig).is_file()
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    arts = {a.path for a in client.list_artifacts(runs["study"][0].info.run_id)}
+    assert {"report.md", "report.html", "summary.json", "figures"} <= arts
+    # the same command again: nothing is searched or confirmed again
+    again = run_cli(*_args(workdir, "second"), cwd=workdir, env={"TUNELAB_LOG_MODEL": "0"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already done, not searched again" in again.stdout + again.stderr
+    assert {k: len(v) for k, v in _by_role(workdir).items()} == {k: len(v) for k, v in runs.items()}
+    assert (
+        json.loads((workdir / "second" / "study" / "summary.json").read_text())["cells"]
+        == summary["cells"]
+    )
+
+
+@pytest.mark.slow
+def test_study_killed_in_its_second_cell_resumes_without_redoing_the_first(workdir):
+    proc = start_cli(*_args(workdir, "killed"), cwd=workdir)
+    wait_for_line(proc, "cell momentum: nuisance study", timeout=240)
+    proc.kill()  # SIGKILL: a power cut, nothing is cleaned up
+    finish_cli(proc)
+    before = _by_role(workdir)
+    adam_before = {
+        role: sorted(
+            r.info.run_id for r in before.get(role, []) if r.data.tags.get("cell") == "adam"
+        )
+        for role in ("trial", "seed", "confirm")
+    }
+    assert len(adam_before["trial"]) == 3 and len(adam_before["confirm"]) == 2
+    proc = run_cli(*_args(workdir, "resumed"), cwd=workdir, env={"TUNELAB_LOG_MODEL": "0"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = _by_role(workdir)
+    for role, ids in adam_before.items():  # the finished cell: no new runs at all
+        assert sorted(r.info.run_id for r in after[role] if r.data.tags["cell"] == "adam") == ids
+    storage = make_storage(f"journal:{workdir / 'optuna.journal'}")
+    study = optuna.load_study(study_name="tiny-momentum", storage=storage)
+    counted = [t for t in study.trials if not t.user_attrs.get("stale")]
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+    mom = [r for r in after["confirm"] if r.data.tags["cell"] == "momentum"]
+    assert sorted(int(r.data.tags["seed"]) for r in mom) == [1, 2]
+    summary = json.loads((workdir / "resumed" / "study" / "summary.json").read_text())
+    assert all(c["stats"]["val/acc"]["n"] == 2 for c in summary["cells"])
