@@ -11,7 +11,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 def learning_curves(history: dict[str, list[float]], best_epoch: int | None = None) -> Figure:
     """Loss, accuracy and learning rate per epoch; the selected epoch is marked."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
     epochs = range(1, len(history.get("train/loss", [])) + 1)
     for ax, (title, keys) in zip(
         axes,
@@ -31,7 +31,7 @@ def learning_curves(history: dict[str, list[float]], best_epoch: int | None = No
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     axes[2].set_yscale("log")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.25)  # tight_layout costs ~0.25 s
     return fig
 
 
