@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import FAST, mlflow_runs, run_cli
+from conftest import EPOCH_METRICS, FAST, mlflow_runs, run_cli
 
 
 def _runs(cwd):
@@ -65,16 +65,7 @@ def test_multirun_puts_jobs_under_one_parent(tmp_path, launcher):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.data.params["optimizer.name"] for r in children} == {"sgd", "adam"}
     assert all(r.info.status == "FINISHED" for r in runs)
-    keys = (
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "opt/lr",
-        "train/grad_norm",
-        "perf/epoch_s",
-        "perf/samples_per_s",
-    )
+    keys = EPOCH_METRICS
     with sqlite3.connect(
         tmp_path / "mlflow.db"
     ) as db:  # no lost metric rows: 2 runs x 2 epochs x 8 keys

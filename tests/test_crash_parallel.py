@@ -6,19 +6,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import QUICK_ENV, mlflow_runs, run_cli
+from conftest import EPOCH_METRICS, QUICK_ENV, mlflow_runs, run_cli
 
 EPOCHS = 3
-PER_EPOCH = (
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "opt/lr",
-    "train/grad_norm",
-    "perf/epoch_s",
-    "perf/samples_per_s",
-)
+PER_EPOCH = EPOCH_METRICS
 AT_THE_END = ("best/val/acc", "best/val/loss", "test/acc", "test/loss", "best_epoch")
 
 

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose_cfg, mlflow_runs
+from conftest import EPOCH_METRICS, FAST, compose_cfg, mlflow_runs
 from mlflow import MlflowClient
 
 from tunelab.tracking import NullTracker
@@ -41,16 +41,7 @@ def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
         assert tag in r.data.tags, tag
     assert r.data.tags["seed"] == "3"
     # per-epoch metrics and the final summary
-    for key in (
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "opt/lr",
-        "train/grad_norm",
-        "perf/epoch_s",
-        "perf/samples_per_s",
-    ):
+    for key in EPOCH_METRICS:
         assert len(client.get_metric_history(r.info.run_id, key)) == 2, key
     assert r.data.metrics["test/acc"] == pytest.approx(summary["test/acc"])
     assert r.data.metrics["best/val/acc"] == pytest.approx(summary["val/acc"])

@@ -114,7 +114,8 @@ def fit(
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(x.device)
-        loss_sum = correct = grad_norm_sum = 0.0
+        # running sums stay on the device: one host sync per epoch, not per batch
+        loss_sum, correct, grad_norm_sum = (torch.zeros((), device=x.device) for _ in range(3))
         n_updates = 0
         batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
         for b, start in enumerate(batches):
@@ -124,19 +125,22 @@ def fit(
                 loss = F.cross_entropy(
                     logits.float(), y[idx], label_smoothing=trainer.label_smoothing
                 )
-            if not torch.isfinite(loss):
+            if x.device.type == "cpu" and not torch.isfinite(loss):  # free check on CPU
                 raise DivergedError(epoch, loss.item())
             (loss / accum).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum().item()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y[idx]).sum()
             if (b + 1) % accum == 0 or b == len(batches) - 1:
-                grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(params, clip))
+                grad_norm_sum += torch.nn.utils.clip_grad_norm_(params, clip).detach()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.after_step()
                 state.step += 1
                 n_updates += 1
         seen = min(len(batches) * bs, n)
+        loss_sum, correct, grad_norm_sum = (float(t) for t in (loss_sum, correct, grad_norm_sum))
+        if not math.isfinite(loss_sum):
+            raise DivergedError(epoch, loss_sum)
         train_s = time.perf_counter() - t0
         val_loss, val_acc, _ = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
         metrics = {

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -82,6 +84,41 @@ def retry_locked(fn: Callable[[], T], *, attempts: int = 12) -> T:
     raise AssertionError("unreachable")
 
 
+class BackgroundWriter:
+    """One worker thread that runs submitted writes in order, so per-epoch metric writes (a SQLite
+    commit each) overlap with training. `flush()` waits and re-raises the first error."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="tunelab-tracker", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                if self._error is None:
+                    fn()
+            except BaseException as exc:  # kept for the training thread to raise
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        self._raise()
+        self._queue.put(fn)
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 class MlflowTracker:
     """One MLflow run through MlflowClient (no global fluent state, safe for in-process sweeps)."""
 
@@ -95,7 +132,22 @@ class MlflowTracker:
         self.client = retry_locked(lambda: MlflowClient(self.tracking_uri))
         self.run_id: str | None = None
         self._logged: set[tuple[str, int]] = set()  # (key, step) already in a resumed run
+        self._background: BackgroundWriter | None = None  # started on the first metric write
         self.experiment_id = ensure_experiment(self.client, experiment)
+
+    @property
+    def _writer(self) -> BackgroundWriter:
+        if self._background is None:
+            self._background = BackgroundWriter()
+        return self._background
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Hydra callbacks travel to joblib workers): pending writes are flushed first."""
+        if self._background is not None:
+            self._background.flush()
+        return {k: v for k, v in self.__dict__.items() if k != "_background"} | {
+            "_background": None
+        }
 
     def start(
         self,
@@ -136,14 +188,18 @@ class MlflowTracker:
             for k, v in metrics.items()
             if (k, step) not in self._logged
         ]
+        run_id = self.run_id
         for chunk in _chunks(items, 1000):
-            retry_locked(
-                lambda c=chunk: self.client.log_batch(self.run_id, metrics=c, synchronous=True)
+            self._writer.submit(
+                lambda c=chunk: retry_locked(
+                    lambda: self.client.log_batch(run_id, metrics=c, synchronous=True)
+                )
             )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
+        self._writer.flush()
         items = [RunTag(k, str(v)[:PARAM_CHARS]) for k, v in tags.items()]
         for chunk in _chunks(items, MAX_BATCH):
             retry_locked(
@@ -151,12 +207,15 @@ class MlflowTracker:
             )
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self._writer.flush()
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self._writer.flush()
         retry_locked(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
+        self._writer.flush()
         retry_locked(lambda: self.client.log_figure(self.run_id, fig, artifact_file))
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
@@ -174,6 +233,7 @@ class MlflowTracker:
 
     def log_model(self, model: Any, input_example: Any) -> None:
         """Log with MLflow's PyTorch flavour (signature inferred from the input example)."""
+        self._writer.flush()
         if not self.log_model_enabled:
             return
         import mlflow
@@ -186,8 +246,11 @@ class MlflowTracker:
             )
 
     def end(self, status: str) -> None:
-        if self.run_id is not None:
-            retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
+        try:
+            self._writer.flush()
+        finally:
+            if self.run_id is not None:
+                retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def mark_killed(self, run_id: str, reason: str) -> bool:
         """End a run that a dead process left RUNNING as KILLED; False if it is not RUNNING here."""

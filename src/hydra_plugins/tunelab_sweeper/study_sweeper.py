@@ -5,12 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.plugins import Plugins
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
 
 from .config import PrunerConf, SamplerConf
+from .tunelab_sweeper import TunelabSweeper
 
 
 @dataclass
@@ -73,26 +70,8 @@ ConfigStore.instance().store(
 )
 
 
-class StudySweeper(Sweeper):
+class StudySweeper(TunelabSweeper):
     """Per scientific value a nuisance study, then its winner under the study's seeds (paired)."""
-
-    def __init__(self, **conf: Any) -> None:
-        self.conf = {
-            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in conf.items()
-        }
-        self.config: DictConfig | None = None
-        self.launcher = None
-
-    def setup(
-        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
-    ) -> None:
-        from tunelab.sweep.jobs import SafeTask
-
-        self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=SafeTask(task_function)
-        )
 
     def sweep(self, arguments: list[str]) -> Any:
         from tunelab.study.runner import run_study
