@@ -34,12 +34,14 @@ def compose_cfg(overrides: list[str]):
 
 
 def bare_loop(cfg) -> float:
-    """The minimal loop: shuffle, forward, backward, step, schedule, validate every epoch."""
+    """The minimal loop: shuffle, forward, backward, step, schedule, validate every epoch; same
+    model, optimizer (param groups), schedule and loss as the configured run."""
     torch.manual_seed(cfg.seed)
     splits = build.build_data(cfg.data)
     model = build.build_model(cfg.model, splits.input_shape, splits.num_classes)
     opt = build.build_optimizer(model, cfg.optimizer)
     bs, n = cfg.trainer.batch_size, len(splits.y_train)
+    smoothing = cfg.trainer.label_smoothing  # the same loss as the configured run
     sched = build_schedule(
         opt, cfg.scheduler, steps_per_epoch=-(-n // bs), max_epochs=cfg.trainer.max_epochs
     )
@@ -49,7 +51,9 @@ def bare_loop(cfg) -> float:
         perm = torch.randperm(n)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
-            loss = F.cross_entropy(model(splits.x_train[idx]), splits.y_train[idx])
+            loss = F.cross_entropy(
+                model(splits.x_train[idx]), splits.y_train[idx], label_smoothing=smoothing
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -170,52 +170,44 @@ class MlflowTracker:
         self.run_id = run.info.run_id
         return self.run_id
 
+    def _later(self, write: Callable[[str], Any]) -> None:
+        """Queue a write for the background thread (in order; retried while SQLite is locked)."""
+        run_id = self.run_id
+        self._writer.submit(lambda: retry_locked(lambda: write(run_id)))
+
+    def _batches(self, kind: str, items: list, size: int = MAX_BATCH) -> None:
+        for chunk in _chunks(items, size):
+            self._later(
+                lambda rid, c=chunk: self.client.log_batch(rid, **{kind: c}, synchronous=True)
+            )
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:PARAM_CHARS]) for k, v in params.items()]
-        for chunk in _chunks(items, MAX_BATCH):
-            retry_locked(
-                lambda c=chunk: self.client.log_batch(self.run_id, params=c, synchronous=True)
-            )
+        self._batches("params", [Param(k, str(v)[:PARAM_CHARS]) for k, v in params.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if (k, step) not in self._logged
-        ]
-        run_id = self.run_id
-        for chunk in _chunks(items, 1000):
-            self._writer.submit(
-                lambda c=chunk: retry_locked(
-                    lambda: self.client.log_batch(run_id, metrics=c, synchronous=True)
-                )
-            )
+        fresh = [(k, v) for k, v in metrics.items() if (k, step) not in self._logged]
+        self._batches("metrics", [Metric(k, float(v), now, step) for k, v in fresh], size=1000)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self._writer.flush()
-        items = [RunTag(k, str(v)[:PARAM_CHARS]) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_BATCH):
-            retry_locked(
-                lambda c=chunk: self.client.log_batch(self.run_id, tags=c, synchronous=True)
-            )
+        self._batches("tags", [RunTag(k, str(v)[:PARAM_CHARS]) for k, v in tags.items()])
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self._writer.flush()
+        self._writer.flush()  # the file may be temporary: copy it now
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        self._writer.flush()
-        retry_locked(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+        snapshot = json.loads(json.dumps(obj, default=str))  # the caller may keep mutating obj
+        self._later(lambda rid: self.client.log_dict(rid, snapshot, artifact_file))
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
-        self._writer.flush()
+        self._writer.flush()  # rendered now: the caller closes the figure afterwards
         retry_locked(lambda: self.client.log_figure(self.run_id, fig, artifact_file))
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
@@ -229,7 +221,7 @@ class MlflowTracker:
             profile=json.dumps(profile),
         )
         inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])
-        retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=[inp]))
+        self._later(lambda rid: self.client.log_inputs(rid, datasets=[inp]))
 
     def log_model(self, model: Any, input_example: Any) -> None:
         """Log with MLflow's PyTorch flavour (signature inferred from the input example)."""
