@@ -27,18 +27,22 @@ class CheckpointError(RuntimeError):
         self.reason = reason  # recorded as the run's failure_reason tag
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write `obj` so that `path` holds either the previous or the complete new checkpoint.
-
-    Serialised in memory first, so a full disk or a size limit surfaces as the OS error itself."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def serialize(obj: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes: a consistent snapshot, taken before training moves on."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_atomic(data: bytes, path: str | Path) -> None:
+    """Temp file + fsync + rename, so `path` holds either the previous or the complete new
+    checkpoint; a full disk or a size limit surfaces as the OS error itself."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

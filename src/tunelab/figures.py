@@ -31,7 +31,9 @@ def learning_curves(history: dict[str, list[float]], best_epoch: int | None = No
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     axes[2].set_yscale("log")
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.25)  # tight_layout costs ~0.25 s
+    fig.subplots_adjust(
+        left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.25
+    )  # tight_layout costs ~0.25 s
     return fig
 
 

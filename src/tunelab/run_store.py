@@ -22,13 +22,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.background import BackgroundWriter
 from tunelab.checkpoint import (
     CheckpointError,
     load_model_state,
     load_safe,
     restore_rng_state,
     rng_state,
-    save_atomic,
+    serialize,
+    write_atomic,
 )
 from tunelab.loop import TrainState
 
@@ -69,6 +71,7 @@ class RunStore:
         self.lock_path = directory.parent / f"{directory.name}.lock"
         self.run_id: str | None = None
         self._lock: Any = None
+        self._writer: BackgroundWriter | None = None  # checkpoint I/O off the training thread
 
     @classmethod
     def for_config(cls, cfg: DictConfig) -> RunStore:
@@ -103,6 +106,7 @@ class RunStore:
         self._lock = fh
 
     def release(self) -> None:
+        self.flush(quietly=True)
         if self._lock is not None:
             self._lock.close()  # closing the file drops the flock
             self._lock = None
@@ -205,9 +209,11 @@ class RunStore:
         every: int,
     ) -> None:
         if improved:
-            save_atomic({"model": model.state_dict(), "epoch": state.epoch - 1}, self.best_path)
+            self._write_later(
+                {"model": model.state_dict(), "epoch": state.epoch - 1}, self.best_path
+            )
         if every and (state.epoch % every == 0 or state.stopped_early):
-            save_atomic(
+            self._write_later(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -219,11 +225,26 @@ class RunStore:
                 self.last_path,
             )
 
+    def _write_later(self, obj: dict[str, Any], path: Path) -> None:
+        """Snapshot now, write (fsync, rename) on the background thread; a failed write is raised
+        at the next checkpoint or flush."""
+        if self._writer is None:
+            self._writer = BackgroundWriter()
+        data = serialize(obj)
+        self._writer.submit(lambda: write_atomic(data, path))
+
+    def flush(self, quietly: bool = False) -> None:
+        """Wait until every submitted checkpoint is on disk."""
+        if self._writer is not None:
+            self._writer.flush_quietly() if quietly else self._writer.flush()
+
     def load_best(self, model: torch.nn.Module) -> None:
+        self.flush()
         if self.best_path.exists():
             load_model_state(model, load_safe(self.best_path)["model"], self.best_path)
 
     def mark_done(self, outcome: str = "finished") -> None:
         """No later start resumes this directory: finished, pruned and diverged runs are final."""
+        self.flush(quietly=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.done_path.write_text(json.dumps({"run_id": self.run_id, "outcome": outcome}))

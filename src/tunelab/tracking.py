@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import random
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+from tunelab.background import BackgroundWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,41 +82,6 @@ def retry_locked(fn: Callable[[], T], *, attempts: int = 12) -> T:
                 raise
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
-
-
-class BackgroundWriter:
-    """One worker thread that runs submitted writes in order, so per-epoch metric writes (a SQLite
-    commit each) overlap with training. `flush()` waits and re-raises the first error."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="tunelab-tracker", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while True:
-            fn = self._queue.get()
-            try:
-                if self._error is None:
-                    fn()
-            except BaseException as exc:  # kept for the training thread to raise
-                self._error = exc
-            finally:
-                self._queue.task_done()
-
-    def submit(self, fn: Callable[[], Any]) -> None:
-        self._raise()
-        self._queue.put(fn)
-
-    def flush(self) -> None:
-        self._queue.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 class MlflowTracker:

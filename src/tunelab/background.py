@@ -1,0 +1,53 @@
+"""An ordered background writer: slow I/O (SQLite commits, fsynced checkpoints) overlaps training."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundWriter:
+    """One worker thread that runs submitted writes in order, so per-epoch metric writes (a SQLite
+    commit each) overlap with training. `flush()` waits and re-raises the first error."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="tunelab-tracker", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                if self._error is None:
+                    fn()
+            except BaseException as exc:  # kept for the training thread to raise
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        self._raise()
+        self._queue.put(fn)
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush_quietly(self) -> None:
+        """Wait for pending writes; log instead of raising (used while another error unwinds)."""
+        try:
+            self.flush()
+        except Exception as exc:
+            log.error("a background write failed: %s", exc)
