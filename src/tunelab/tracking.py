@@ -72,13 +72,20 @@ class NullTracker:
         return self.run_id
 
 
+# Errors a concurrent writer causes and a retry resolves: SQLite's single-writer lock, and two jobs
+# registering the same dataset at once (MLflow checks, then inserts; the second insert fails and a
+# retry finds the row and links it).
+TRANSIENT = ("database is locked", "unique constraint failed: datasets")
+
+
 def retry_locked(fn: Callable[[], T], *, attempts: int = 12) -> T:
-    """Call fn, retrying with jittered backoff while SQLite reports 'database is locked'."""
+    """Call fn, retrying with jittered backoff on the transient errors of concurrent writers."""
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as exc:  # sqlalchemy/mlflow wrap the sqlite3 error differently per path
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+            transient = any(t in str(exc).lower() for t in TRANSIENT)
+            if not transient or attempt == attempts - 1:
                 raise
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
