@@ -48,6 +48,7 @@ def main() -> None:
         "storage": f"journal:{Path(args.study) / 'optuna.journal'}",
         "n_trials": int(tune.n_trials),
         "n_jobs": int(tune.n_jobs),
+        "sampler": {"seed": int(tune.sampler_seed)},
     }
     if tune.params:
         sweeper["params"] = OmegaConf.to_container(tune.params)
