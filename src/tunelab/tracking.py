@@ -142,6 +142,10 @@ class MlflowTracker:
         self.run_id = run.info.run_id
         return self.run_id
 
+    def flush(self) -> None:
+        """Wait until every queued write is recorded (re-raising the first that failed)."""
+        self._writer.flush()
+
     def _later(self, write: Callable[[str], Any]) -> None:
         """Queue a write for the background thread (in order; retried while SQLite is locked)."""
         run_id = self.run_id
