@@ -9,7 +9,6 @@ import csv
 import json
 from pathlib import Path
 
-from tunelab import figures
 from tunelab.evaluation import confusion_figure, evaluate_checkpoints, seeds_of
 from tunelab.stages import apply_overrides, load_params, stage_tags, use_prepared_data, write_json
 from tunelab.tracking import MlflowTracker
@@ -57,9 +56,8 @@ def main() -> None:
     )
     tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)}, step=0)
     fig = confusion_figure(result["confusion"])
-    tracker.log_figure(fig, "confusion_matrix.png")
     fig.savefig(out / "confusion_matrix.png", dpi=110)
-    figures.close(fig)
+    tracker.log_artifact(out / "confusion_matrix.png")
     tracker.log_artifact(out / "metrics.json")
     tracker.end("FINISHED")
     print(

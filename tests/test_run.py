@@ -53,7 +53,7 @@ def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
     assert {
         "config.yaml",
         "overrides.yaml",
-        "learning_curves.png",
+        "learning_curves.svg",
         "history.json",
         "checkpoints",
     } <= names
@@ -124,3 +124,29 @@ def test_reporter_sees_every_epoch_and_can_stop_the_run(in_tmp):
     assert [e for e, _ in seen] == [0, 1]
     assert all(0.0 <= v <= 1.0 for _, v in seen)
     assert np.isfinite([v for _, v in seen]).all()
+
+
+def test_metrics_are_sent_in_batches_and_nothing_pending_is_lost_at_the_end(workdir):
+    """Per-epoch metrics wait for the batch interval; flush and end send whatever is pending."""
+    from tunelab.tracking import MlflowTracker
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    client = MlflowClient(uri)
+    tracker = MlflowTracker(uri, "tunelab", log_model=False, metrics_every_s=3600)
+    run_id = tracker.start("batched", tags={})
+    for epoch in range(3):
+        tracker.log_metrics({"train/loss": 1.0 / (epoch + 1)}, step=epoch)
+    tracker._writer.flush()  # everything queued so far has landed: the metrics are still pending
+    assert client.get_metric_history(run_id, "train/loss") == []
+    tracker.flush()
+    assert len(client.get_metric_history(run_id, "train/loss")) == 3
+    tracker.log_metrics({"train/loss": 0.1}, step=3)
+    tracker.end("FINISHED")
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [0, 1, 2, 3]
+
+    eager = MlflowTracker(uri, "tunelab", log_model=False, metrics_every_s=0)
+    eager_id = eager.start("eager", tags={})
+    eager.log_metrics({"val/acc": 0.5}, step=0)
+    eager._writer.flush()
+    assert len(client.get_metric_history(eager_id, "val/acc")) == 1  # sent with its epoch
+    eager.end("FINISHED")

@@ -100,6 +100,7 @@ RULES: dict[str, Check] = {
     "data.val_fraction": number(0, 1, lo_open=True, hi_open=True),
     "finetune.freeze_backbone_epochs": number(0, integer=True),
     "finetune.backbone_lr_mult": NON_NEGATIVE,
+    "tracking.metrics_every_s": NON_NEGATIVE,
 }
 
 

@@ -46,10 +46,11 @@ def evaluate_checkpoints(cfg: DictConfig, checkpoints: dict[int, Path]) -> dict[
 
 
 def confusion_figure(confusion: list[list[int]]) -> Any:
-    from tunelab.figures import plt
+    from tunelab.figures import Figure
 
     m = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.subplots()
     im = ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(

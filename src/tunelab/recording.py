@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab import figures
+from tunelab import curves_svg
+from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
 from tunelab.lineage import git_state, lineage_tags
 from tunelab.loop import DivergedError, TrainState, evaluate
 from tunelab.tracking import Tracker
@@ -156,10 +157,11 @@ def finish_run(
     autocast: Any,
 ) -> dict[str, float]:
     """Restore the selected (best-validation) weights, report test metrics, log artifacts."""
+    h = state.history
+    tracker.log_text(curves_svg.learning_curves(h, state.best_epoch), "learning_curves.svg")
     store.load_best(model)
     val_loss, val_acc, val_pred = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
     test_loss, test_acc, _ = evaluate(model, data["x_test"], data["y_test"], autocast=autocast)
-    h = state.history
     summary = {
         "val/acc": val_acc,
         "val/loss": val_loss,
@@ -176,21 +178,11 @@ def finish_run(
         | {"test/acc": test_acc, "test/loss": test_loss, "best_epoch": state.best_epoch},
         step=state.epoch,
     )
-    per_class = [
-        float((val_pred[data["y_val"] == c] == c).float().mean())
-        if (data["y_val"] == c).any()
-        else float("nan")
-        for c in range(splits.num_classes)
-    ]
-    tracker.log_metrics(
-        {f"val/acc_class_{c}": a for c, a in enumerate(per_class) if a == a}, step=state.epoch
-    )
+    accs = per_class_accuracy(val_pred, data["y_val"], splits.num_classes)
+    tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
     tracker.set_tags(
         {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits)}
     )
-    fig = figures.learning_curves(h, state.best_epoch)
-    tracker.log_figure(fig, "learning_curves.png")
-    figures.close(fig)
     tracker.log_dict(h, "history.json")
     if store.best_path.exists():
         tracker.log_artifact(store.best_path, "checkpoints")

@@ -42,7 +42,8 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_dict(self, obj: Any, artifact_file: str) -> None: ...
-    def log_figure(self, fig: Any, artifact_file: str) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_figure(self, fig: Any, artifact_file: str) -> None: ...  # fig: not changed afterwards
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None: ...
     def log_model(self, model: Any, input_example: Any) -> None: ...
     def end(self, status: str) -> None: ...
@@ -94,11 +95,23 @@ def retry_locked(fn: Callable[[], T], *, attempts: int = 12) -> T:
 class MlflowTracker:
     """One MLflow run through MlflowClient (no global fluent state, safe for in-process sweeps)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, log_model: bool = True) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        log_model: bool = True,
+        metrics_every_s: float = 2.0,
+    ) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = absolute_uri(tracking_uri)
         self.experiment, self.log_model_enabled = experiment, log_model
+        # metrics are sent in one batch (one SQLite transaction) at most this often; flush, end
+        # and every artifact send what is pending. A killed run's unsent epochs come back from its
+        # checkpoint's history when it resumes.
+        self.metrics_every_s = float(metrics_every_s)
+        self._pending: list[Any] = []
+        self._sent_at = time.monotonic()
         if os.environ.get("TUNELAB_LOG_MODEL") == "0":
             self.log_model_enabled = False
         self.client = retry_locked(lambda: MlflowClient(self.tracking_uri))
@@ -115,6 +128,7 @@ class MlflowTracker:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (Hydra callbacks travel to joblib workers): pending writes are flushed first."""
+        self._send_metrics()
         if self._background is not None:
             self._background.flush()
         return {k: v for k, v in self.__dict__.items() if k != "_background"} | {
@@ -144,6 +158,7 @@ class MlflowTracker:
 
     def flush(self) -> None:
         """Wait until every queued write is recorded (re-raising the first that failed)."""
+        self._send_metrics()
         self._writer.flush()
 
     def _later(self, write: Callable[[str], Any]) -> None:
@@ -167,7 +182,15 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         fresh = [(k, v) for k, v in metrics.items() if (k, step) not in self._logged]
-        self._batches("metrics", [Metric(k, float(v), now, step) for k, v in fresh], size=1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in fresh]
+        if time.monotonic() - self._sent_at >= self.metrics_every_s:
+            self._send_metrics()
+
+    def _send_metrics(self) -> None:
+        self._sent_at = time.monotonic()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._batches("metrics", pending, size=1000)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -175,16 +198,19 @@ class MlflowTracker:
         self._batches("tags", [RunTag(k, str(v)[:PARAM_CHARS]) for k, v in tags.items()])
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        self._writer.flush()  # the file may be temporary: copy it now
+        self.flush()  # the file may be temporary: copy it now
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_path))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         snapshot = json.loads(json.dumps(obj, default=str))  # the caller may keep mutating obj
         self._later(lambda rid: self.client.log_dict(rid, snapshot, artifact_file))
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._later(lambda rid: self.client.log_text(rid, text, artifact_file))
+
     def log_figure(self, fig: Any, artifact_file: str) -> None:
-        self._writer.flush()  # rendered now: the caller closes the figure afterwards
-        retry_locked(lambda: self.client.log_figure(self.run_id, fig, artifact_file))
+        """Rendered on the background thread: pass a pyplot-free Figure and leave it unchanged."""
+        self._later(lambda rid: self.client.log_figure(rid, fig, artifact_file))
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -201,7 +227,7 @@ class MlflowTracker:
 
     def log_model(self, model: Any, input_example: Any) -> None:
         """Log with MLflow's PyTorch flavour (signature inferred from the input example)."""
-        self._writer.flush()
+        self.flush()
         if not self.log_model_enabled:
             return
         import mlflow
@@ -215,7 +241,7 @@ class MlflowTracker:
 
     def end(self, status: str) -> None:
         try:
-            self._writer.flush()
+            self.flush()
         finally:
             if self.run_id is not None:
                 retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))
