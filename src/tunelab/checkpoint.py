@@ -27,8 +27,20 @@ class CheckpointError(RuntimeError):
         self.reason = reason  # recorded as the run's failure_reason tag
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy that training cannot change any more: tensors cloned, containers rebuilt. Cheap (a
+    memory copy), so it is taken on the training thread and serialised elsewhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
 def serialize(obj: dict[str, Any]) -> bytes:
-    """The checkpoint file's bytes: a consistent snapshot, taken before training moves on."""
+    """The checkpoint file's bytes."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()

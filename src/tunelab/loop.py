@@ -104,6 +104,7 @@ def fit(
     x, y = data["x_train"], data["y_train"]
     n, bs, accum = len(y), int(trainer.batch_size), int(trainer.grad_accum_steps)
     clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
+    smoothing, on_cpu = float(trainer.label_smoothing), x.device.type == "cpu"
     stop = trainer.early_stopping
     params = [p for p in model.parameters()]
     bar = _progress(trainer.max_epochs, state.epoch)
@@ -120,18 +121,17 @@ def fit(
         batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
         for b, start in enumerate(batches):
             idx = perm[start : start + bs]
+            target = y[idx]
             with autocast():
                 logits = model(x[idx])  # (B, ...) -> (B, classes)
-                loss = F.cross_entropy(
-                    logits.float(), y[idx], label_smoothing=trainer.label_smoothing
-                )
-            if x.device.type == "cpu" and not torch.isfinite(loss):  # free check on CPU
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+            if on_cpu and not torch.isfinite(loss):  # free check on CPU
                 raise DivergedError(epoch, loss.item())
-            (loss / accum).backward()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum()
+            (loss / accum if accum > 1 else loss).backward()
+            loss_sum.add_(loss.detach(), alpha=len(idx))
+            correct += (logits.argmax(1) == target).sum()
             if (b + 1) % accum == 0 or b == len(batches) - 1:
-                grad_norm_sum += torch.nn.utils.clip_grad_norm_(params, clip).detach()
+                grad_norm_sum += _grad_norm(params, clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.after_step()
@@ -171,6 +171,14 @@ def fit(
     if bar is not None:
         bar.close()
     return state
+
+
+def _grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
+    """Total gradient norm, clipping to `clip`; without a limit the gradients are only measured."""
+    if math.isinf(clip):
+        grads = [p.grad for p in params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(params, clip).detach()
 
 
 def _update_early_stopping(

@@ -30,6 +30,7 @@ from tunelab.checkpoint import (
     restore_rng_state,
     rng_state,
     serialize,
+    snapshot,
     write_atomic,
 )
 from tunelab.loop import TrainState
@@ -226,12 +227,12 @@ class RunStore:
             )
 
     def _write_later(self, obj: dict[str, Any], path: Path) -> None:
-        """Snapshot now, write (fsync, rename) on the background thread; a failed write is raised
-        at the next checkpoint or flush."""
+        """Snapshot now; serialise and write (fsync, rename) on the background thread. A failed
+        write is raised at the next checkpoint or flush."""
         if self._writer is None:
             self._writer = BackgroundWriter()
-        data = serialize(obj)
-        self._writer.submit(lambda: write_atomic(data, path))
+        frozen = snapshot(obj)
+        self._writer.submit(lambda: write_atomic(serialize(frozen), path))
 
     def flush(self, quietly: bool = False) -> None:
         """Wait until every submitted checkpoint is on disk."""
