@@ -1,9 +1,11 @@
 """Throughput of `tunelab.train.run` with all tracking on versus a bare PyTorch loop.
 
-Same model, data, batch size, optimizer, schedule and epochs; runs interleaved (bare, ours, bare,
-ours, ...) in one process so machine noise hits both alike. Prints medians and their ratio.
+Same model, data, batch size, optimizer, schedule and epochs. Runs come in adjacent pairs (bare then
+ours, ours then bare, alternating) in one process, so slow drifts of a shared machine hit both runs
+of a pair alike; the figure is the median over pairs of the per-pair throughput ratio, shown with
+its range, next to the ratio of the median times.
 
-    python bench/overhead.py [--epochs 15] [--repeats 3] [--log-model]
+    python bench/overhead.py [--epochs 15] [--repeats 5] [--log-model]
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def ours(cfg) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=15, help="the default recipe trains 15")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="pairs of runs")
     ap.add_argument(
         "--log-model", action="store_true", help="include MLflow log_model (about 5 s per call)"
     )
@@ -94,16 +96,27 @@ def main() -> None:
     bare_s, ours_s = [], []
     ours(compose_cfg(overrides))  # warm-up: store schema, imports, data cache
     for r in range(args.repeats):
-        bare_s.append(bare_loop(cfg))
-        ours_s.append(ours(compose_cfg(overrides)))
-        print(f"repeat {r + 1}: bare {bare_s[-1]:.2f}s  tunelab {ours_s[-1]:.2f}s", flush=True)
+        pair = [("bare", lambda: bare_loop(cfg)), ("ours", lambda: ours(compose_cfg(overrides)))]
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:
+            (bare_s if name == "bare" else ours_s).append(fn())
+        print(
+            f"pair {r + 1}: bare {bare_s[-1]:.2f}s  tunelab {ours_s[-1]:.2f}s  "
+            f"ratio {bare_s[-1] / ours_s[-1]:.3f}",
+            flush=True,
+        )
     b, o = statistics.median(bare_s), statistics.median(ours_s)
+    ratios = sorted(bs / os_ for bs, os_ in zip(bare_s, ours_s, strict=True))
     print(f"bare loop : {samples / b:,.0f} samples/s (median {b:.2f}s for {args.epochs} epochs)")
     print(
         f"tunelab   : {samples / o:,.0f} samples/s (median {o:.2f}s, MLflow tracking on, "
         f"log_model={'on' if args.log_model else 'off'})"
     )
-    print(f"throughput ratio tunelab/bare = {b / o:.3f}   (target >= 0.95)")
+    print(f"overhead per run: {o - b:+.2f}s (difference of the medians)")
+    print(f"ratio of median times         = {b / o:.3f}")
+    print(
+        f"throughput ratio tunelab/bare = {statistics.median(ratios):.3f} "
+        f"(median of {len(ratios)} pairs, range {ratios[0]:.3f}-{ratios[-1]:.3f})   (target >= 0.95)"
+    )
 
 
 if __name__ == "__main__":
