@@ -58,9 +58,13 @@ def logged_history(cwd: Path, run_id: str) -> dict[str, list[float]]:
     }
 
 
-def kill_at_random_epoch(proc, rng: random.Random, last: int) -> int:
-    epoch = rng.randint(1, last)
+def kill_at_random_epoch(proc, rng: random.Random, last: int, cwd: Path, every: int = 1) -> int:
+    """SIGKILL somewhere after a checkpoint is on disk (with none, a rerun rightly starts over)."""
+    epoch = rng.randint(every, last)
     wait_for_line(proc, f"epoch {epoch}/{EPOCHS}")
+    deadline = time.monotonic() + 30
+    while not list(cwd.glob("checkpoints/*/last.pt")) and time.monotonic() < deadline:
+        time.sleep(0.005)  # checkpoints are written on a background thread
     time.sleep(rng.uniform(0.0, 0.15))  # anywhere inside the following epoch(s)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -82,7 +86,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, mlflow_s
     reference = start_cli(*args, cwd=ref_dir)
     victim = start_cli(*args, cwd=crash_dir)
     rng = random.Random()
-    killed_after = kill_at_random_epoch(victim, rng, last=EPOCHS // 2)
+    killed_after = kill_at_random_epoch(victim, rng, last=EPOCHS // 2, cwd=crash_dir, every=every)
     (dead,) = mlflow_runs(crash_dir)
     assert dead.info.status == "RUNNING"  # SIGKILL leaves no chance to clean up
 

@@ -35,8 +35,13 @@ def snapshot(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: snapshot(v) for k, v in obj.items()}
     if type(obj) in (list, tuple):
+        if all(type(v) in PLAIN for v in obj):  # e.g. Python's RNG state, a metric history
+            return type(obj)(obj)
         return type(obj)(snapshot(v) for v in obj)
     return obj
+
+
+PLAIN = (int, float, bool, str, type(None))
 
 
 def serialize(obj: dict[str, Any]) -> bytes:

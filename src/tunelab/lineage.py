@@ -30,6 +30,7 @@ def git_state(cwd: str | None = None) -> dict[str, str]:
     return {"git_sha": sha.strip(), "git_dirty": str(bool(diff.strip())).lower(), "diff": diff}
 
 
+@lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "mlflow", "optuna", "hydra-core", "numpy"):

@@ -73,6 +73,7 @@ class RunStore:
         self.run_id: str | None = None
         self._lock: Any = None
         self._writer: BackgroundWriter | None = None  # checkpoint I/O off the training thread
+        self._best: dict[str, torch.Tensor] | None = None  # what best.pt holds, in memory
 
     @classmethod
     def for_config(cls, cfg: DictConfig) -> RunStore:
@@ -210,9 +211,9 @@ class RunStore:
         every: int,
     ) -> None:
         if improved:
-            self._write_later(
+            self._best = self._write_later(
                 {"model": model.state_dict(), "epoch": state.epoch - 1}, self.best_path
-            )
+            )["model"]
         if every and (state.epoch % every == 0 or state.stopped_early):
             self._write_later(
                 {
@@ -226,13 +227,14 @@ class RunStore:
                 self.last_path,
             )
 
-    def _write_later(self, obj: dict[str, Any], path: Path) -> None:
-        """Snapshot now; serialise and write (fsync, rename) on the background thread. A failed
-        write is raised at the next checkpoint or flush."""
+    def _write_later(self, obj: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Snapshot now (returned); serialise and write (fsync, rename) on the background thread.
+        A failed write is raised at the next checkpoint or flush."""
         if self._writer is None:
             self._writer = BackgroundWriter()
         frozen = snapshot(obj)
         self._writer.submit(lambda: write_atomic(serialize(frozen), path))
+        return frozen
 
     def flush(self, quietly: bool = False) -> None:
         """Wait until every submitted checkpoint is on disk."""
@@ -240,8 +242,11 @@ class RunStore:
             self._writer.flush_quietly() if quietly else self._writer.flush()
 
     def load_best(self, model: torch.nn.Module) -> None:
+        """The selected weights: this process's snapshot of them, else (resumed) best.pt."""
         self.flush()
-        if self.best_path.exists():
+        if self._best is not None:
+            model.load_state_dict(self._best)
+        elif self.best_path.exists():
             load_model_state(model, load_safe(self.best_path)["model"], self.best_path)
 
     def mark_done(self, outcome: str = "finished") -> None:
