@@ -27,25 +27,13 @@ class CheckpointError(RuntimeError):
         self.reason = reason  # recorded as the run's failure_reason tag
 
 
-def snapshot(obj: Any) -> Any:
-    """A copy that training cannot change any more: tensors cloned, containers rebuilt. Cheap (a
-    memory copy), so it is taken on the training thread and serialised elsewhere."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
-    if type(obj) in (list, tuple):
-        if all(type(v) in PLAIN for v in obj):  # e.g. Python's RNG state, a metric history
-            return type(obj)(obj)
-        return type(obj)(snapshot(v) for v in obj)
-    return obj
-
-
-PLAIN = (int, float, bool, str, type(None))
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a model's state_dict that training cannot change any more (a memory copy)."""
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def serialize(obj: dict[str, Any]) -> bytes:
-    """The checkpoint file's bytes."""
+    """The checkpoint file's bytes: a consistent snapshot, taken before training moves on."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()

@@ -25,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from tunelab.background import BackgroundWriter
 from tunelab.checkpoint import (
     CheckpointError,
+    clone_state,
     load_model_state,
     load_safe,
     restore_rng_state,
     rng_state,
     serialize,
-    snapshot,
     write_atomic,
 )
 from tunelab.loop import TrainState
@@ -211,9 +211,8 @@ class RunStore:
         every: int,
     ) -> None:
         if improved:
-            self._best = self._write_later(
-                {"model": model.state_dict(), "epoch": state.epoch - 1}, self.best_path
-            )["model"]
+            self._best = clone_state(model.state_dict())
+            self._write_later({"model": self._best, "epoch": state.epoch - 1}, self.best_path)
         if every and (state.epoch % every == 0 or state.stopped_early):
             self._write_later(
                 {
@@ -227,14 +226,14 @@ class RunStore:
                 self.last_path,
             )
 
-    def _write_later(self, obj: dict[str, Any], path: Path) -> dict[str, Any]:
-        """Snapshot now (returned); serialise and write (fsync, rename) on the background thread.
-        A failed write is raised at the next checkpoint or flush."""
+    def _write_later(self, obj: dict[str, Any], path: Path) -> None:
+        """Serialise now (a consistent snapshot: Python work stays on this thread, where it does
+        not contend for the GIL); write (fsync, rename) on the background thread. A failed write
+        is raised at the next checkpoint or flush."""
         if self._writer is None:
             self._writer = BackgroundWriter()
-        frozen = snapshot(obj)
-        self._writer.submit(lambda: write_atomic(serialize(frozen), path))
-        return frozen
+        data = serialize(obj)
+        self._writer.submit(lambda: write_atomic(data, path))
 
     def flush(self, quietly: bool = False) -> None:
         """Wait until every submitted checkpoint is on disk."""
