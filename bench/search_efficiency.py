@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 PROBLEM = ["data=mnist1d", "data.val_fraction=0.25", "model=mlp", "optimizer=adamw",
            "scheduler=cosine"]  # fmt: skip
 SPACE = [
@@ -44,10 +43,8 @@ METHODS = {
 def run_study(method: str, seed: int, n_trials: int, epochs: int, work: Path, extra: list[str]):
     """One study through the tunelab sweeper in this process; returns its trials in order."""
     import optuna
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from inprocess import multirun
 
-    from tunelab.entry import main as task
     from tunelab.sweep.study import make_storage
 
     name = f"{method}-s{seed}"
@@ -60,14 +57,7 @@ def run_study(method: str, seed: int, n_trials: int, epochs: int, work: Path, ex
         f"hydra.sweeper.grid_points={GRID_POINTS}", f"trainer.max_epochs={epochs}",
         "tracking=none", "trainer.resume=never", "trainer.checkpoint_every_epochs=0", *extra,
     ]  # fmt: skip
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(REPO / "conf"), job_name="train", version_base="1.3"):
-        GlobalHydra.instance().hydra.multirun(
-            config_name="train",
-            task_function=task,
-            overrides=overrides,
-            with_log_configuration=False,
-        )
+    multirun(overrides)
     study = optuna.load_study(study_name=name, storage=make_storage(storage))
     return sorted(study.trials, key=lambda t: t.number)
 

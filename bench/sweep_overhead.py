@@ -46,8 +46,7 @@ def _gaps(spans: list[tuple[float, float]]) -> float:
 
 def sweep(trials: int, epochs: int, seed: int) -> dict:
     """`train.py -m` with the tunelab sweeper, in this process (basic launcher)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from inprocess import multirun
 
     import tunelab.entry
 
@@ -61,15 +60,7 @@ def sweep(trials: int, epochs: int, seed: int) -> dict:
         *[f"{k}=tag(log, interval({lo}, {hi}))" for k, (lo, hi) in SPACE.items()],
     ]  # fmt: skip
     t0 = time.perf_counter()
-    with initialize_config_dir(str(REPO / "conf"), job_name="train", version_base="1.3"):
-        from tunelab.entry import main as task
-
-        GlobalHydra.instance().hydra.multirun(
-            config_name="train",
-            task_function=task,
-            overrides=overrides,
-            with_log_configuration=False,
-        )
+    multirun(overrides)
     t1 = time.perf_counter()
     return {
         "per_trial_s": _gaps(spans),
