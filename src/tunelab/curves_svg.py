@@ -58,9 +58,8 @@ def _panel(panel: Panel, x0: float) -> str:
     n = max((len(v) for v in panel.series.values()), default=0)
     xs = (0.5, 1.5) if n <= 1 else (1.0, float(n))
     transform = math.log10 if panel.log else float
-    values = [
-        transform(v) for s in panel.series.values() for v in s if _usable(v, positive=panel.log)
-    ]
+    lines = [_segments(series, transform, panel.log) for series in panel.series.values()]
+    values = [y for runs in lines for run in runs for _, y in run]
     lo, hi = _padded(min(values, default=0.0), max(values, default=1.0))
     box = (x0 + LEFT, TOP, PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM)
 
@@ -84,9 +83,9 @@ def _panel(panel: Panel, x0: float) -> str:
     out.append(
         f'<text x="{box[0] + box[2] / 2:.1f}" y="{PANEL_H - 6}" text-anchor="middle">epoch</text>\n'
     )
-    for i, series in enumerate(panel.series.values()):
+    for i, runs in enumerate(lines):
         color = COLORS[i % len(COLORS)]
-        for run in _segments(series, transform, panel.log):
+        for run in runs:
             points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in run)
             out.append(
                 f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.6"/>\n'
