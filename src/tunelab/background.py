@@ -12,8 +12,8 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundWriter:
-    """One worker thread that runs submitted writes in order, so per-epoch metric writes (a SQLite
-    commit each) overlap with training. `flush()` waits and re-raises the first error."""
+    """One worker thread that runs submitted writes in order (MLflow records, checkpoint files), so
+    their I/O waits overlap with training. `flush()` waits and re-raises the first error."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()

@@ -128,9 +128,7 @@ class MlflowTracker:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (Hydra callbacks travel to joblib workers): pending writes are flushed first."""
-        self._send_metrics()
-        if self._background is not None:
-            self._background.flush()
+        self.flush()
         return {k: v for k, v in self.__dict__.items() if k != "_background"} | {
             "_background": None
         }
@@ -159,7 +157,8 @@ class MlflowTracker:
     def flush(self) -> None:
         """Wait until every queued write is recorded (re-raising the first that failed)."""
         self._send_metrics()
-        self._writer.flush()
+        if self._background is not None:  # nothing was ever queued: no thread to start
+            self._background.flush()
 
     def _later(self, write: Callable[[str], Any]) -> None:
         """Queue a write for the background thread (in order; retried while SQLite is locked)."""
@@ -181,8 +180,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        fresh = [(k, v) for k, v in metrics.items() if (k, step) not in self._logged]
-        self._pending += [Metric(k, float(v), now, step) for k, v in fresh]
+        self._pending += [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if (k, step) not in self._logged
+        ]
         if time.monotonic() - self._sent_at >= self.metrics_every_s:
             self._send_metrics()
 
