@@ -6,6 +6,9 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    from tunelab.startup import load_libraries
+
+    load_libraries()  # before importing them: see tunelab/startup.py
     from tunelab.entry import main as run_job
 
     return run_job(cfg)

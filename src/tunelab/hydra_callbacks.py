@@ -11,7 +11,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tunelab.config import ConfigError, validate
-from tunelab.entry import where_to_look
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class TunelabCallback(Callback):
     def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         completed = job_return is not None and job_return.status == JobStatus.COMPLETED
         if completed and config.tracking.get("tracking_uri") and not config.get("diagnose"):
+            from tunelab.entry import where_to_look
             from tunelab.tracking import prepare_store
 
             exp_id = prepare_store(config.tracking.tracking_uri, config.tracking.experiment)
@@ -65,6 +65,8 @@ class TunelabCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent is None:
             return
+        from tunelab.entry import where_to_look
+
         self.parent.end("FINISHED")
         os.environ.pop("TUNELAB_PARENT_RUN_ID", None)
         print(where_to_look(config.tracking.tracking_uri, self.parent.experiment_id))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from tunelab import build
+from tunelab import build, startup
 from tunelab.checkpoint import load_model_state, load_safe
 from tunelab.config import validate
 from tunelab.lineage import resolve_device
@@ -40,6 +40,7 @@ def run(
     cfg: DictConfig, *, tracker: Tracker | None = None, reporter: Reporter | None = None
 ) -> dict[str, float]:
     """Train, select on validation, report test, and record everything; returns summary metrics."""
+    startup.load_libraries()
     validate(cfg, check_data=False)  # build_data checks the arrays, still before any side effect
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), cfg.trainer)
