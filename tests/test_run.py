@@ -150,3 +150,18 @@ def test_metrics_are_sent_in_batches_and_nothing_pending_is_lost_at_the_end(work
     eager._writer.flush()
     assert len(client.get_metric_history(eager_id, "val/acc")) == 1  # sent with its epoch
     eager.end("FINISHED")
+
+
+def test_grad_norm_is_the_total_norm_before_clipping():
+    from tunelab.loop import _grad_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    model(torch.randn(4, 5)).pow(2).sum().backward()
+    params = list(model.parameters())
+    expected = torch.nn.utils.get_total_norm([p.grad for p in params])
+    assert torch.allclose(_grad_norm(params, math.inf), expected)
+    assert torch.allclose(_grad_norm(params, 0.5), expected)  # reports the norm before clipping
+    clipped = torch.nn.utils.get_total_norm([p.grad for p in params])
+    assert clipped <= 0.5 + 1e-6 < expected
+    assert _grad_norm([torch.nn.Parameter(torch.ones(2))], math.inf) == 0  # no gradients yet
