@@ -165,3 +165,10 @@ def test_grad_norm_is_the_total_norm_before_clipping():
     clipped = torch.nn.utils.get_total_norm([p.grad for p in params])
     assert clipped <= 0.5 + 1e-6 < expected
     assert _grad_norm([torch.nn.Parameter(torch.ones(2))], math.inf) == 0  # no gradients yet
+    mixed = [
+        torch.nn.Parameter(torch.ones(3)),
+        torch.nn.Parameter(torch.ones(4, dtype=torch.float64)),
+    ]
+    for p in mixed:
+        p.grad = torch.full_like(p, 2.0)
+    assert math.isclose(float(_grad_norm(mixed, math.inf)), math.sqrt(7 * 4.0), rel_tol=1e-6)
