@@ -148,6 +148,8 @@ def main() -> None:
         if "log_model" in cfg.tracking
         else ""
     )
+    if args.self_check:
+        recorded = "the same bare loop, a second instance"
     print(f"{ours:10s}: {samples / o:,.0f} samples/s (median {o:.2f}s, {recorded})")
     extra = statistics.median(os_ - bs for bs, os_ in zip(bare_s, ours_s, strict=True))
     print(f"overhead per run: {extra:+.2f}s (median of the per-run differences)")
