@@ -1,4 +1,4 @@
-"""Throughput of `tunelab.train.run` with all tracking on versus a bare PyTorch loop.
+"""Throughput of `tunelab.run.api.run` with all tracking on versus a bare PyTorch loop.
 
 Same model, data, batch size, optimizer, schedule, loss and epochs. The two run in lockstep in one
 process: after each of run()'s epochs (its reporter hook) the bare loop trains and validates one
@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tunelab import build  # noqa: E402
-from tunelab.optim.schedules import build_schedule  # noqa: E402
-from tunelab.train import run  # noqa: E402
+from tunelab.optim.lr_schedule import build_schedule  # noqa: E402
+from tunelab.run.api import run  # noqa: E402
+from tunelab.run.context import RunContext  # noqa: E402
 
 
 def compose_cfg(overrides: list[str]):
@@ -95,7 +96,7 @@ def lockstep(overrides: list[str]) -> tuple[float, float]:
         tracker.flush()  # run()'s pending MLflow work is done on its own clock
         bare_s += next(bare)
 
-    run(cfg, tracker=tracker, reporter=after_epoch)
+    run(cfg, RunContext(reporter=after_epoch), tracker=tracker)
     return bare_s, time.perf_counter() - start - bare_s
 
 

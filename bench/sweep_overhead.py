@@ -1,6 +1,6 @@
 """Seconds per trial that the tunelab sweeper adds beyond training, against a plain Optuna loop.
 
-Both sides call `tunelab.train.run` with MLflow tracking on (sqlite), on the same random-search
+Both sides call `tunelab.run.api.run` with MLflow tracking on (sqlite), on the same random-search
 trials. Per-trial overhead = time between consecutive `run()` calls (ask/tell, storage, MLflow
 trial runs, Hydra job setup), averaged; the sweep's one-off setup and final analysis are shown apart.
 
@@ -23,14 +23,14 @@ SPACE = {"optimizer.lr": (1.0e-4, 1.0e-1), "optimizer.weight_decay": (1.0e-6, 1.
 
 
 def _timed_run(spans: list[tuple[float, float]]):
-    import tunelab.train
+    import tunelab.run.api
 
-    real = tunelab.train.run
+    real = tunelab.run.api.run
 
-    def run(cfg, **kw):
+    def run(cfg, *args, **kw):
         t0 = time.perf_counter()
         try:
-            return real(cfg, **kw)
+            return real(cfg, *args, **kw)
         finally:
             spans.append((t0, time.perf_counter()))
 
@@ -48,10 +48,10 @@ def sweep(trials: int, epochs: int, seed: int) -> dict:
     """`train.py -m` with the tunelab sweeper, in this process (basic launcher)."""
     from inprocess import multirun
 
-    import tunelab.entry
+    import tunelab.run.api
 
     spans: list[tuple[float, float]] = []
-    tunelab.entry.run = _timed_run(spans)
+    tunelab.run.api.run = _timed_run(spans)
     overrides = [
         "hydra/sweeper=tunelab", "hydra.sweeper.sampler.name=random",
         f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
@@ -75,6 +75,8 @@ def plain(trials: int, epochs: int, seed: int) -> dict:
     import optuna
     from hydra import compose, initialize_config_dir
 
+    from tunelab.run.context import RunContext
+
     with initialize_config_dir(str(REPO / "conf"), job_name="train", version_base="1.3"):
         base = compose("train", overrides=["data=synthetic", f"trainer.max_epochs={epochs}",
                                            "trainer.resume=never"])  # fmt: skip
@@ -92,7 +94,7 @@ def plain(trials: int, epochs: int, seed: int) -> dict:
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        return run(cfg, reporter=reporter)[cfg.objective.metric]
+        return run(cfg, RunContext(reporter=reporter, log_model=False)).value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed))

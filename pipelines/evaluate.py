@@ -9,9 +9,15 @@ import csv
 import json
 from pathlib import Path
 
-from tunelab.evaluation import confusion_figure, evaluate_checkpoints, seeds_of
-from tunelab.stages import apply_overrides, load_params, stage_tags, use_prepared_data, write_json
-from tunelab.tracking import MlflowTracker
+from tunelab.reports.evaluation import confusion_figure, evaluate_checkpoints, seeds_of
+from tunelab.stages import (
+    apply_overrides,
+    load_params,
+    stage_context,
+    use_prepared_data,
+    write_json,
+)
+from tunelab.tracking.mlflow_writer import MlflowWriter
 
 
 def main() -> None:
@@ -44,22 +50,16 @@ def main() -> None:
     )
     _csv(out / "confusion.csv", ["seed", "actual", "predicted"], result["predictions"])
     _csv(out / "per_class.csv", ["class", "test_acc"], list(enumerate(result["per_class_acc"])))
-    tracker = MlflowTracker(cfg.tracking.tracking_uri, cfg.experiment, log_model=False)
-    tracker.start(
-        "evaluate",
-        tags={
-            **stage_tags("evaluate"),
-            "role": "evaluate",
-            "data_digest": result["data_digest"],
-            "confirm_runs": ",".join(r["run_id"] for r in confirmed["runs"].values()),
-        },
-    )
-    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)}, step=0)
+    writer = MlflowWriter(cfg.tracking.tracking_uri, cfg.experiment)
+    ctx = stage_context("evaluate", role="evaluate", data_digest=result["data_digest"])
+    confirm_runs = ",".join(r["run_id"] for r in confirmed["runs"].values())
+    run_id = writer.create_run("evaluate", {**ctx.tags, "confirm_runs": confirm_runs})
+    writer.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
     fig = confusion_figure(result["confusion"])
     fig.savefig(out / "confusion_matrix.png", dpi=110)
-    tracker.log_artifact(out / "confusion_matrix.png")
-    tracker.log_artifact(out / "metrics.json")
-    tracker.end("FINISHED")
+    writer.log_artifact(run_id, out / "confusion_matrix.png")
+    writer.log_artifact(run_id, out / "metrics.json")
+    writer.end_run(run_id, "FINISHED")
     print(
         f"test accuracy {metrics['test_acc_mean']:.4f} ± {metrics['test_acc_std']:.4f} over seeds "
         f"{list(metrics['test_acc_per_seed'])}"

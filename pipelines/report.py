@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunelab.report import build_report
-from tunelab.stages import load_params, stage_tags
-from tunelab.tracking import MlflowTracker
+from tunelab.reports.pipeline import build_report
+from tunelab.stages import load_params, stage_context
+from tunelab.tracking.mlflow_writer import MlflowWriter
 
 
 def main() -> None:
@@ -43,14 +43,11 @@ def main() -> None:
     )
     for w in warnings:
         print("warning:", w)
-    tracker = MlflowTracker(cfg.tracking.tracking_uri, cfg.experiment, log_model=False)
-    tracker.start(
-        "report",
-        tags={**stage_tags("report"), "role": "report", "edge_warnings": str(len(warnings))},
-    )
-    for file in sorted(path.parent.iterdir()):
-        tracker.log_artifact(file, "report")
-    tracker.end("FINISHED")
+    writer = MlflowWriter(cfg.tracking.tracking_uri, cfg.experiment)
+    ctx = stage_context("report", role="report", edge_warnings=str(len(warnings)))
+    run_id = writer.create_run("report", dict(ctx.tags))
+    writer.log_artifacts(run_id, path.parent, "report")
+    writer.end_run(run_id, "FINISHED")
     print(f"report: {path}")
 
 

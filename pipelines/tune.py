@@ -8,6 +8,7 @@ runs: an interrupted tune resumes, and a larger `pipeline.tune.n_trials` runs on
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -15,14 +16,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from tunelab.config.identity import config_key
+from tunelab.config.space import search_bounds
 from tunelab.stages import (
-    config_digest,
     load_params,
-    search_bounds,
-    stage_tags,
+    stage_context,
     sweep_params_of,
     use_prepared_data,
-    with_run_tags,
     write_json,
 )
 
@@ -38,9 +38,7 @@ def main() -> None:
     cfg, stages = load_params(args.params)
     tune = stages.tune
     cfg = use_prepared_data(cfg, stages.prepared_dir)
-    study_name = (
-        f"pipeline-{config_digest(cfg)}-{tune.search}"  # new params -> new study; same -> resume
-    )
+    study_name = f"pipeline-{config_key(cfg)}-{tune.search}"  # new params: new study; same: resume
     out, conf_dir = Path(args.out), Path(args.out) / "config"
     shutil.rmtree(out, ignore_errors=True)
     sweeper = {
@@ -63,7 +61,7 @@ def main() -> None:
         {
             "hydra": {
                 "sweep": {"dir": str(out.resolve()), "subdir": "jobs/${hydra.job.num}"},
-                "callbacks": {"tunelab": {"_target_": "tunelab.hydra_callbacks.TunelabCallback"}},
+                "callbacks": {"tunelab": {"_target_": "tunelab.cli.TunelabCallback"}},
                 "sweeper": sweeper,
             }
         },
@@ -81,7 +79,7 @@ def main() -> None:
         *launcher,
     ]
     print("running:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=with_run_tags(stage_tags("tune")))
+    subprocess.run(cmd, check=True, env={**os.environ, **stage_context("tune").to_env()})
     write_json(search_bounds(sweep_params_of(out)), out / "space.json")
 
 

@@ -5,13 +5,13 @@ from omegaconf import DictConfig
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig):
     from tunelab.startup import load_libraries
 
     load_libraries()  # before importing them: see tunelab/startup.py
-    from tunelab.entry import main as run_job
+    from tunelab.cli import job
 
-    return run_job(cfg)
+    return job(cfg)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tunelab.run.context import RunContext
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TRAIN = ROOT / "src" / "train.py"
@@ -76,7 +78,9 @@ def mlflow_runs(cwd: Path, experiment: str = "tunelab") -> list:
 
 # --- crash tests: background processes, real signals, a store with the schema already created ---
 
-QUICK_ENV = {"TUNELAB_LOG_MODEL": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+NO_MODEL = RunContext(log_model=False).to_env()  # what a sweep hands its jobs: no model logging
+QUICK_ENV = {**NO_MODEL, **NO_TELEMETRY}
 
 
 @pytest.fixture(scope="session")

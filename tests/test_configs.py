@@ -10,7 +10,7 @@ from conftest import CONF, compose_cfg
 from tunelab import build
 from tunelab.config import ConfigError, validate
 from tunelab.data.sources import synthetic
-from tunelab.optim.schedules import build_schedule
+from tunelab.optim.lr_schedule import build_schedule
 
 
 def options(group: str) -> list[str]:

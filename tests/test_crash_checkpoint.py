@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import compose_cfg, run_cli
 
-from tunelab.run_store import config_key
+from tunelab.config.identity import config_key
+from tunelab.run.api import run
+from tunelab.run.context import RunContext
 from tunelab.tracking import NullTracker
-from tunelab.train import run
 
 ARGS = [
     "data=synthetic",
@@ -44,7 +45,7 @@ def crashed_run(root: Path, *overrides: str) -> Path:
             raise Crash
 
     with pytest.raises(Crash):
-        run(cfg, tracker=NullTracker(), reporter=crash)
+        run(cfg, RunContext(reporter=crash), tracker=NullTracker())
     return root / config_key(cfg)
 
 

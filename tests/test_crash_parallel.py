@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import EPOCH_METRICS, QUICK_ENV, mlflow_runs, run_cli
+from conftest import EPOCH_METRICS, NO_TELEMETRY, mlflow_runs, run_cli
 
 EPOCHS = 3
 PER_EPOCH = EPOCH_METRICS
@@ -28,7 +28,7 @@ def test_four_parallel_jobs_on_the_default_sqlite_store(tmp_path):
         "scheduler=constant",
         "optimizer=adam",
     ]
-    env = {k: v for k, v in QUICK_ENV.items() if k != "TUNELAB_LOG_MODEL"}  # log models too
+    env = NO_TELEMETRY  # log models too
     proc = run_cli(*args, cwd=tmp_path, env=env, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

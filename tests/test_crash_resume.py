@@ -114,8 +114,8 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, mlflow_s
 
 def test_a_resumed_run_never_logs_a_step_twice(workdir):
     """The tracker side of the above: continuing a run skips the (key, step) pairs it already has."""
-    from tunelab.recording import relog_history
-    from tunelab.tracking import MlflowTracker
+    from tunelab.run.record import relog_history
+    from tunelab.tracking.mlflow_tracker import MlflowTracker
 
     uri = f"sqlite:///{workdir}/mlflow.db"
     first = MlflowTracker(uri, "tunelab", log_model=False)

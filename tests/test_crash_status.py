@@ -9,7 +9,7 @@ import signal
 import pytest
 from conftest import FAST, finish_cli, mlflow_runs, start_cli, wait_for_line
 
-from tunelab.checkpoint import load_safe
+from tunelab.run.checkpoint import load_safe
 
 EPOCHS = 30  # ~3 s of training: a signal sent at epoch 2 lands well inside it
 ARGS = [

@@ -1,6 +1,7 @@
 """The diagnose command layer: registry dispatch, tracker logging, failures that exit non-zero."""
 
 import logging
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -9,10 +10,10 @@ from conftest import CONF, compose_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
-from tunelab.diagnostics.run import (
+from tunelab.diagnostics.command import (
     DIAGNOSTICS,
     DiagnosticFailed,
-    run_diagnostic,
+    run_check,
     without_regularisation,
 )
 from tunelab.tracking import NullTracker
@@ -68,8 +69,8 @@ def test_registry_matches_shipped_configs():
 
 def test_lr_range_logs_figure_json_tags_and_metrics(caplog):
     tracker = NullTracker()
-    with caplog.at_level(logging.INFO, logger="tunelab.diagnostics.run"):
-        metrics = run_diagnostic(
+    with caplog.at_level(logging.INFO, logger="tunelab.diagnostics.command"):
+        metrics = run_check(
             diagnose("lr_range", num_steps=40, min_lr=1.0e-5), splits(), mlp(), adam, tracker
         )
     assert (
@@ -84,7 +85,7 @@ def test_lr_range_logs_figure_json_tags_and_metrics(caplog):
 
 def test_overfit_passes_and_fails_with_message():
     tracker = NullTracker()
-    metrics = run_diagnostic(diagnose("overfit", max_steps=300), splits(), mlp(), adam, tracker)
+    metrics = run_check(diagnose("overfit", max_steps=300), splits(), mlp(), adam, tracker)
     assert metrics["diagnose/passed"] == 1.0
     assert called(tracker, "set_tags")[-1][0]["diagnose.passed"] == "true"
 
@@ -100,28 +101,28 @@ def test_overfit_passes_and_fails_with_message():
 
     tracker = NullTracker()
     with pytest.raises(DiagnosticFailed, match="likely a bug in the model or data pipeline"):
-        run_diagnostic(diagnose("overfit", max_steps=100), splits(), Broken(), adam, tracker)
+        run_check(diagnose("overfit", max_steps=100), splits(), Broken(), adam, tracker)
     assert called(tracker, "set_tags")[-1][0]["diagnose.passed"] == "false"
     assert called(tracker, "log_metrics")  # the verdict is recorded before raising
 
 
 def test_gradcheck_and_datacheck():
     tracker = NullTracker()
-    metrics = run_diagnostic(diagnose("gradcheck"), splits(), mlp(), adam, tracker)
+    metrics = run_check(diagnose("gradcheck"), splits(), mlp(), adam, tracker)
     assert metrics["diagnose/passed"] == 1.0 and metrics["diagnose/worst_rel_error"] < 1e-4
     s = splits()
     s.x_test = s.x_train[: len(s.y_test)].clone()  # leakage
     tracker = NullTracker()
-    metrics = run_diagnostic(diagnose("datacheck"), s, mlp(), adam, tracker)
+    metrics = run_check(diagnose("datacheck"), s, mlp(), adam, tracker)
     assert metrics["diagnose/data_warnings"] >= 1
     assert called(tracker, "set_tags")[0][0]["data_check"] == "warnings"
     with pytest.raises(DiagnosticFailed, match="data check"):
-        run_diagnostic(diagnose("datacheck", fail_on_warning=True), s, mlp(), adam, NullTracker())
+        run_check(diagnose("datacheck", fail_on_warning=True), s, mlp(), adam, NullTracker())
 
 
 def test_unknown_diagnostic_names_the_choices():
     with pytest.raises(ValueError, match="datacheck"):
-        run_diagnostic({"diagnose": {"name": "nope"}}, splits(), mlp(), adam, NullTracker())
+        run_check({"diagnose": {"name": "nope"}}, splits(), mlp(), adam, NullTracker())
 
 
 def test_without_regularisation_zeroes_dropout_and_weight_decay():
@@ -131,35 +132,27 @@ def test_without_regularisation_zeroes_dropout_and_weight_decay():
     assert cfg.model.dropout == 0.3  # the original is untouched
 
 
-def diagnose_overrides(name, *more):
-    """`diagnose=<name>` once train.yaml lists `- diagnose: null` in its defaults, else `+diagnose=`."""
-    try:
-        compose_cfg(f"diagnose={name}")
-        return [f"diagnose={name}", *more]
-    except Exception:
-        return [f"+diagnose={name}", *more]
-
-
 @pytest.mark.parametrize("name", sorted(DIAGNOSTICS))
-def test_run_diagnose_builds_from_config(name, in_tmp):
+def test_run_diagnoses_through_the_one_funnel(name, in_tmp):
+    """`run(cfg)` with diagnose=<name>: one recorded run, its headline metric first."""
     from conftest import FAST
 
-    from tunelab.diagnostics.run import run_diagnose
+    from tunelab.run.api import run
 
-    extra = {"lr_range": ["diagnose.num_steps=30"], "overfit": ["diagnose.max_steps=300"]}.get(
-        name, []
-    )
-    cfg = compose_cfg(
-        *FAST, "tracking=none", "trainer.device=cpu", *diagnose_overrides(name, *extra)
-    )
-    value = run_diagnose(cfg)
-    assert value == value  # a finite headline metric
+    extra = {"lr_range": ["diagnose.num_steps=30"], "overfit": ["diagnose.max_steps=300"]}
+    cfg = compose_cfg(*FAST, "trainer.device=cpu", f"diagnose={name}", *extra.get(name, []))
+    result = run(cfg, tracker=(tracker := NullTracker()))
+    assert result.status == "FINISHED" and result.checkpoint is None
+    assert result.objective == next(iter(result.metrics)) and math.isfinite(result.value)
+    calls = [c for c, _ in tracker.calls]
+    assert "log_params" in calls and calls[-1] == "end"
+    assert ("set_tags", ({"diagnose": name},)) in tracker.calls
 
 
 def test_cli_failing_check_exits_non_zero(in_tmp):
     from conftest import FAST, run_cli
 
-    args = diagnose_overrides("overfit", "diagnose.max_steps=2")
+    args = ["diagnose=overfit", "diagnose.max_steps=2"]
     proc = run_cli(*FAST, "tracking=none", "trainer.device=cpu", *args, cwd=in_tmp)
     assert proc.returncode != 0
     assert "likely a bug in the model or data pipeline" in proc.stdout + proc.stderr

@@ -11,13 +11,14 @@ import torch
 from conftest import EPOCH_METRICS, FAST, compose_cfg, mlflow_runs
 from mlflow import MlflowClient
 
+from tunelab.run.api import run
+from tunelab.run.context import RunContext
 from tunelab.tracking import NullTracker
-from tunelab.train import run
 
 
 def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
     cfg = compose_cfg("trainer.max_epochs=2", "model.width=16", "model.depth=2", "seed=3")
-    summary = run(cfg)
+    summary = run(cfg).metrics
     client = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
     (r,) = mlflow_runs(in_tmp)
     assert r.info.status == "FINISHED"
@@ -53,7 +54,6 @@ def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
     assert {
         "config.yaml",
         "overrides.yaml",
-        "learning_curves.svg",
         "history.json",
         "checkpoints",
     } <= names
@@ -69,9 +69,9 @@ def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
 
 
 def test_same_seed_same_metrics_different_seed_different(in_tmp):
-    a = run(compose_cfg(*FAST, "seed=1", "trainer.resume=never"), tracker=NullTracker())
-    b = run(compose_cfg(*FAST, "seed=1", "trainer.resume=never"), tracker=NullTracker())
-    c = run(compose_cfg(*FAST, "seed=2", "trainer.resume=never"), tracker=NullTracker())
+    a = run(compose_cfg(*FAST, "seed=1", "trainer.resume=never"), tracker=NullTracker()).metrics
+    b = run(compose_cfg(*FAST, "seed=1", "trainer.resume=never"), tracker=NullTracker()).metrics
+    c = run(compose_cfg(*FAST, "seed=2", "trainer.resume=never"), tracker=NullTracker()).metrics
 
     def quality(m):
         return {k: v for k, v in m.items() if not k.startswith("perf/")}
@@ -92,12 +92,12 @@ def test_overfit_a_tiny_subset(in_tmp):
         "trainer.label_smoothing=0.0",
         "scheduler=constant",
     )
-    summary = run(cfg, tracker=tracker)
+    summary = run(cfg, tracker=tracker).metrics
     assert summary["train/loss"] < 0.05
 
 
 def test_divergence_is_recorded_as_failed(in_tmp):
-    from tunelab.loop import DivergedError
+    from tunelab.run.loop import DivergedError
 
     cfg = compose_cfg(*FAST, "optimizer=sgd", "optimizer.lr=1.0e6", "trainer.max_epochs=5")
     with pytest.raises(DivergedError):
@@ -120,7 +120,8 @@ def test_reporter_sees_every_epoch_and_can_stop_the_run(in_tmp):
             raise Stop
 
     with pytest.raises(Stop):
-        run(compose_cfg(*FAST, "trainer.max_epochs=4"), tracker=NullTracker(), reporter=reporter)
+        cfg = compose_cfg(*FAST, "trainer.max_epochs=4")
+        run(cfg, RunContext(reporter=reporter), tracker=NullTracker())
     assert [e for e, _ in seen] == [0, 1]
     assert all(0.0 <= v <= 1.0 for _, v in seen)
     assert np.isfinite([v for _, v in seen]).all()
@@ -128,7 +129,7 @@ def test_reporter_sees_every_epoch_and_can_stop_the_run(in_tmp):
 
 def test_metrics_are_sent_in_batches_and_nothing_pending_is_lost_at_the_end(workdir):
     """Per-epoch metrics wait for the batch interval; flush and end send whatever is pending."""
-    from tunelab.tracking import MlflowTracker
+    from tunelab.tracking.mlflow_tracker import MlflowTracker
 
     uri = f"sqlite:///{workdir}/mlflow.db"
     client = MlflowClient(uri)
@@ -136,7 +137,7 @@ def test_metrics_are_sent_in_batches_and_nothing_pending_is_lost_at_the_end(work
     run_id = tracker.start("batched", tags={})
     for epoch in range(3):
         tracker.log_metrics({"train/loss": 1.0 / (epoch + 1)}, step=epoch)
-    tracker._writer.flush()  # everything queued so far has landed: the metrics are still pending
+    tracker.writer.flush()  # everything queued so far has landed: the metrics are still pending
     assert client.get_metric_history(run_id, "train/loss") == []
     tracker.flush()
     assert len(client.get_metric_history(run_id, "train/loss")) == 3
@@ -147,13 +148,13 @@ def test_metrics_are_sent_in_batches_and_nothing_pending_is_lost_at_the_end(work
     eager = MlflowTracker(uri, "tunelab", log_model=False, metrics_every_s=0)
     eager_id = eager.start("eager", tags={})
     eager.log_metrics({"val/acc": 0.5}, step=0)
-    eager._writer.flush()
+    eager.writer.flush()
     assert len(client.get_metric_history(eager_id, "val/acc")) == 1  # sent with its epoch
     eager.end("FINISHED")
 
 
 def test_grad_norm_is_the_total_norm_before_clipping():
-    from tunelab.loop import _grad_norm
+    from tunelab.run.loop import _grad_norm
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))

@@ -10,8 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tunelab.config.schema import SCHEDULER_KNOBS
 from tunelab.optim import schedule_fns as fns
-from tunelab.optim.schedules import MissingMetricError, build_schedule
+from tunelab.optim.lr_schedule import MissingMetricError, build_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = sorted(p.stem for p in (ROOT / "conf/scheduler").glob("*.yaml"))
@@ -66,7 +67,7 @@ def test_every_yaml_builds_and_runs(load, name, warmup):
 
 
 def test_all_twelve_schedules_exist():
-    assert set(NAMES) == set(fns.KNOB_RULES) - {"warmup"}
+    assert set(NAMES) == set(SCHEDULER_KNOBS) - {"warmup"}
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats as sps
 
-from tunelab.study import stats
-from tunelab.study.spec import merge_overrides, parse
+from tunelab.reports import stats
+from tunelab.tuning.study_spec import merge_overrides, parse
 
 PRESETS = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 

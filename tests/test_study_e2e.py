@@ -8,10 +8,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
+from conftest import NO_MODEL, finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
 from optuna.trial import TrialState
 
-from tunelab.sweep.study import make_storage
+from tunelab.tuning.storage import make_storage
 
 TINY = """# @package _global_
 defaults:
@@ -54,7 +54,7 @@ def _by_role(cwd: Path) -> dict[str, list]:
 
 @pytest.mark.slow
 def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir):
-    proc = run_cli(*_args(workdir, "first"), cwd=workdir, env={"TUNELAB_LOG_MODEL": "0"})
+    proc = run_cli(*_args(workdir, "first"), cwd=workdir, env=NO_MODEL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = workdir / "first" / "study"
     summary = json.loads((out / "summary.json").read_text())
@@ -100,7 +100,7 @@ def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir
     arts = {a.path for a in client.list_artifacts(runs["study"][0].info.run_id)}
     assert {"report.md", "report.html", "summary.json", "figures"} <= arts
     # the same command again: nothing is searched or confirmed again
-    again = run_cli(*_args(workdir, "second"), cwd=workdir, env={"TUNELAB_LOG_MODEL": "0"})
+    again = run_cli(*_args(workdir, "second"), cwd=workdir, env=NO_MODEL)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already done, not searched again" in again.stdout + again.stderr
     assert {k: len(v) for k, v in _by_role(workdir).items()} == {k: len(v) for k, v in runs.items()}
@@ -124,7 +124,7 @@ def test_study_killed_in_its_second_cell_resumes_without_redoing_the_first(workd
         for role in ("trial", "seed", "confirm")
     }
     assert len(adam_before["trial"]) == 3 and len(adam_before["confirm"]) == 2
-    proc = run_cli(*_args(workdir, "resumed"), cwd=workdir, env={"TUNELAB_LOG_MODEL": "0"})
+    proc = run_cli(*_args(workdir, "resumed"), cwd=workdir, env=NO_MODEL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     after = _by_role(workdir)
     for role, ids in adam_before.items():  # the finished cell: no new runs at all

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tunelab.sweep.study import make_storage
+from tunelab.tuning.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "src" / "train.py")
@@ -80,7 +80,7 @@ PRESETS = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
 def test_every_preset_composes_and_searches_existing_keys(preset):
     from hydra import compose, initialize_config_dir
 
-    from tunelab.sweep.space import build_space
+    from tunelab.config.space import build_space
 
     with initialize_config_dir(str(REPO / "conf"), job_name="train", version_base="1.3"):
         cfg = compose("train", overrides=[f"search={preset}"], return_hydra_config=True)

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tunelab.sweep.study import HOST, make_storage
+from tunelab.tuning.storage import HOST, OWNER, make_storage, trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,8 @@ APP = '''
 import json, math, os, time
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from tunelab.sweep.reporting import reporter_from_env
+from tunelab.run.context import RunContext
+from tunelab.tuning.pruning import reporter_for
 
 
 class DivergedError(RuntimeError):
@@ -31,7 +32,8 @@ class DivergedError(RuntimeError):
 
 def task(cfg):
     """val/loss = distance of log10(lr) from -2 (and momentum from 0.9), shrinking over epochs."""
-    reporter = reporter_from_env()
+    ctx = RunContext.from_env()
+    reporter = reporter_for(ctx.trial)
     lr, mom = float(cfg.optimizer.lr), float(cfg.optimizer.get("momentum", 0.0))
     if cfg.fail:
         raise RuntimeError("boom")
@@ -49,13 +51,12 @@ def task(cfg):
                "perf/epoch_s": 1.0 / cfg.trainer.batch_size, "epochs_run": epoch + 1}
     with open(os.path.join(HydraConfig.get().runtime.output_dir, "metrics.json"), "w") as fh:
         json.dump(metrics, fh)
-    if cfg.log_runs and os.environ.get("TUNELAB_PARENT_RUN_ID"):
+    if cfg.log_runs and ctx.parent_run_id:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(cfg.tracking.tracking_uri)
         exp = client.get_experiment_by_name(cfg.experiment)
-        tags = json.loads(os.environ["TUNELAB_RUN_TAGS"])
-        tags.update({"mlflow.parentRunId": os.environ["TUNELAB_PARENT_RUN_ID"], "seed": str(cfg.seed)})
+        tags = {**ctx.tags, "mlflow.parentRunId": ctx.parent_run_id, "seed": str(cfg.seed)}
         run = client.create_run(exp.experiment_id, tags=tags)
         client.set_terminated(run.info.run_id)
     return metrics[cfg.objective.metric]
@@ -256,14 +257,15 @@ def test_max_failure_rate_stops_the_sweep(app):
 def test_resume_runs_only_the_remainder_and_retries_interrupted_trials(app):
     args = ["search=random", "hydra.sweeper.study_name=res", "hydra.sweeper.figures=false"]
     multirun(app, *args, "hydra.sweeper.n_trials=3", sweep_dir="first")
-    study = load(app, "res")
+    storage = make_storage(f"journal:{app / 'optuna.journal'}")
+    study = optuna.load_study(study_name="res", storage=storage)
     # a sweep killed mid-trial leaves it RUNNING, owned by a process that is gone
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     trial = study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)})
     owner = f"{HOST}:{int(dead.stdout)}"
-    study._storage.set_trial_system_attr(trial._trial_id, "tunelab:owner", owner)
+    storage.set_trial_system_attr(trial_id(storage, "res", trial.number), OWNER, owner)
     result = multirun(app, *args, "hydra.sweeper.n_trials=5", sweep_dir="second")
     trials = load(app, "res").get_trials()
     assert (
@@ -391,7 +393,7 @@ def test_joblib_launcher_prunes_in_worker_processes(app):
 def test_cached_composition_equals_hydra_composition(app):
     from hydra.types import RunMode
 
-    from tunelab.sweep.inprocess import CachedComposer
+    from tunelab.tuning.inprocess import CachedComposer
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(app / "conf"), job_name="toy", version_base="1.3"):
@@ -406,7 +408,7 @@ def test_cached_composition_equals_hydra_composition(app):
             ["optimizer=adam", "optimizer.momentum=0.3"],
             ["optimizer.lr=0.1"],
         ):
-            ov = fixed + params + ["seed=3", "++hydra.job.env_set.TUNELAB_TRIAL_ID='7'"]
+            ov = fixed + params + ["seed=3", "++hydra.job.env_set.EXAMPLE='7'"]
             fast = composer.compose(ov, len(fixed))
             slow = hydra_.config_loader.load_sweep_config(master, ov)
             for cfg in (fast, slow):

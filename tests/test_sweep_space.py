@@ -8,11 +8,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from tunelab.sweep import reporting
-from tunelab.sweep.jobs import aggregate, job_overrides, read_job
-from tunelab.sweep.samplers import GoldenSectionSampler, next_point
-from tunelab.sweep.space import build_space, grid_values, suggest, to_overrides
-from tunelab.sweep.study import counted, make_pruner, make_sampler
+from tunelab.config.space import build_space, grid_values, suggest, to_overrides
+from tunelab.run.context import RunContext, RunResult, TrialRef
+from tunelab.tuning import pruning
+from tunelab.tuning.jobs import aggregate, job_overrides, read_job
+from tunelab.tuning.samplers import GoldenSectionSampler, make_pruner, make_sampler, next_point
+from tunelab.tuning.storage import counted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -91,7 +92,7 @@ def test_unknown_names_fail_clearly():
 
 def test_reporter_from_env_prunes_a_bad_trial(tmp_path, monkeypatch):
     storage = f"journal:{tmp_path / 'j.log'}"
-    from tunelab.sweep.study import make_storage
+    from tunelab.tuning.storage import make_storage
 
     study = optuna.create_study(
         study_name="s",
@@ -104,7 +105,7 @@ def test_reporter_from_env_prunes_a_bad_trial(tmp_path, monkeypatch):
             t.report(v, step)
         study.tell(t, v)
     ctx = tmp_path / "ctx.json"
-    reporting.write_context(
+    pruning.write_context(
         str(ctx),
         {
             "study_name": "s",
@@ -114,20 +115,20 @@ def test_reporter_from_env_prunes_a_bad_trial(tmp_path, monkeypatch):
         },
     )
     bad = study.ask()
-    monkeypatch.setenv(reporting.ENV_CONTEXT, str(ctx))
-    monkeypatch.setenv(reporting.ENV_TRIAL_ID, str(bad._trial_id))
-    report = reporting.reporter_from_env()  # not registered: reopened from the storage
+    # the job's context travels through the environment, as it does to a joblib worker
+    job_env = RunContext(trial=TrialRef(str(ctx), bad.number)).to_env()
+    for key, value in job_env.items():
+        monkeypatch.setenv(key, value)
+    report = pruning.reporter_for(RunContext.from_env().trial)  # reopened from the storage
     with pytest.raises(optuna.TrialPruned):
         report(0, 10.0)
-    monkeypatch.setenv(reporting.ENV_REPORT, "0")
-    assert reporting.reporter_from_env() is None
-    monkeypatch.delenv(reporting.ENV_TRIAL_ID)
-    assert reporting.reporter_from_env() is None
+    assert pruning.reporter_for(TrialRef(str(ctx), bad.number, report=False)) is None
+    assert pruning.reporter_for(RunContext().trial) is None
 
 
 def _ret(status, value, out_dir="/nonexistent"):
     ret = JobReturn()
-    ret.status, ret._return_value = status, value
+    ret.status, ret.return_value = status, value
     ret.hydra_cfg = {"hydra": {"runtime": {"output_dir": out_dir}}}
     from omegaconf import OmegaConf
 
@@ -152,33 +153,29 @@ def test_read_job_classifies_outcomes(tmp_path):
     )
     assert read_job(_ret(JobStatus.COMPLETED, float("nan")), ["m"])[0] == "diverged"
     (tmp_path / "metrics.json").write_text('{"val/acc": 0.9, "perf/epoch_s": 2.0}')
-    kind, _, values, _ = read_job(
+    kind, _, values, _, _ = read_job(
         _ret(JobStatus.COMPLETED, 0.9, str(tmp_path)), ["val/acc", "perf/epoch_s"]
     )
     assert kind == "complete" and values["perf/epoch_s"] == 2.0
+    result = RunResult("r1", "FINISHED", "val/acc", {"val/acc": 0.8, "test/acc": 0.7})
+    kind, _, values, _, run_id = read_job(_ret(JobStatus.COMPLETED, result), ["val/acc"])
+    assert (kind, values["test/acc"], run_id) == ("complete", 0.7, "r1")
 
 
 def test_aggregate_and_job_overrides():
     agg = aggregate([{"m": 1.0}, {"m": 3.0}])
     assert agg["m"] == 2.0 and agg["m_std"] == pytest.approx(math.sqrt(2))
-    ov = job_overrides(
-        ["data=synthetic"],
-        {"optimizer.lr": 0.1},
-        2,
-        "seed",
-        context_path="/tmp/c d.json",
-        trial_id=7,
-        report=True,
+    ctx = RunContext(
         parent_run_id="abc",
         tags={"sweep": "it's"},
+        log_model=False,
+        trial=TrialRef("/tmp/c d.json", 7, report=True),
     )
+    ov = job_overrides(["data=synthetic"], {"optimizer.lr": 0.1}, 2, "seed", ctx)
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(ov)}
-    assert (
-        parsed["seed"] == 2 and parsed["hydra.job.env_set.TUNELAB_SWEEP_CONTEXT"] == "/tmp/c d.json"
-    )
-    import json
-
-    assert json.loads(parsed["hydra.job.env_set.TUNELAB_RUN_TAGS"]) == {"sweep": "it's"}
+    assert parsed["seed"] == 2 and parsed["optimizer.lr"] == 0.1
+    env = {k.removeprefix("hydra.job.env_set."): v for k, v in parsed.items() if "env_set" in k}
+    assert RunContext.from_env(env) == ctx  # the context reaches the job unchanged
 
 
 def test_counted_ignores_stale_trials():

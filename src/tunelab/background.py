@@ -18,7 +18,7 @@ class BackgroundWriter:
     def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="tunelab-tracker", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="tunelab-writer", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+from tunelab.run.context import RunContext
 
 PIPELINE_KEY = "pipeline"
 
@@ -36,26 +37,14 @@ def use_prepared_data(cfg: DictConfig, prepared_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def stage_tags(stage: str) -> dict[str, str]:
-    """Tags tying a run to its DVC stage and, under `dvc exp run`, to the experiment."""
-    tags = {"dvc_stage": stage}
+def stage_context(stage: str, **tags: str) -> RunContext:
+    """The context of a stage's runs: the enclosing one (if any) plus tags tying them to the DVC
+    stage and, under `dvc exp run`, to the experiment."""
+    extra = {"dvc_stage": stage, **tags}
     for env, tag in (("DVC_EXP_NAME", "dvc_exp"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline")):
         if os.environ.get(env):
-            tags[tag] = os.environ[env]
-    return tags
-
-
-def with_run_tags(tags: dict[str, str]) -> dict[str, str]:
-    """Environment for jobs that should carry these tags (merged with any already set)."""
-    merged = {**json.loads(os.environ.get("TUNELAB_RUN_TAGS", "{}")), **tags}
-    return {**os.environ, "TUNELAB_RUN_TAGS": json.dumps(merged)}
-
-
-def config_digest(cfg: DictConfig, drop: tuple[str, ...] = ()) -> str:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in drop:
-        plain.pop(key, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
+            extra[tag] = os.environ[env]
+    return RunContext.from_env().derive(tags=extra)
 
 
 def read_overrides(path: str | Path) -> list[str]:
@@ -88,31 +77,6 @@ def write_json(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return path
-
-
-def search_bounds(params: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """{key: {low, high, log}} for intervals and ranges, {key: {choices}} for choices, parsed with
-    Hydra's override grammar (`tag(log, interval(a, b))`, `range(a, b)`, `choice(...)`)."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
-    out: dict[str, dict[str, Any]] = {}
-    for ov in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()]):
-        sweep = ov.value()
-        if isinstance(sweep, IntervalSweep):
-            out[ov.key_or_group] = {
-                "low": sweep.start,
-                "high": sweep.end,
-                "log": "log" in sweep.tags,
-            }
-        elif isinstance(sweep, RangeSweep):
-            out[ov.key_or_group] = {
-                "low": sweep.start,
-                "high": sweep.stop,
-                "log": "log" in sweep.tags,
-            }
-        elif isinstance(sweep, ChoiceSweep):
-            out[ov.key_or_group] = {"choices": list(sweep.list)}
-    return out
 
 
 def sweep_params_of(sweep_dir: str | Path) -> dict[str, str]:

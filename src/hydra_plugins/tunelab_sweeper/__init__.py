@@ -1,1 +1,1 @@
-"""Hydra sweeper plugin `tunelab`: Optuna studies for `python src/train.py -m …` (see tunelab.sweep)."""
+"""Hydra sweeper plugin `tunelab`: Optuna studies for `python src/train.py -m …` (see tunelab.tuning)."""

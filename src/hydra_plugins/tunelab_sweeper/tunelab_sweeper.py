@@ -1,4 +1,4 @@
-"""The Sweeper class Hydra instantiates; all work happens in tunelab.sweep.orchestrate."""
+"""The Sweeper class Hydra instantiates; all work happens in tunelab.tuning.sweep."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ class TunelabSweeper(Sweeper):
     ) -> None:
         self.config = config
         self.hydra_context = hydra_context
-        from tunelab.sweep.jobs import SafeTask
+        from tunelab.tuning.jobs import SafeTask
 
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=SafeTask(task_function)
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from tunelab.sweep.orchestrate import run_sweep
+        from tunelab.tuning.sweep import run_sweep
 
         assert self.config is not None and self.launcher is not None
         return run_sweep(self.conf, self.config, self.launcher, list(arguments))

@@ -1,5 +1,5 @@
 """Diagnostics the seed articles ask for: curve diagnosis, gradient check, data check, lr range test,
-overfitting a tiny subset. Plain functions over torch modules and tensors; run.py is the command."""
+overfitting a tiny subset. Plain functions over torch modules and tensors; command.py runs them."""
 
 from tunelab.diagnostics.curves import Finding, diagnose_curves, findings_to_tags
 from tunelab.diagnostics.datacheck import DataReport, check_data, datacheck_tags

@@ -6,7 +6,7 @@ Epoch numbers are 0-based history indices, like the training loop's `epoch` and 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,10 +82,6 @@ def findings_to_tags(findings: list[Finding]) -> dict[str, str]:
             tags[f"diagnosis.{f.code}.since_epoch"] = str(f.since_epoch)
     tags["diagnosis.recommendation"] = findings[0].recommendation
     return tags
-
-
-def findings_to_dicts(findings: list[Finding]) -> list[dict]:
-    return [asdict(f) for f in findings]
 
 
 def _finding(code: str, since: int | None, message: str) -> Finding:

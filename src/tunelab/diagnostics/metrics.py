@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch import nn
 
 
 def per_class_accuracy(
@@ -22,20 +23,4 @@ def per_class_accuracy(
 
 def per_class_metrics(accs: list[float], prefix: str = "val/acc_class_") -> dict[str, float]:
     """{"val/acc_class_0": ..., ...}, skipping absent classes (NaN)."""
-    return {f"{prefix}{c}": a for c, a in enumerate(accs) if a == a}
-
-
-@torch.no_grad()
-def model_per_class_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 1024
-) -> list[float]:
-    """Per-class accuracy of `model` (eval mode, on its own device) over a whole split."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    preds = [
-        model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-        for i in range(0, len(y), batch_size)
-    ]
-    model.train(was_training)
-    return per_class_accuracy(torch.cat(preds), y, num_classes)
+    return {f"{prefix}{c}": a for c, a in enumerate(accs) if not math.isnan(a)}

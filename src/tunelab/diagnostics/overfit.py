@@ -4,6 +4,7 @@ few examples to ~zero; if they cannot, there is a bug. Turning regularisation of
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ def overfit_tiny_subset(
         loss = loss_fn(net(bx), by)
         value = loss.item()
         losses.append(value)
-        if value <= target_loss or value != value:
+        if value <= target_loss or not math.isfinite(value):
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

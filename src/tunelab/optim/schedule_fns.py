@@ -1,4 +1,4 @@
-"""Pure lr-multiplier formulas (TensorFlow decay semantics) and knob checks.
+"""Pure lr-multiplier formulas (TensorFlow decay semantics).
 
 Every formula maps an optimizer step index (0-based, counted from the end of warm-up) to a
 multiplier of the peak lr, so one function serves every param group and keeps their ratios.
@@ -8,91 +8,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
-
-def check(schedule: str, key: str, value: object, ok: bool, allowed: str) -> None:
-    """Raise ValueError naming the schedule, key, bad value and what is allowed."""
-    if not ok:
-        msg = f"scheduler {schedule}: {key}={value!r} is not allowed; expected {allowed}"
-        raise ValueError(msg)
-
-
-def is_num(value: object) -> bool:
-    """True for finite real numbers (bool excluded), so YAML strings like '1e-4' are caught."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _epochs(v: object) -> bool:
-    return isinstance(v, list) and all(is_num(x) and x > 0 for x in v) and v == sorted(set(v))
-
-
-RULES = {
-    ">0": (lambda v: is_num(v) and v > 0, "> 0"),
-    ">=0": (lambda v: is_num(v) and v >= 0, ">= 0"),
-    ">=1": (lambda v: is_num(v) and v >= 1, ">= 1"),
-    "(0,1]": (lambda v: is_num(v) and 0 < v <= 1, "0 < x <= 1"),
-    "(0,1)": (lambda v: is_num(v) and 0 < v < 1, "0 < x < 1"),
-    "[0,1]": (lambda v: is_num(v) and 0 <= v <= 1, "0 <= x <= 1"),
-    "null|>0": (lambda v: v is None or (is_num(v) and v > 0), "null or > 0"),
-    "null|>=0": (lambda v: v is None or (is_num(v) and v >= 0), "null or >= 0"),
-    "int": (_is_int, "an integer"),
-    "int>=0": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "int>=1": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "epochs": (_epochs, "a list of strictly increasing epochs > 0"),
-    "min|max": (lambda v: v in ("min", "max"), "min | max"),
-    "rel|abs": (lambda v: v in ("rel", "abs"), "rel | abs"),
-    "cos|linear": (lambda v: v in ("cos", "cosine", "linear"), "cos | linear"),
-}
-
-# Allowed values of every knob of every conf/scheduler/<name>.yaml (and the warm-up meta keys).
-KNOB_RULES: dict[str, dict[str, str]] = {
-    "warmup": {"warmup_epochs": ">=0", "warmup_start_factor": "[0,1]"},
-    "constant": {},
-    "step": {"step_epochs": ">0", "gamma": "(0,1]"},
-    "multistep": {"milestones_epochs": "epochs", "gamma": "(0,1]"},
-    "exponential": {
-        "gamma": ">0", "decay_epochs": ">0", "staircase": "bool", "decay_rate": "null|>=0"
-    },
-    "piecewise": {"boundaries_epochs": "epochs"},
-    "polynomial": {
-        "power": ">0", "end_lr_factor": ">=0", "end_lr": "null|>=0", "decay_epochs": "null|>0",
-        "cycle": "bool",
-    },
-    "inverse_time": {"decay_rate": ">=0", "decay_epochs": ">0", "staircase": "bool"},
-    "cosine": {"min_lr_factor": "[0,1]"},
-    "cosine_restarts": {
-        "first_cycle_epochs": ">0", "t_mul": ">=1", "m_mul": ">0", "min_lr_factor": "[0,1]"
-    },
-    "linear_cosine": {
-        "num_periods": ">=0", "alpha": ">=0", "beta": ">=0", "noise": ">=0", "noise_decay": ">=0",
-        "noise_seed": "int",
-    },
-    "onecycle": {
-        "max_lr_factor": ">0", "max_lr": "null|>0", "pct_start": "(0,1)", "anneal": "cos|linear",
-        "div_factor": ">0", "final_div_factor": ">0", "three_phase": "bool",
-        "cycle_momentum": "bool", "base_momentum": "[0,1]", "max_momentum": "[0,1]",
-    },
-    "plateau": {
-        "mode": "min|max", "factor": "(0,1)", "patience": "int>=0", "threshold": ">=0",
-        "threshold_mode": "rel|abs", "cooldown": "int>=0", "min_lr": ">=0",
-    },
-}  # fmt: skip
-
-
-def check_knobs(schedule: str, knobs: Mapping[str, object]) -> None:
-    """Check the knobs of KNOB_RULES[schedule] present in knobs (usable at compose time)."""
-    for key, rule in KNOB_RULES.get(schedule, {}).items():
-        if key in knobs:
-            ok, allowed = RULES[rule]
-            check(schedule, key, knobs[key], ok(knobs[key]), allowed)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: one factory per conf/scheduler/*.yaml, wrapped with warm-up in Schedule.
+"""Learning-rate schedules: one factory per conf/scheduler/*.yaml (warm-up: optim/lr_schedule.py).
 
 Factories take (optimizer, *, total_steps, steps_per_epoch, **knobs) and return a torch scheduler;
 durations are in epochs. Absolute lrs (end_lr, max_lr, min_lr) refer to param group 0; the other
@@ -7,13 +7,9 @@ groups get them scaled by their lr ratio, so every group keeps its ratio to grou
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
     LambdaLR,
@@ -24,17 +20,23 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
+from tunelab.config.rules import is_number
+from tunelab.config.schema import SCHEDULER_KNOBS, knob_problems
 from tunelab.optim import schedule_fns as fns
-from tunelab.optim.schedule_fns import check, check_knobs, epochs_to_steps
-
-META_KEYS = ("name", "warmup_epochs", "warmup_start_factor", "monitor")
+from tunelab.optim.schedule_fns import epochs_to_steps
 
 
-class MissingMetricError(KeyError):
-    """The plateau schedule's monitored metric is absent from the validation metrics."""
+def check(schedule: str, key: str, value: object, ok: bool, allowed: str) -> None:
+    """Raise ValueError naming the schedule, key, bad value and what is allowed."""
+    if not ok:
+        msg = f"scheduler {schedule}: {key}={value!r} is not allowed; expected {allowed}"
+        raise ValueError(msg)
 
-    def __str__(self) -> str:
-        return str(self.args[0])
+
+def check_knobs(schedule: str, knobs: dict[str, Any]) -> None:
+    """The knob rules of config/schema.py (also checked at compose time), at build time."""
+    for key, value, allowed in knob_problems(schedule, knobs):
+        check(schedule, key, value, False, allowed)
 
 
 def _ratios(optimizer: Optimizer) -> list[float]:
@@ -92,7 +94,7 @@ def piecewise(optimizer, *, total_steps, steps_per_epoch, boundaries_epochs: lis
     """values[i] x lr from boundaries_epochs[i - 1] on; values has one more entry than boundaries."""
     check_knobs("piecewise", locals())
     ok = isinstance(values, list) and len(values) == len(boundaries_epochs) + 1
-    ok = ok and all(fns.is_num(v) and v > 0 for v in values)
+    ok = ok and all(is_number(v) and v > 0 for v in values)
     check("piecewise", "values", values, ok, f"{len(boundaries_epochs) + 1} multipliers > 0")
     bounds = [epochs_to_steps(b, steps_per_epoch) for b in boundaries_epochs]
     return _fn(optimizer, fns.piecewise_constant, boundaries=bounds, values=values)
@@ -174,7 +176,7 @@ def linear_cosine(
     noise_seed: int = 0,
 ):
     """tf linear_cosine_decay over the run; noise > 0 (initial variance) makes it the noisy one."""
-    kw = {k: v for k, v in locals().items() if k in fns.KNOB_RULES["linear_cosine"]}
+    kw = {k: v for k, v in locals().items() if k in SCHEDULER_KNOBS["linear_cosine"]}
     check_knobs("linear_cosine", kw)
     return _fn(optimizer, fns.linear_cosine_decay, decay_steps=total_steps, **kw)
 
@@ -228,100 +230,6 @@ def plateau(
 ):
     """ReduceLROnPlateau, stepped once per validation; min_lr floors group 0 (others by ratio)."""
     check_knobs("plateau", locals())
-    kw = {k: v for k, v in locals().items() if k in fns.KNOB_RULES["plateau"]}
+    kw = {k: v for k, v in locals().items() if k in SCHEDULER_KNOBS["plateau"]}
     kw["min_lr"] = [min_lr * r for r in _ratios(optimizer)]
     return ReduceLROnPlateau(optimizer, **kw)
-
-
-@dataclass(eq=False)
-class Schedule:
-    """Linear warm-up to the inner schedule's first lr, then the inner torch scheduler."""
-
-    optimizer: Optimizer
-    inner: LRScheduler
-    name: str
-    total_steps: int
-    warmup_steps: int = 0
-    warmup_start_factor: float = 0.0
-    monitor: str | None = None
-    steps_done: int = 0
-    peak_lrs: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.peak_lrs = self.lrs
-        self._warm(0)
-
-    def _warm(self, k: int) -> None:
-        if self.warmup_steps > 0:
-            f = fns.warmup_factor(k, self.warmup_steps, self.warmup_start_factor)
-            for g, peak in zip(self.optimizer.param_groups, self.peak_lrs, strict=True):
-                g["lr"] = peak * f
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    @property
-    def lrs(self) -> list[float]:
-        return [float(g["lr"]) for g in self.optimizer.param_groups]
-
-    def after_step(self) -> None:
-        """Advance one optimizer step: the warm-up ramp, then per-step inner schedules."""
-        self.steps_done += 1
-        if self.steps_done <= self.warmup_steps:
-            self._warm(self.steps_done)
-            return
-        inner_total = getattr(self.inner, "total_steps", None)  # OneCycleLR refuses to overrun
-        if self.monitor is None and (inner_total is None or self.inner.last_epoch < inner_total):
-            self.inner.step()
-
-    def after_epoch(self, metrics: dict[str, float]) -> None:
-        """Feed the monitored metric to plateau (not during warm-up); a no-op for the others."""
-        if self.monitor is None:
-            return
-        if self.monitor not in metrics:
-            msg = f"scheduler {self.name} monitors {self.monitor!r}; metrics has {sorted(metrics)}"
-            raise MissingMetricError(msg)
-        if self.steps_done >= self.warmup_steps:
-            self.inner.step(float(metrics[self.monitor]))
-
-    def state_dict(self) -> dict[str, Any]:
-        keep = ("name", "total_steps", "warmup_steps", "steps_done", "peak_lrs", "lrs")
-        state = {k: copy.copy(getattr(self, k)) for k in keep}
-        return state | {"inner": copy.deepcopy(self.inner.state_dict())}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("name", "total_steps", "warmup_steps"):
-            ok = state[key] == getattr(self, key)
-            check(self.name, f"state_dict[{key!r}]", state[key], ok, repr(getattr(self, key)))
-        self.inner.load_state_dict(copy.deepcopy(state["inner"]))
-        self.steps_done, self.peak_lrs = state["steps_done"], list(state["peak_lrs"])
-        for g, lr in zip(self.optimizer.param_groups, state["lrs"], strict=True):
-            g["lr"] = lr
-
-
-def build_schedule(
-    optimizer: Optimizer, cfg: DictConfig | dict, *, steps_per_epoch: int, max_epochs: int
-) -> Schedule:
-    """Instantiate one conf/scheduler/<name>.yaml; the inner schedule runs after the warm-up."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    meta = {k: raw.pop(k) for k in META_KEYS if k in raw}
-    target = raw.get("_target_")
-    name = str(meta.get("name") or target)
-    ok = isinstance(target, str) and target.startswith("tunelab.")
-    check(name, "_target_", target, ok, "a tunelab.optim.schedules factory")
-    for key, value in {"steps_per_epoch": steps_per_epoch, "max_epochs": max_epochs}.items():
-        check(name, key, value, fns.RULES["int>=1"][0](value), "an integer >= 1")
-    check_knobs("warmup", meta)
-    w_epochs, start = meta.get("warmup_epochs", 0.0), meta.get("warmup_start_factor", 0.0)
-    total = max_epochs * steps_per_epoch
-    warmup = epochs_to_steps(w_epochs, steps_per_epoch) if w_epochs > 0 else 0
-    check(name, "warmup_epochs", w_epochs, warmup < total, f"< max_epochs={max_epochs}")
-    factory = instantiate(raw, _partial_=True, _convert_="all")
-    inner = factory(optimizer, total_steps=total - warmup, steps_per_epoch=steps_per_epoch)
-    monitor = meta.get("monitor")
-    if isinstance(inner, ReduceLROnPlateau):
-        check(name, "monitor", monitor, isinstance(monitor, str) and monitor != "", "a metric name")
-    else:
-        check(name, "monitor", monitor, monitor is None, "absent (only plateau monitors a metric)")
-    return Schedule(optimizer, inner, name, total, warmup, float(start), monitor)

@@ -1,0 +1,114 @@
+"""The Hydra side of tunelab: what one job of `python src/train.py` does, and the callback that
+validates before Hydra creates any directory and opens one MLflow parent run per plain multirun.
+
+Light to import: torch and MLflow are loaded only once a job runs (see tunelab/startup.py), so bad
+input is refused before they are."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from tunelab.config import ConfigError, validate
+from tunelab.run.context import RunContext, RunResult
+
+log = logging.getLogger(__name__)
+
+
+def job(cfg: DictConfig) -> RunResult:
+    """One Hydra job: run (or diagnose) under the context its launcher handed on, write
+    metrics.json into the job's directory; Ctrl-C and SIGTERM exit 130 and 143."""
+    from tunelab.run.api import run
+    from tunelab.run.signals import Terminated
+    from tunelab.tuning.pruning import reporter_for
+
+    ctx = RunContext.from_env()
+    overrides, output_dir = _hydra_job()
+    ctx = ctx.derive(overrides=tuple(overrides), reporter=reporter_for(ctx.trial))
+    try:
+        result = run(cfg, ctx)
+    except (Terminated, KeyboardInterrupt) as exc:
+        sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+        log.error(
+            "stopped by %s: the run is recorded KILLED; the same command resumes it", sig.name
+        )
+        raise SystemExit(128 + sig) from None
+    if output_dir:
+        Path(output_dir, "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    log.info("result: " + "  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    return result
+
+
+def _hydra_job() -> tuple[list[str], str | None]:
+    """The Hydra overrides of this job and its output dir, when running under Hydra."""
+    if not HydraConfig.initialized():
+        return [], None
+    hc = HydraConfig.get()
+    return list(hc.overrides.task), hc.runtime.output_dir
+
+
+def _validate_or_exit(config: DictConfig) -> None:
+    """Hydra turns a callback's exceptions into warnings; SystemExit is what stops it."""
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except Exception as exc:  # e.g. a mandatory value left as ???
+        raise SystemExit(f"error: invalid configuration: {exc}") from None
+
+
+def _uses_tunelab_sweeper(config: DictConfig) -> bool:
+    return "tunelab" in str(config.hydra.sweeper.get("_target_", ""))
+
+
+class TunelabCallback(Callback):
+    """on_run_start runs before the job's output directory exists, so bad input leaves no trace."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+        self.parent_id: str | None = None
+        self.restore_env: Any = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _validate_or_exit(config)
+
+    def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        completed = job_return is not None and job_return.status == JobStatus.COMPLETED
+        if completed and config.tracking.get("tracking_uri") and not config.get("diagnose"):
+            from tunelab.tracking.mlflow_writer import MlflowWriter, runs_link
+
+            writer = MlflowWriter(config.tracking.tracking_uri, config.tracking.experiment)
+            print(runs_link(config.tracking.tracking_uri, writer.experiment_id))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _validate_or_exit(config)
+        uri = config.tracking.get("tracking_uri")
+        ctx = RunContext.from_env()
+        if not uri or _uses_tunelab_sweeper(config) or ctx.parent_run_id:
+            return
+        from tunelab.tracking.mlflow_writer import MlflowWriter
+
+        self.writer = MlflowWriter(uri, config.tracking.experiment)
+        overrides = " ".join(config.hydra.overrides.task)
+        self.parent_id = self.writer.create_run(
+            f"multirun: {overrides}",
+            {**ctx.tags, "role": "multirun", "overrides": overrides},
+        )
+        self.restore_env = ctx.derive(parent_run_id=self.parent_id).export()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_id is None:
+            return
+        from tunelab.tracking.mlflow_writer import runs_link
+
+        self.writer.end_run(self.parent_id, "FINISHED")
+        self.restore_env()
+        print(runs_link(config.tracking.tracking_uri, self.writer.experiment_id))

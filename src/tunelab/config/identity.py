@@ -1,0 +1,45 @@
+"""What makes two configs the same experiment: one digest for checkpoint directories, pipeline
+studies and playbook-study signatures.
+
+Settings that do not change a result (where it is tracked, how it resumes, CPU threads) are left
+out, so changing them resumes the same checkpoints and the same studies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+VOLATILE = (
+    "tracking",
+    "trainer.resume",
+    "trainer.checkpoint_dir",
+    "trainer.checkpoint_every_epochs",
+    "trainer.num_threads",
+    "experiment",
+)
+
+
+def digest(obj: Any, length: int = 16) -> str:
+    """sha256 of the canonical JSON of obj (sorted keys), hex, first `length` characters."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def is_volatile(key: str) -> bool:
+    """True for a dotted key inside one of the VOLATILE settings."""
+    return any(key == v or key.startswith(f"{v}.") for v in VOLATILE)
+
+
+def config_key(cfg: DictConfig) -> str:
+    """The digest of the resolved config without its VOLATILE settings."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in VOLATILE:
+        *parents, leaf = dotted.split(".")
+        node = plain
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return digest(plain)

@@ -1,0 +1,225 @@
+"""The checks behind `python src/train.py diagnose=<lr_range|overfit|gradcheck|datacheck>`.
+
+`tunelab.run.api.run` builds the configured data, model and optimizer and opens the run; each check
+here logs its figure, JSON report, tags and metrics through the tracker, and raises DiagnosticFailed
+when it fails (non-zero exit)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tunelab.diagnostics.datacheck import check_data, datacheck_tags
+from tunelab.diagnostics.gradcheck import gradient_check
+from tunelab.diagnostics.lr_range import OptimizerFactory, lr_range_test, plot_lr_range
+from tunelab.diagnostics.overfit import overfit_tiny_subset
+
+log = logging.getLogger(__name__)
+PREFIX = "diagnostics"  # artifact folder
+
+
+class DiagnosticFailed(RuntimeError):
+    """A sanity check failed; the message says what was measured and what it suggests."""
+
+
+Handler = Callable[[dict, Any, Any, nn.Module, OptimizerFactory, Any], dict[str, float]]
+
+
+def run_check(
+    cfg: Any, splits: Any, model: nn.Module, make_optimizer: OptimizerFactory, tracker: Any
+) -> dict[str, float]:
+    """Run the check named cfg.diagnose.name; returns its metrics (the headline metric first)."""
+    knobs = _knobs(cfg)
+    name = knobs.pop("name", None)
+    if name not in DIAGNOSTICS:
+        raise ValueError(f"diagnose.name={name!r}: choose one of {sorted(DIAGNOSTICS)}")
+    return DIAGNOSTICS[name](knobs, cfg, splits, model, make_optimizer, tracker)
+
+
+def _lr_range(
+    knobs: dict,
+    cfg: Any,
+    splits: Any,
+    model: nn.Module,
+    make_optimizer: OptimizerFactory,
+    tracker: Any,
+) -> dict[str, float]:
+    if knobs.get("batch_size") is None:
+        knobs["batch_size"] = int(_get(cfg, "trainer.batch_size", 64))
+    r = lr_range_test(
+        model, make_optimizer, splits.x_train, splits.y_train, seed=_seed(cfg), **knobs
+    )
+    tracker.log_figure(plot_lr_range(r), f"{PREFIX}/lr_range.png")
+    tracker.log_dict(r.to_dict(), f"{PREFIX}/lr_range.json")
+    tracker.set_tags(
+        {
+            "diagnose.passed": "true",
+            "diagnose.suggested_lr": f"{r.suggested_lr:.3g}",
+            "diagnose.rule": r.rule,
+        }
+    )
+    metrics = {
+        "diagnose/suggested_lr": r.suggested_lr,
+        "diagnose/min_smoothed_loss": min(r.smoothed),
+        "diagnose/steps": float(len(r.lrs)),
+    }
+    tracker.log_metrics(metrics, step=0)
+    stop = (
+        f"stopped at lr {r.lrs[-1]:.3g} (loss diverged)"
+        if r.diverged
+        else f"reached max_lr {r.lrs[-1]:.3g}"
+    )
+    log.info(
+        "lr range test: suggested lr %.3g (%s); %d steps, %s",
+        r.suggested_lr,
+        r.rule,
+        len(r.lrs),
+        stop,
+    )
+    return metrics
+
+
+def _overfit(
+    knobs: dict,
+    cfg: Any,
+    splits: Any,
+    model: nn.Module,
+    make_optimizer: OptimizerFactory,
+    tracker: Any,
+) -> dict[str, float]:
+    knobs.pop("regularisation_off", None)  # applied when the model/optimizer are built
+    r = overfit_tiny_subset(
+        model, make_optimizer, splits.x_train, splits.y_train, seed=_seed(cfg), **knobs
+    )
+    tracker.log_figure(_loss_figure(r.losses, r.message), f"{PREFIX}/overfit.png")
+    tracker.log_dict(asdict(r), f"{PREFIX}/overfit.json")
+    metrics = {
+        "diagnose/final_loss": r.final_loss,
+        "diagnose/steps": float(r.steps),
+        "diagnose/passed": float(r.passed),
+    }
+    return _verdict(tracker, metrics, r.passed, f"overfit tiny subset: {r.message}")
+
+
+def _gradcheck(
+    knobs: dict,
+    cfg: Any,
+    splits: Any,
+    model: nn.Module,
+    make_optimizer: OptimizerFactory,
+    tracker: Any,
+) -> dict[str, float]:
+    n = int(knobs.pop("n_examples", 8))
+    r = gradient_check(model, splits.x_train[:n], splits.y_train[:n], seed=_seed(cfg), **knobs)
+    tracker.log_dict(asdict(r), f"{PREFIX}/gradcheck.json")
+    tracker.set_tags({"diagnose.worst_param": r.worst_param})
+    metrics = {"diagnose/worst_rel_error": r.worst_rel_error, "diagnose/passed": float(r.passed)}
+    message = (
+        f"gradient check: worst relative error {r.worst_rel_error:.2e} in {r.worst_param} "
+        f"(tolerance {r.tolerance:.0e}, {r.coordinates} coordinates)"
+    )
+    if not r.passed:
+        message += ": its backward does not match its forward"
+    return _verdict(tracker, metrics, r.passed, message)
+
+
+def _datacheck(
+    knobs: dict,
+    cfg: Any,
+    splits: Any,
+    model: nn.Module,
+    make_optimizer: OptimizerFactory,
+    tracker: Any,
+) -> dict[str, float]:
+    fail = bool(knobs.pop("fail_on_warning", False))
+    r = check_data(splits, **knobs)
+    for w in r.warnings:
+        log.warning("data check: %s", w)
+    tracker.log_dict({"warnings": r.warnings, "stats": r.stats}, f"{PREFIX}/datacheck.json")
+    tracker.set_tags(datacheck_tags(r))
+    metrics = {"diagnose/data_warnings": float(len(r.warnings))}
+    message = f"data check: {len(r.warnings)} warning(s)" + (
+        f", first: {r.warnings[0]}" if r.warnings else ""
+    )
+    return _verdict(tracker, metrics, r.ok or not fail, message)
+
+
+DIAGNOSTICS: dict[str, Handler] = {
+    "lr_range": _lr_range,
+    "overfit": _overfit,
+    "gradcheck": _gradcheck,
+    "datacheck": _datacheck,
+}
+
+
+def prepare(cfg: DictConfig) -> DictConfig:
+    """The config a check runs on: regularisation off where the check asks for it."""
+    return without_regularisation(cfg) if cfg.diagnose.get("regularisation_off") else cfg
+
+
+def failure_reason(exc: BaseException) -> str:
+    return "diagnostic_failed" if isinstance(exc, DiagnosticFailed) else type(exc).__name__
+
+
+def without_regularisation(cfg: DictConfig) -> DictConfig:
+    """A copy of cfg with model.dropout and optimizer.weight_decay set to 0 where they exist."""
+    cfg = copy.deepcopy(cfg)
+    for key in ("model.dropout", "optimizer.weight_decay"):
+        if OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(cfg, key, 0.0)
+    return cfg
+
+
+def _verdict(
+    tracker: Any, metrics: dict[str, float], passed: bool, message: str
+) -> dict[str, float]:
+    tracker.set_tags({"diagnose.passed": str(passed).lower(), "diagnose.message": message[:5000]})
+    tracker.log_metrics(metrics, step=0)
+    if not passed:
+        log.error(message)
+        raise DiagnosticFailed(message)
+    log.info(message)
+    return metrics
+
+
+def _loss_figure(losses: list[float], title: str) -> Figure:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(losses) + 1), losses)
+    ax.set_yscale("log")
+    ax.set_xlabel("full-batch step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title[:70], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _knobs(cfg: Any) -> dict[str, Any]:
+    node = cfg.get("diagnose") if hasattr(cfg, "get") else getattr(cfg, "diagnose", None)
+    if node is None:
+        raise ValueError("no diagnostic selected: pass diagnose=<name>")
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    return dict(node)
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, DictConfig):
+        value = OmegaConf.select(cfg, key)
+        return default if value is None else value
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part, None)
+        if cfg is None:
+            return default
+    return cfg
+
+
+def _seed(cfg: Any) -> int:
+    return int(_get(cfg, "seed", 0))

@@ -1,0 +1,260 @@
+"""After the cells: statistics over seeds, paired verdicts, playbook checks, figures, report, MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from tunelab.config.space import build_space, to_overrides
+from tunelab.reports import study_plots as checks
+from tunelab.reports.stats import audit, describe, doubling_gain, holm, paired
+
+log = logging.getLogger(__name__)
+TEST = "test/acc"
+
+
+def _per_seed(result: Any, metric: str) -> dict[int, float]:
+    return {
+        s: float(r["values"][metric])
+        for s, r in result.confirm.items()
+        if r.get("kind") == "complete" and metric in r.get("values", {})
+    }
+
+
+def _picked(per_seed: dict[str, dict[int, float]], metric: str, direction: str) -> dict | None:
+    """The seed a cherry-picker would report (best on the objective) and its test accuracy."""
+    values = per_seed[metric]
+    if not values or TEST not in per_seed or metric == TEST:
+        return None
+    pick = (max if direction == "maximize" else min)(values, key=values.get)
+    return {"seed": pick, metric: values[pick], TEST: per_seed[TEST].get(pick)}
+
+
+def rerun_command(spec: Any, result: Any, seed: int | None = None) -> str:
+    """The single-run command that trains this cell's confirmed configuration."""
+    _, fixed = build_space(result.cell.space, spec.cell_arguments(result.cell))
+    ovs = fixed + to_overrides(result.best_params)
+    if seed is not None:
+        ovs.append(f"seed={seed}")
+    return "python src/train.py " + " ".join(shlex.quote(o) for o in ovs)
+
+
+def _curves_runs(run: Any, result: Any, top_k: int) -> list[tuple[str, dict]]:
+    """Histories of the cell's top trials (their first seed), or of its confirmation runs."""
+    if run.writer is None:
+        return []
+    out = []
+    complete = [t for t in result.trials if t.state == TrialState.COMPLETE]
+    rev = run.spec.direction == "maximize"
+    for t in sorted(complete, key=lambda t: t.value, reverse=rev)[:top_k]:
+        job_run = next(iter(t.user_attrs.get("mlflow_seed_run_ids") or []), None)
+        h = run.writer.read_json(job_run, "history.json") if job_run else None
+        if h:
+            out.append((f"trial {t.number}", h))
+    if not complete:
+        for seed in run.spec.seeds[:top_k]:
+            job_run = _confirm_run(result, seed)
+            h = run.writer.read_json(job_run, "history.json") if job_run else None
+            if h:
+                out.append((f"seed {seed}", h))
+    return out
+
+
+def _confirm_run(result: Any, seed: int) -> str | None:
+    """The MLflow run of one finished confirmation seed of a cell."""
+    record = result.confirm.get(seed) or {}
+    return record.get("run_id") if record.get("kind") == "complete" else None
+
+
+def _cell_summary(run: Any, result: Any, out: Path) -> dict[str, Any]:
+    spec, cell = run.spec, result.cell
+    metrics = [spec.metric] + ([TEST] if spec.metric != TEST else [])
+    per_seed = {m: _per_seed(result, m) for m in metrics}
+    info: dict[str, Any] = {
+        "cell": cell.name,
+        "overrides": list(cell.overrides),
+        "space": dict(cell.space),
+        "study_name": result.study_name,
+        "mlflow_run_id": result.run_id,
+        "best_trial": result.best.number if result.best is not None else None,
+        "search_value": result.best.value if result.best is not None else None,
+        "best_params": result.best_params,
+        "per_seed": per_seed,
+        "stats": {m: describe(list(v.values())) for m, v in per_seed.items()},
+        "audit": audit(list(per_seed[spec.metric].values()), spec.direction),
+        "audit_by_metric": {
+            m: audit(list(v.values()), spec.direction if m == spec.metric else "maximize")
+            for m, v in per_seed.items()
+        },
+        "picked_seed": _picked(per_seed, spec.metric, spec.direction),
+        "infeasible": checks.infeasible(result.trials),
+        "stopped": result.stopped,
+        "confirm_failures": {
+            str(s): r.get("reason", r.get("kind"))
+            for s, r in result.confirm.items()
+            if r.get("kind") != "complete"
+        },
+        "confirm_runs": {
+            str(s): _confirm_run(result, s) for s in spec.seeds if _confirm_run(result, s)
+        },
+        "rerun": rerun_command(spec, result, spec.seeds[0]) if result.feasible else None,
+        "edge_warnings": [],
+        "axis_figures": [],
+    }
+    if result.best is not None and result.space:
+        names, warns = checks.axis_checks(
+            cell.name, result.trials, result.space, result.best, spec.metric,
+            spec.checks["edge_fraction"], out,
+        )  # fmt: skip
+        info.update(axis_figures=names, edge_warnings=warns)
+    runs = _curves_runs(run, result, spec.checks["top_k"])
+    if runs:
+        name, flags = checks.curves(cell.name, runs, out)
+        info.update(curves_figure=name, curve_flags=flags)
+    return info
+
+
+def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
+    """Everything the report shows, as JSON-able data; figures are written into `out`."""
+    spec = run.spec
+    cells = [_cell_summary(run, r, out) for r in results]
+    metrics = [spec.metric] + ([TEST] if spec.metric != TEST else [])
+    sign = 1.0 if spec.direction == "maximize" else -1.0
+    ranked = sorted(
+        (c for c in cells if math.isfinite(c["stats"][spec.metric]["mean"])),
+        key=lambda c: -sign * c["stats"][spec.metric]["mean"],
+    )
+    best = ranked[0] if ranked else None
+    comparisons = []
+    if best is not None:
+        for m in metrics:
+            comps = [
+                paired(
+                    c["cell"],
+                    best["cell"],
+                    m,
+                    c["per_seed"][m],
+                    best["per_seed"][m],
+                    spec.checks["alpha"],
+                )  # fmt: skip
+                for c in ranked[1:]
+            ]
+            holm(comps, spec.checks["alpha"])
+            comparisons += [c.as_dict() for c in comps]
+    series = {
+        r.cell.name: [t.value for t in r.trials if t.state == TrialState.COMPLETE]
+        for r in results
+        if r.space
+    }
+    bso_fig, bands = checks.best_so_far(
+        series, spec.direction, spec.metric, spec.checks["bootstrap"], out
+    )
+    for c in cells:
+        if c["cell"] in bands:
+            gain = doubling_gain(bands[c["cell"]], spec.direction)
+            noise = c["stats"][spec.metric]["std"]
+            c["doubling_gain"] = gain
+            c["enough_trials"] = bool(gain <= noise) if math.isfinite(noise) else None
+    names = [c["cell"] for c in cells]
+    per_seed = {c["cell"]: c["per_seed"] for c in cells}
+    figures = {"best_so_far": bso_fig}
+    if any(c["per_seed"][spec.metric] for c in cells):
+        figures["isolation"] = checks.isolation(
+            names, per_seed, {c["cell"]: c["stats"] for c in cells},
+            {c["cell"]: c["search_value"] for c in cells if c["search_value"] is not None},
+            metrics, spec.scientific, out,
+        )  # fmt: skip
+        figures["seed_spread"] = checks.seed_spread(
+            {c["cell"]: c["per_seed"][spec.metric] for c in cells}, spec.metric, spec.direction, out
+        )
+    return {
+        "study": spec.name,
+        "goal": spec.goal,
+        "scientific": spec.scientific,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "metrics": metrics,
+        "seeds": spec.seeds,
+        "search_seeds": spec.search_seeds,
+        "n_trials": spec.n_trials,
+        "sampler": spec.sweep_conf.get("sampler"),
+        "pruner": spec.sweep_conf.get("pruner"),
+        "fixed": spec.fixed,
+        "arguments": spec.arguments,
+        "storage": run.storage_url,
+        "mlflow_run_id": run.run_id,
+        "best_cell": best["cell"] if best else None,
+        "ranking": [c["cell"] for c in ranked],
+        "cells": cells,
+        "comparisons": comparisons,
+        "verdicts": [c["verdict"] for c in comparisons if c["metric"] == spec.metric],
+        "figures": {k: v for k, v in figures.items() if v},
+    }
+
+
+def _tables(summary: dict[str, Any], out: Path) -> None:
+    rows = []
+    for c in summary["cells"]:
+        row: dict[str, Any] = {"cell": c["cell"], "best_trial": c["best_trial"]}
+        for m, s in c["stats"].items():
+            row.update({f"{m}_{k}": v for k, v in s.items()})
+        row.update({f"audit_{k}": c["audit"][k] for k in ("range", "best_minus_median")})
+        row["infeasible_fraction"] = c["infeasible"]["fraction"]
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(out / "cells.csv", index=False)
+    pd.DataFrame(summary["comparisons"]).to_csv(out / "comparisons.csv", index=False)
+    (out / "summary.json").write_text(
+        json.dumps(summary, indent=1, default=str, ensure_ascii=False)
+    )
+
+
+def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
+    writer, spec = run.writer, run.spec
+    study_metrics: dict[str, float] = {}
+    for c in summary["cells"]:
+        cell_metrics = {}
+        for m, s in c["stats"].items():
+            for k in ("mean", "std", "ci_low", "ci_high"):
+                cell_metrics[f"confirm/{m}_{k}"] = s[k]
+                study_metrics[f"{c['cell']}/{m}_{k}"] = s[k]
+        if c["mlflow_run_id"]:
+            tags = {"best_trial": str(c["best_trial"])}
+            writer.log(c["mlflow_run_id"], metrics=cell_metrics, tags=tags)
+    params = {
+        "scientific": spec.scientific,
+        "cells": ",".join(c.name for c in spec.cells),
+        "seeds": spec.seeds,
+        "search_seeds": spec.search_seeds,
+        "n_trials_per_cell": spec.n_trials,
+        "sampler": (spec.sweep_conf.get("sampler") or {}).get("name"),
+        "pruner": (spec.sweep_conf.get("pruner") or {}).get("name"),
+        **{f"fixed.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in spec.fixed},
+        **{f"nuisance.{c.name}": json.dumps(c.space) for c in spec.cells},
+    }
+    tags = {"best_cell": str(summary["best_cell"]), "n_cells": str(len(spec.cells))}
+    writer.log(run.run_id, metrics=study_metrics, params=params, tags=tags, keep_existing=True)
+    writer.log_artifacts(run.run_id, out)
+
+
+def finalize(run: Any, results: list[Any]) -> dict[str, Any]:
+    """Analyse, write the report and tables into <sweep dir>/study, attach them to the study run."""
+    from tunelab.reports.study_report import write_report
+
+    out = run.root / "study"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    summary = analyse(run, results, out / "figures")
+    _tables(summary, out)
+    write_report(summary, out)
+    if run.writer and run.run_id:
+        _log_mlflow(run, summary, out)
+    for line in summary["verdicts"]:
+        log.info("verdict: %s", line)
+    log.info("study report: %s", out / "report.md")
+    return summary

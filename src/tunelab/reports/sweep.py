@@ -1,0 +1,198 @@
+"""What a finished sweep leaves behind: trials.csv, best overrides, Pareto front, Optuna's figures and
+the summary, in the sweep directory and on the sweep's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tunelab.config.space import describe, to_overrides
+
+log = logging.getLogger(__name__)
+
+# Overrides that select the sweep itself; a re-run of the winner leaves them out.
+_SWEEP_ONLY = ("search",)
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> Path:
+    """Every trial with params, values, state, duration and user attrs."""
+    df = study.trials_dataframe(
+        attrs=("number", "value", "state", "duration", "params", "user_attrs")
+    )
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds()
+    df.to_csv(path, index=False)
+    return path
+
+
+def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The best trial (single objective) or the Pareto front (several)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
+
+
+def write_best_overrides(
+    trial: optuna.trial.FrozenTrial, fixed: list[str], out_dir: Path
+) -> list[Path]:
+    """`best_overrides.txt` (one override a line: `python src/train.py $(cat …)`) and a YAML twin."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in fixed]
+    keep = [o for o, k in zip(fixed, keys, strict=True) if k not in _SWEEP_ONLY and not _hydra(k)]
+    lines = keep + to_overrides(dict(trial.params))
+    txt = out_dir / "best_overrides.txt"
+    txt.write_text("\n".join(lines) + "\n")
+    yml = out_dir / "best_overrides.yaml"
+    body = [f"# trial {trial.number}, values {trial.values}", "overrides:"]
+    body += [f"  - {_yaml_str(line)}" for line in lines]
+    yml.write_text("\n".join(body) + "\n")
+    return [txt, yml]
+
+
+def _hydra(key: str) -> bool:
+    return key.startswith(("hydra.", "hydra/"))
+
+
+def _yaml_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def write_pareto_csv(study: optuna.Study, metrics: list[str], path: Path) -> Path:
+    """The Pareto-optimal trials of a multi-objective study."""
+    rows = ["number," + ",".join(metrics) + ",params"]
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        params = ";".join(to_overrides(dict(t.params)))
+        rows.append(f"{t.number}," + ",".join(repr(v) for v in t.values) + f',"{params}"')
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def write_figures(study: optuna.Study, metrics: list[str], out_dir: Path) -> list[Path]:
+    """History, importances, parallel coordinates, slice, contour (and Pareto front) as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return []
+    names = {p for t in complete for p in t.params}
+    multi = len(study.directions) > 1
+    kw: dict[str, Any] = (
+        {"target": lambda t: t.values[0], "target_name": metrics[0]}
+        if multi
+        else {"target_name": metrics[0]}
+    )
+    plots = {
+        "history": lambda: vis.plot_optimization_history(study, **kw),
+        "parallel_coordinates": lambda: vis.plot_parallel_coordinate(study, **kw),
+        "slice": lambda: vis.plot_slice(study, **kw),
+        "intermediate_values": lambda: vis.plot_intermediate_values(study),
+    }
+    if len(names) >= 2:
+        plots["importances"] = lambda: vis.plot_param_importances(study, **kw)
+        params = sorted(names)[:4]
+        plots["contour"] = lambda: vis.plot_contour(study, params=params, **kw)
+    if multi:
+        plots["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=metrics)
+    out = []
+    for name, make in plots.items():
+        if name == "intermediate_values" and multi:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                make()
+            fig = plt.gcf()
+            fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
+            path = out_dir / f"{name}.png"
+            fig.savefig(path, dpi=90, bbox_inches="tight")
+            out.append(path)
+        except Exception as e:  # a figure that cannot be drawn is skipped, not fatal
+            log.warning("figure %s skipped: %s", name, e)
+        finally:
+            plt.close("all")
+    return out
+
+
+def summary(study: optuna.Study, metrics: list[str]) -> dict[str, Any]:
+    """Counts per state, best values and params (for logs and the sweep run)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    out: dict[str, Any] = {"counts": counts, "best": []}
+    for t in best_trials(study):
+        out["best"].append(
+            {
+                "number": t.number,
+                "values": dict(zip(metrics, t.values, strict=False)),
+                "params": t.params,
+            }
+        )
+    return out
+
+
+def finalize(sweep: Any, utilisation: float, n_run: int) -> dict[str, Any]:
+    """Write every result file into the sweep dir and attach them to the sweep's MLflow run."""
+    study, out_dir = sweep.study, sweep.sweep_dir
+    files = [write_trials_csv(study, out_dir / "trials.csv")]
+    best = best_trials(study)
+    if best:
+        top = best[0] if len(best) == 1 else max(best, key=lambda t: t.values[0] * _sign(study, 0))
+        files += write_best_overrides(top, sweep.fixed, out_dir)
+    if len(study.directions) > 1 and best:
+        files.append(write_pareto_csv(study, sweep.metrics, out_dir / "pareto_front.csv"))
+    if sweep.conf.get("figures", True):
+        fig_dir = out_dir / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        files += write_figures(study, sweep.metrics, fig_dir)
+    result = summary(study, sweep.metrics)
+    result.update(
+        study_name=study.study_name,
+        storage=sweep.storage_url,
+        n_run_here=n_run,
+        worker_utilisation=round(utilisation, 3),
+        n_jobs=sweep.n_jobs,
+        sweep_dir=str(out_dir),
+    )
+    (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    files.append(out_dir / "summary.json")
+    if sweep.runs and sweep.runs.parent_id:
+        _record(sweep, result, best, files)
+    return result
+
+
+def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -> None:
+    """Best value and params, the trial counts and every result file on the sweep's run."""
+    metrics: dict[str, float] = {"sweep/worker_utilisation": result["worker_utilisation"]}
+    tags = {f"trials.{k}": str(v) for k, v in result["counts"].items()}
+    if len(best) == 1:
+        metrics.update(
+            {f"best/{m}": v for m, v in zip(sweep.metrics, best[0].values, strict=False)}
+        )
+        tags.update({f"best.{k}": str(v) for k, v in best[0].params.items()})
+        tags["best.trial"] = str(best[0].number)
+    elif best:
+        tags["pareto.trials"] = ",".join(str(t.number) for t in best)
+    params = {
+        "n_trials": sweep.n_trials,
+        "sampler": sweep.sampler_name,
+        "seeds": sweep.seeds,
+        **{f"space.{k}": v for k, v in describe(sweep.space).items()},
+    }
+    writer, run_id = sweep.runs.writer, sweep.runs.parent_id
+    writer.flush(quietly=True)
+    writer.log(run_id, metrics=metrics, params=params, tags=tags, keep_existing=True)
+    for path in files:
+        writer.log_artifact(run_id, path, "figures" if str(path).endswith(".png") else None)
+    writer.end_run(run_id, "FINISHED")
+
+
+def _sign(study: optuna.Study, i: int) -> float:
+    return 1.0 if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else -1.0

@@ -1,0 +1,201 @@
+"""`run(cfg, ctx)`: the one funnel. The Hydra job, the DVC stages, sweeps, studies, benchmarks and
+tests call it; it trains (or, with `diagnose=<check>`, runs a diagnostic), records everything in
+one MLflow run and returns a RunResult."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from tunelab import build, startup
+from tunelab.config import validate
+from tunelab.diagnostics import command as diagnostics
+from tunelab.optim.lr_schedule import build_schedule
+from tunelab.run import signals
+from tunelab.run.checkpoint import load_model_state, load_safe
+from tunelab.run.context import RunContext, RunResult
+from tunelab.run.lineage import resolve_device
+from tunelab.run.loop import Objective, TrainState, fit
+from tunelab.run.record import (
+    close_unfinished,
+    end_failed,
+    final_outcome,
+    finish_run,
+    start_run,
+)
+from tunelab.run.store import RunStore
+from tunelab.tracking import Tracker
+
+log = logging.getLogger(__name__)
+SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def run(
+    cfg: DictConfig, ctx: RunContext | None = None, *, tracker: Tracker | None = None
+) -> RunResult:
+    """Train, select on validation, report test, and record everything (or run the diagnostic
+    that cfg.diagnose names). Failures raise; the MLflow run records why."""
+    startup.load_libraries()
+    ctx = ctx if ctx is not None else RunContext()
+    validate(cfg, check_data=False)  # build_data checks the arrays, still before any side effect
+    if cfg.get("diagnose"):
+        return diagnose(diagnostics.prepare(cfg), ctx, tracker)
+    return train(cfg, ctx, tracker)
+
+
+@dataclass
+class Setup:
+    """What every run builds first: device, seeded RNGs, data and model."""
+
+    device: torch.device
+    splits: Any
+    model: torch.nn.Module
+
+
+def setup(cfg: DictConfig) -> Setup:
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(int(cfg.seed), cfg.trainer)
+    splits = build.build_data(cfg.data)
+    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes)
+    return Setup(device, splits, model)
+
+
+def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
+    s = setup(cfg)
+    model, splits, device = s.model, s.splits, s.device
+    ft = cfg.get("finetune") or {}
+    if ft.get("init_checkpoint"):
+        load_backbone(model, ft.init_checkpoint)
+    model.to(device)
+    data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
+    optimizer = build.build_optimizer(model, cfg.optimizer, float(ft.get("backbone_lr_mult", 1.0)))
+    schedule = build_schedule(
+        optimizer,
+        cfg.scheduler,
+        steps_per_epoch=_steps_per_epoch(len(splits.y_train), cfg.trainer),
+        max_epochs=int(cfg.trainer.max_epochs),
+    )
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    autocast = _autocast(cfg.trainer, device)
+    store = RunStore.for_config(cfg)
+    on_epoch_end = partial(
+        store.on_epoch_end,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        generator=generator,
+        every=int(cfg.trainer.checkpoint_every_epochs),
+    )
+    state = TrainState()
+    with store.locked(), signals.signals_raise():
+        tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking)
+        try:
+            unfinished = store.unfinished_run_id()
+            state, run_id = store.resume(cfg.trainer.resume, model, optimizer, schedule, generator)
+            if unfinished and unfinished != run_id:
+                close_unfinished(tracker, unfinished)
+            start_run(tracker, cfg, ctx, splits, device, run_id, state)
+            store.attach(tracker.run_id)
+            state = fit(
+                model,
+                optimizer,
+                schedule,
+                data,
+                cfg.trainer,
+                objective=Objective(cfg.objective.metric, cfg.objective.direction),
+                generator=generator,
+                state=state,
+                tracker=tracker,
+                reporter=ctx.reporter,
+                on_epoch_end=on_epoch_end,
+                autocast=autocast,
+                freeze_backbone_epochs=int(ft.get("freeze_backbone_epochs", 0)),
+            )
+            summary = finish_run(tracker, ctx, model, data, state, splits, store, autocast)
+        except BaseException as exc:
+            end_failed(tracker, exc, state)
+            if final_outcome(exc):
+                store.mark_done(final_outcome(exc))
+            raise
+        store.mark_done()
+    return RunResult(
+        run_id=tracker.run_id,
+        status="FINISHED",
+        objective=str(cfg.objective.metric),
+        metrics=summary,
+        history=state.history,
+        checkpoint=store.best_path if store.best_path.exists() else None,
+    )
+
+
+def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
+    """One diagnostic (cfg.diagnose.name) on the configured data, model and optimizer, recorded
+    as one run tagged role=diagnose; a failed check raises DiagnosticFailed."""
+    s = setup(cfg)
+    model = s.model.to(s.device)
+    tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking)
+    start_run(tracker, cfg, ctx.derive(tags={"role": "diagnose"}), s.splits, s.device, None)
+    tracker.set_tags({"diagnose": str(cfg.diagnose.name)})
+    with signals.signals_raise():
+        try:
+            metrics = diagnostics.run_check(
+                cfg, s.splits, model, build.optimizer_factory(cfg.optimizer), tracker
+            )
+        except BaseException as exc:
+            tracker.set_tags({"failure_reason": diagnostics.failure_reason(exc)})
+            tracker.end(
+                "KILLED" if isinstance(exc, (KeyboardInterrupt, signals.Terminated)) else "FAILED"
+            )
+            raise
+        tracker.end("FINISHED")
+    return RunResult(tracker.run_id, "FINISHED", next(iter(metrics)), metrics)
+
+
+def seed_everything(seed: int, trainer: DictConfig) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if trainer.num_threads:
+        torch.set_num_threads(int(trainer.num_threads))
+    if trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _steps_per_epoch(n: int, trainer: DictConfig) -> int:
+    batches = (
+        n // trainer.batch_size
+        if trainer.drop_last and n >= trainer.batch_size
+        else -(-n // trainer.batch_size)
+    )
+    return max(1, -(-batches // trainer.grad_accum_steps))
+
+
+def _autocast(trainer: DictConfig, device: torch.device) -> Any:
+    if trainer.precision == "bf16" and device.type == "cuda":
+        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def load_backbone(model: torch.nn.Module, path: str) -> None:
+    """Initialise from a checkpoint, keeping this model's own head when the shapes differ (new task)."""
+    state = load_safe(path)["model"]
+    own = model.state_dict()
+    keep = {
+        k: v
+        for k, v in state.items()
+        if not (k.startswith("head.") and own.get(k, v).shape != v.shape)
+    }
+    keep.update({k: own[k] for k in own if k.startswith("head.") and k not in keep})
+    load_model_state(model, keep, path)
+    log.info("initialised from %s (%d tensors)", path, len(keep))

@@ -1,0 +1,191 @@
+"""What a run records at its start, its finish and on every way out (exception, signal, prune)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
+from tunelab.run.context import RunContext
+from tunelab.run.lineage import git_state, lineage_tags
+from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate
+from tunelab.run.signals import Terminated
+from tunelab.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def close_unfinished(tracker: Tracker, run_id: str) -> None:
+    """A previous attempt at this config died without cleaning up (SIGKILL, OOM, power cut)."""
+    mark = getattr(tracker, "mark_killed", None)
+    if mark is not None and mark(run_id, "process_died"):
+        log.warning("run %s was left RUNNING by a process that died: marked KILLED", run_id)
+
+
+def start_run(
+    tracker: Tracker,
+    cfg: DictConfig,
+    ctx: RunContext,
+    splits: Any,
+    device: torch.device,
+    run_id: str | None,
+    state: TrainState | None = None,
+) -> None:
+    """Open the run (or continue `run_id`, re-logging checkpointed epochs the run is missing)."""
+    overrides = list(ctx.overrides)
+    shown = [o for o in overrides if not o.startswith("hydra.")]
+    ambient = dict(ctx.tags)
+    tags = {
+        **lineage_tags(device),
+        "seed": str(cfg.seed),
+        "data_digest": splits.digest,
+        "data": splits.name,
+        "overrides": " ".join(overrides) or "(none)",
+        "role": "single",
+        "objective": cfg.objective.metric,
+        **ambient,
+    }
+    parent = ctx.parent_run_id
+    name = ",".join(shown) or "default"
+    history = state.history if state is not None else {}
+    if run_id is not None:
+        try:
+            tracker.start(run_name=name, tags=tags, parent_run_id=parent, run_id=run_id)
+        except Exception as exc:  # e.g. the checkpoint's run is not in this tracking store
+            log.warning("cannot continue run %s (%s): recording in a new run", run_id, exc)
+        else:  # a retried sweep trial adopts the run: it moves under the new parent
+            moved = {"mlflow.parentRunId": parent} if parent else {}
+            resumed = {"resumed": "true", "resumed_at_epoch": str(state.epoch)}
+            tracker.set_tags({**ambient, **moved, **resumed})
+            relog_history(tracker, history)
+            return
+    tracker.start(run_name=name, tags=tags, parent_run_id=parent)
+    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_dataset(
+        splits.name,
+        splits.digest,
+        source=f"tunelab.data:{splits.name}",
+        profile={
+            **splits.sizes(),
+            "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape),
+        },
+    )
+    tracker.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+    tracker.log_dict({"overrides": overrides}, "overrides.yaml")
+    diff = git_state()["diff"]
+    if diff:
+        tracker.log_text(diff, "git.diff")
+    relog_history(tracker, history)
+
+
+def relog_history(tracker: Tracker, history: dict[str, list[float]]) -> None:
+    """Per-epoch metrics of checkpointed epochs; a resumed tracker skips the steps it already has."""
+    for epoch in range(len(next(iter(history.values()), []))):
+        tracker.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch)
+
+
+def finish_run(
+    tracker: Tracker,
+    ctx: RunContext,
+    model: torch.nn.Module,
+    data: dict,
+    state: TrainState,
+    splits: Any,
+    store: Any,
+    autocast: Any,
+) -> dict[str, float]:
+    """Restore the selected (best-validation) weights, report test metrics, log artifacts."""
+    h = state.history
+    store.load_best(model)
+    val_loss, val_acc, val_pred = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
+    test_loss, test_acc, _ = evaluate(model, data["x_test"], data["y_test"], autocast=autocast)
+    summary = {
+        "val/acc": val_acc,
+        "val/loss": val_loss,
+        "test/acc": test_acc,
+        "test/loss": test_loss,
+        "best_epoch": float(state.best_epoch),
+        "epochs_run": float(state.epoch),
+        "train/loss": h["train/loss"][-1],
+        "perf/epoch_s": float(np.mean(h["perf/epoch_s"])),
+        "perf/samples_per_s": float(np.mean(h["perf/samples_per_s"])),
+    }
+    tracker.log_metrics(
+        {f"best/{k}": v for k, v in summary.items() if k.startswith("val/")}
+        | {"test/acc": test_acc, "test/loss": test_loss, "best_epoch": state.best_epoch},
+        step=state.epoch,
+    )
+    accs = per_class_accuracy(val_pred, data["y_val"], splits.num_classes)
+    tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
+    tracker.set_tags(
+        {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits)}
+    )
+    tracker.log_dict(h, "history.json")
+    if store.best_path.exists():
+        tracker.log_artifact(store.best_path, "checkpoints")
+    if ctx.log_model is not False:
+        tracker.log_model(model.cpu(), data["x_val"][:2].cpu().numpy())
+    tracker.end("FINISHED")
+    return summary
+
+
+def _diagnosis_tags(history: dict[str, list[float]], splits: Any) -> dict[str, str]:
+    """Curve diagnosis (overfitting, unstable, ...) and data check, as flat tags."""
+    from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
+    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
+
+    findings = diagnose_curves(history)
+    for f in findings:
+        log.info("diagnosis: %s — %s", f.message, f.recommendation)
+    report = check_data(splits)
+    for w in report.warnings:
+        log.warning("data check: %s", w)
+    return {**findings_to_tags(findings), **datacheck_tags(report)}
+
+
+def final_outcome(exc: BaseException) -> str | None:
+    """Pruned and diverged runs are results: a re-run starts over instead of resuming them."""
+    if isinstance(exc, Pruned):
+        return "pruned"
+    return "diverged" if isinstance(exc, DivergedError) else None
+
+
+def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:
+    """Record why a run stopped: pruned and interrupted runs are KILLED, everything else FAILED."""
+    if tracker.run_id is None:
+        return
+    if isinstance(exc, Pruned):
+        tags, status = {"pruned": "true", "pruned_at_epoch": str(state.epoch)}, "KILLED"
+    elif isinstance(exc, KeyboardInterrupt):
+        tags, status = {"failure_reason": "interrupted"}, "KILLED"
+    elif isinstance(exc, Terminated):
+        tags, status = {"failure_reason": "terminated"}, "KILLED"
+    elif isinstance(exc, DivergedError):
+        tags = {"failure_reason": "nonfinite_loss", "diverged_at_epoch": str(exc.epoch)}
+        status = "FAILED"
+    else:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        tags = {"failure_reason": reason, "failure_message": str(exc)[:5000]}
+        status = "FAILED"
+    try:
+        tracker.set_tags(tags)
+        tracker.end(status)
+    except Exception as log_exc:  # the original error matters more than a failed status update
+        log.error("could not record run status %s: %s", status, log_exc)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

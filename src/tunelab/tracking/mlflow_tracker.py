@@ -1,0 +1,130 @@
+"""MlflowTracker: the Tracker of one training run, on the shared MlflowWriter.
+
+Per-epoch metrics are collected and sent in one batch (one SQLite transaction) at most every
+`metrics_every_s`; params, tags, dataset and small artifacts go to the writer's background thread
+in order; `flush`, `end` and every file artifact send what is pending first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.tracking.mlflow_writer import MlflowWriter
+
+
+class MlflowTracker:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        log_model: bool = True,
+        metrics_every_s: float = 2.0,
+    ) -> None:
+        self.writer = MlflowWriter(tracking_uri, experiment)
+        self.tracking_uri, self.experiment_id = self.writer.tracking_uri, self.writer.experiment_id
+        self.log_model_enabled = log_model
+        # a killed run's unsent epochs come back from its checkpoint's history when it resumes
+        self.metrics_every_s = float(metrics_every_s)
+        self._pending: list[Any] = []
+        self._sent_at = time.monotonic()
+        self.run_id: str | None = None
+        self._logged: set[tuple[str, int]] = set()  # (key, step) already in a resumed run
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Hydra callbacks travel to joblib workers): pending writes are sent first."""
+        self.flush()
+        return dict(self.__dict__)
+
+    def start(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """A new run, or (run_id) the continuation of one: its logged epochs are not re-sent."""
+        if run_id is not None:
+            if not self.writer.reopen_run(run_id):
+                raise LookupError(f"run {run_id} is not in {self.tracking_uri}")
+            self.run_id = run_id
+            self._logged = self.writer.logged_pairs(run_id)
+            return run_id
+        self.run_id = self.writer.create_run(run_name, tags, parent_run_id)
+        return self.run_id
+
+    def flush(self) -> None:
+        """Wait until every queued write is recorded (re-raising the first that failed)."""
+        self._send_metrics()
+        self.writer.flush()
+
+    def _later(self, method: Any, *args: Any) -> None:
+        self.writer.later(method, self.run_id, *args)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._later(lambda rid, p: self.writer.log(rid, params=p), dict(params))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if (k, step) not in self._logged
+        ]
+        if time.monotonic() - self._sent_at >= self.metrics_every_s:
+            self._send_metrics()
+
+    def _send_metrics(self) -> None:
+        self._sent_at = time.monotonic()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._later(self.writer.log_metric_list, pending)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._later(self.writer.set_tags, dict(tags))
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.flush()  # the file may be temporary: copy it now
+        self.writer.log_artifact(self.run_id, local_path, artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        snapshot = json.loads(json.dumps(obj, default=str))  # the caller may keep mutating obj
+        self._later(self.writer.log_dict, snapshot, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._later(self.writer.log_text, text, artifact_file)
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        """Rendered on the background thread: pass a pyplot-free Figure and leave it unchanged."""
+        self._later(self.writer.log_figure, fig, artifact_file)
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        self._later(self.writer.log_dataset, name, digest, source, profile)
+
+    def log_model(self, model: Any, input_example: Any) -> None:
+        """MLflow's PyTorch flavour (signature inferred from the input example)."""
+        self.flush()
+        if not self.log_model_enabled:
+            return
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example, serialization_format="pickle"
+            )
+
+    def end(self, status: str) -> None:
+        try:
+            self.flush()
+        finally:
+            if self.run_id is not None:
+                self.writer.end_run(self.run_id, status)
+
+    def mark_killed(self, run_id: str, reason: str) -> bool:
+        return self.writer.mark_killed(run_id, reason)

@@ -1,0 +1,279 @@
+"""The one MLflow writer. Runs, sweeps, studies, pipeline stages and the Hydra callback all write
+through `MlflowWriter`, so they share:
+
+- one retry policy for what concurrent writers cause and a retry resolves: SQLite's single-writer
+  lock, a dataset registration that lost an insert race, and a tracking server that is briefly
+  unreachable or overloaded;
+- race-safe get-or-create of experiments and of keyed runs (a sweep's or a study's parent run:
+  two processes starting together end up with one);
+- one place for MLflow's limits: value length, entities per batch, finite metric values;
+- one ordered background thread for writes the caller does not wait for.
+
+Per-epoch metrics go through this writer's own queue, not MLflow's `log_batch(synchronous=False)`:
+measured with `python bench/overhead.py`, MLflow's asynchronous queue gave the same throughput
+ratio (see the figure in MlflowTracker's docstring) but fails a write that meets SQLite's lock
+instead of retrying it, which parallel jobs on the embedded store do meet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunelab.background import BackgroundWriter
+from tunelab.tracking.policy import MAX_METRICS, MAX_PARAMS, MAX_TAGS, chunks, clip, finite, retry
+
+log = logging.getLogger(__name__)
+
+
+def absolute_uri(uri: str) -> str:
+    """Pin a relative sqlite path to the current directory (MLflow caches stores by URI)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
+    """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"see the runs: mlflow ui --backend-store-uri {tracking_uri}  then open {link}"
+
+
+class MlflowWriter:
+    """One tracking store and experiment. Thread-safe (MlflowClient is); picklable (the client and
+    the queue are recreated on the other side, after pending writes are sent)."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.tracking_uri = absolute_uri(tracking_uri)
+        self.experiment = experiment
+        self._client: Any = None
+        self._queue: BackgroundWriter | None = None
+        self.experiment_id = self._experiment_id(experiment)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = retry(lambda: MlflowClient(self.tracking_uri))
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.flush()
+        return {**self.__dict__, "_client": None, "_queue": None}
+
+    # ---- background ---------------------------------------------------------------------------
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a write for the background thread (in order; each MLflow call in it is retried)."""
+        if self._queue is None:
+            self._queue = BackgroundWriter()
+        self._queue.submit(lambda: fn(*args))
+
+    def flush(self, quietly: bool = False) -> None:
+        """Wait until every queued write is recorded; re-raise the first that failed (or log it)."""
+        if self._queue is not None:
+            self._queue.flush_quietly() if quietly else self._queue.flush()
+
+    # ---- experiments and runs -----------------------------------------------------------------
+    def _experiment_id(self, name: str) -> str:
+        """Get or create; a concurrent creator's experiment is found and used."""
+        exp = retry(lambda: self.client.get_experiment_by_name(name))
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return retry(lambda: self.client.create_experiment(name))
+        except Exception:
+            exp = retry(lambda: self.client.get_experiment_by_name(name))
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def create_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
+        all_tags = {k: clip(v) for k, v in tags.items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = retry(
+            lambda: self.client.create_run(self.experiment_id, run_name=name[:250], tags=all_tags)
+        )
+        return run.info.run_id
+
+    def reopen_run(self, run_id: str, tags: dict[str, Any] | None = None) -> bool:
+        """Set a run RUNNING again (a resumed run, sweep or study); False if this store lacks it."""
+        try:
+            retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        except Exception as exc:  # deleted, or from another store
+            log.warning("cannot reopen MLflow run %s (%s)", run_id, str(exc).splitlines()[0])
+            return False
+        if tags:
+            self.set_tags(run_id, tags)
+        return True
+
+    def open_run(
+        self,
+        name: str,
+        tags: dict[str, Any],
+        *,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Reopen `run_id` when given and present, else create a run."""
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        if run_id and self.reopen_run(run_id, tags):
+            return run_id
+        return self.create_run(name, tags)
+
+    def keyed_run(
+        self,
+        name: str,
+        key: dict[str, str],
+        tags: dict[str, Any],
+        parent_run_id: str | None = None,
+    ) -> str:
+        """The one run carrying the `key` tags (reopened), created if there is none. Two processes
+        that create it at once both settle on the older run; the newer one is deleted."""
+        found = self._keyed(key)
+        if found:
+            self.reopen_run(found[0], tags)
+            return found[0]
+        mine = self.create_run(name, {**tags, **key}, parent_run_id)
+        found = self._keyed(key)
+        winner = found[0] if found else mine
+        if winner != mine:
+            retry(lambda: self.client.delete_run(mine))
+            self.reopen_run(winner, tags)
+        return winner
+
+    def _keyed(self, key: dict[str, str]) -> list[str]:
+        terms = " and ".join(f"tags.`{k}` = '{v}'" for k, v in key.items())
+        runs = self.search(terms, order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        return [r.info.run_id for r in runs]
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    def run_status(self, run_id: str) -> str | None:
+        try:
+            return retry(lambda: self.client.get_run(run_id)).info.status
+        except Exception as exc:  # e.g. the run lives in another store
+            log.warning("could not look up run %s: %s", run_id, str(exc).splitlines()[0])
+            return None
+
+    def mark_killed(self, run_id: str, reason: str) -> bool:
+        """End a run that a dead process left RUNNING as KILLED; False if it is not RUNNING here."""
+        if self.run_status(run_id) != "RUNNING":
+            return False
+        self.set_tags(run_id, {"failure_reason": reason})
+        self.end_run(run_id, "KILLED")
+        return True
+
+    def search(self, filter_string: str = "", order_by: list[str] | None = None) -> list[Any]:
+        """Every matching run of the experiment, page by page."""
+        out, token = [], None
+        while True:
+            page = retry(
+                lambda t=token: self.client.search_runs(
+                    [self.experiment_id], filter_string, max_results=1000, order_by=order_by,
+                    page_token=t,
+                )
+            )  # fmt: skip
+            out += list(page)
+            token = page.token
+            if not token:
+                return out
+
+    # ---- records ------------------------------------------------------------------------------
+    def log(
+        self,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+        step: int = 0,
+        keep_existing: bool = False,
+    ) -> None:
+        """Metrics (finite ones) at `step`, params and tags, in as few batches as MLflow allows.
+        keep_existing: params the run already has with another value are left as they are."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        if params and keep_existing:
+            have = retry(lambda: self.client.get_run(run_id)).data.params
+            params = {k: v for k, v in params.items() if have.get(k, clip(v)) == clip(v)}
+        self.log_metric_list(
+            run_id,
+            [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if finite(v)],
+        )
+        for chunk in chunks([Param(k, clip(v)) for k, v in (params or {}).items()], MAX_PARAMS):
+            retry(lambda c=chunk: self.client.log_batch(run_id, params=c, synchronous=True))
+        if tags:
+            self.set_tags(run_id, tags)
+
+    def log_metric_list(self, run_id: str, metrics: list[Any]) -> None:
+        for chunk in chunks(metrics, MAX_METRICS):
+            retry(lambda c=chunk: self.client.log_batch(run_id, metrics=c, synchronous=True))
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        for chunk in chunks([RunTag(k, clip(v)) for k, v in tags.items()], MAX_TAGS):
+            retry(lambda c=chunk: self.client.log_batch(run_id, tags=c, synchronous=True))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def log_artifacts(self, run_id: str, directory: str | Path, artifact_path: str | None = None):
+        retry(lambda: self.client.log_artifacts(run_id, str(directory), artifact_path))
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        retry(lambda: self.client.log_dict(run_id, obj, artifact_file))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        retry(lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        retry(lambda: self.client.log_figure(run_id, figure, artifact_file))
+
+    def log_dataset(
+        self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]
+    ) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(profile),
+        )
+        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])
+        retry(lambda: self.client.log_inputs(run_id, datasets=[inp]))
+
+    def read_json(self, run_id: str, artifact_path: str) -> Any | None:
+        """A JSON artifact of a run, or None when it has none."""
+        import os
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                path = retry(lambda: self.client.download_artifacts(run_id, artifact_path, d))
+                return json.loads(Path(path).read_text())
+        except Exception as exc:
+            log.info("no %s for run %s: %s", artifact_path, run_id, str(exc).splitlines()[0])
+            return None
+
+    def logged_pairs(self, run_id: str) -> set[tuple[str, int]]:
+        """(metric, step) pairs a run already has: a resumed run skips them."""
+        keys = retry(lambda: self.client.get_run(run_id)).data.metrics
+        return {
+            (k, m.step)
+            for k in keys
+            for m in retry(lambda k=k: self.client.get_metric_history(run_id, k))
+        }

@@ -1,0 +1,152 @@
+"""One trial = one Hydra job per seed replicate: build its overrides, launch, read back its outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+
+from tunelab.config.space import quote, to_overrides
+from tunelab.run.context import RunContext, RunResult
+
+
+@dataclass
+class Outcome:
+    """What a trial's jobs came back with: kind is complete | pruned | diverged | fail."""
+
+    kind: str
+    reason: str = ""
+    per_seed: list[dict[str, float]] = field(default_factory=list)
+    job_dirs: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)  # MLflow runs of the finished jobs
+
+
+def env_overrides(env: dict[str, str]) -> list[str]:
+    """`hydra.job.env_set` overrides: Hydra exports them to the job in every launcher. Values are
+    JSON: a single quote becomes its JSON escape, so the quoted override reads back unchanged."""
+    return [f"++hydra.job.env_set.{k}={quote(_json_safe(v))}" for k, v in env.items()]
+
+
+def _json_safe(text: str) -> str:
+    return text.replace("'", "\\u0027")
+
+
+def job_overrides(
+    fixed: list[str], params: dict[str, Any], seed: int | None, seed_key: str, ctx: RunContext
+) -> list[str]:
+    """The overrides of one job: fixed ones, the trial's params, the seed, and its RunContext."""
+    seed_ov = [f"{seed_key}={seed}"] if seed is not None else []
+    return list(fixed) + to_overrides(params) + seed_ov + env_overrides(ctx.to_env())
+
+
+class JobError(RuntimeError):
+    """Picklable stand-in for a job exception that could not cross a process boundary."""
+
+    def __init__(self, message: str, type_names: tuple[str, ...]) -> None:
+        super().__init__(message, type_names)
+        self.type_names = type_names
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SafeTask:
+    """Wraps the task function so that every exception a job raises survives pickling (joblib)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, cfg: Any) -> Any:
+        try:
+            return self.fn(cfg)
+        except Exception as e:
+            try:
+                pickle.loads(pickle.dumps(e))
+            except Exception:
+                names = tuple(k.__name__ for k in type(e).__mro__)
+                raise JobError(f"{type(e).__name__}: {e}", names) from None
+            raise
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    names = getattr(exc, "type_names", ()) or tuple(k.__name__ for k in type(exc).__mro__)
+    return name in names
+
+
+def job_error(ret: JobReturn) -> BaseException:
+    """The exception a failed job raised (Hydra's `return_value` re-raises it and notes it on
+    stderr; the sweep records it instead)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ret.return_value  # noqa: B018 (raises the job's exception)
+    except BaseException as exc:  # noqa: BLE001 - the job's own exception is the value here
+        return exc
+    return RuntimeError("job failed without an exception")
+
+
+def read_job(
+    ret: JobReturn, metrics: list[str]
+) -> tuple[str, str, dict[str, float], str, str | None]:
+    """(kind, reason, metrics, output_dir, MLflow run id) of one finished Hydra job."""
+    out_dir = ""
+    with contextlib.suppress(Exception):
+        out_dir = str(ret.hydra_cfg.hydra.runtime.output_dir)
+    if ret.status != JobStatus.COMPLETED:
+        exc = job_error(ret)
+        if isinstance(exc, optuna.TrialPruned) or _is(exc, "TrialPruned"):
+            return "pruned", str(exc), {}, out_dir, None
+        if _is(exc, "DivergedError"):
+            return "diverged", f"diverged: {exc}", {}, out_dir, None
+        if isinstance(exc, JobError):
+            return "fail", str(exc)[:500], {}, out_dir, None
+        return "fail", f"{type(exc).__name__}: {exc}"[:500], {}, out_dir, None
+    rv = ret.return_value
+    values, run_id = _values(rv, metrics, out_dir)
+    missing = [m for m in metrics if m not in values]
+    if missing:
+        reason = f"objective {missing} missing from the job's result"
+        return "fail", reason, values, out_dir, run_id
+    bad = [m for m in metrics if not math.isfinite(values[m])]
+    if bad:
+        return "diverged", f"non-finite objective {bad}", values, out_dir, run_id
+    return "complete", "", values, out_dir, run_id
+
+
+def _values(rv: Any, metrics: list[str], out_dir: str) -> tuple[dict[str, float], str | None]:
+    """A tunelab job returns its RunResult; another task function a number or a dict of numbers,
+    with more metrics in metrics.json in its output directory."""
+    if isinstance(rv, RunResult):
+        return {k: float(v) for k, v in rv.metrics.items()}, rv.run_id
+    values: dict[str, float] = {}
+    path = Path(out_dir) / "metrics.json" if out_dir else None
+    if path is not None and path.is_file():
+        data = json.loads(path.read_text())
+        values.update({k: float(v) for k, v in data.items() if isinstance(v, numbers.Real)})
+    if isinstance(rv, numbers.Real) and len(metrics) == 1:
+        values[metrics[0]] = float(rv)
+    elif isinstance(rv, dict):
+        values.update({k: float(v) for k, v in rv.items() if isinstance(v, numbers.Real)})
+    return values, None
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every metric over seeds, plus `<metric>_std` where there are several seeds."""
+    keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
+    out: dict[str, float] = {}
+    for k in sorted(keys):
+        vals = [m[k] for m in per_seed]
+        mean = sum(vals) / len(vals)
+        out[k] = mean
+        if len(vals) > 1:
+            out[f"{k}_std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return out

@@ -1,0 +1,156 @@
+"""Samplers and pruners by name, and the golden-section line search: the "binary search" of one
+smooth hyperparameter as an Optuna sampler.
+
+The line search is stateless: the next point is replayed from the finished trials, so a resumed
+study continues the same bracket. It assumes a unimodal objective on [low, high] (in log space for
+log distributions).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
+_DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def next_point(
+    history: Sequence[tuple[float, float]], minimize: bool = True, tol: float = 1e-9
+) -> float:
+    """Next golden-section point in [0, 1] given evaluated (u, value) pairs (failures = +-inf)."""
+
+    def lookup(u: float) -> float | None:
+        for x, f in history:
+            if abs(x - u) <= tol:
+                return f if minimize else -f
+        return None
+
+    a, b = 0.0, 1.0
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    for _ in range(200):
+        fc = lookup(c)
+        if fc is None:
+            return c
+        fd = lookup(d)
+        if fd is None:
+            return d
+        if fc <= fd:  # minimum lies in [a, d]
+            b, d = d, c
+            c = b - GOLDEN * (b - a)
+        else:  # minimum lies in [c, b]
+            a, c = c, d
+            d = a + GOLDEN * (b - a)
+    return (a + b) / 2.0
+
+
+def _to_unit(x: float, d: FloatDistribution) -> float:
+    if d.log:
+        return (math.log(x) - math.log(d.low)) / (math.log(d.high) - math.log(d.low))
+    return (x - d.low) / (d.high - d.low)
+
+
+def _from_unit(u: float, d: FloatDistribution) -> float:
+    if d.log:
+        return math.exp(math.log(d.low) + u * (math.log(d.high) - math.log(d.low)))
+    return d.low + u * (d.high - d.low)
+
+
+class GoldenSectionSampler(BaseSampler):
+    """Golden-section search over the single float parameter of the study (sequential trials)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._fallback = RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, dist: BaseDistribution
+    ) -> Any:
+        if not isinstance(dist, FloatDistribution) or dist.step is not None:
+            raise ValueError(
+                f"line search needs a continuous float parameter, got {param_name}: {dist}"
+            )
+        minimize = study.direction == StudyDirection.MINIMIZE
+        worst = math.inf if minimize else -math.inf
+        history = []
+        for t in study.get_trials(deepcopy=False, states=_DONE):
+            if param_name not in t.params or t.user_attrs.get("stale"):
+                continue
+            value = t.value if t.state == TrialState.COMPLETE and t.value is not None else worst
+            history.append((_to_unit(t.params[param_name], dist), value))
+        u = next_point(history, minimize=minimize)
+        return min(max(_from_unit(u, dist), dist.low), dist.high)
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+
+
+class _Grid(optuna.samplers.GridSampler):
+    """GridSampler whose exhaustion is handled by the sweep's budget (no study.stop() outside optimize)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+def make_sampler(spec: dict[str, Any], seed: int | None, grid: dict[str, list] | None = None):
+    """Sampler by name: grid, random, qmc, tpe, gp, cmaes, nsgaii, line, bruteforce."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(spec, seed, grid)
+
+
+def _make_sampler(spec: dict[str, Any], seed: int | None, grid: dict[str, list] | None):
+    name, kw = spec["name"], dict(spec.get("kwargs") or {})
+    samplers = optuna.samplers
+    if name == "grid":
+        return _Grid(grid or {}, seed=seed)
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        kw.setdefault("qmc_type", "sobol")
+        kw.setdefault("scramble", True)
+        kw.setdefault("warn_asynchronous_seeding", False)
+        return samplers.QMCSampler(seed=seed, **kw)
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed, **kw)
+    if name == "gp":
+        return samplers.GPSampler(seed=seed, **kw)
+    if name == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, **kw)
+    if name == "nsgaii":
+        return samplers.NSGAIISampler(seed=seed, **kw)
+    if name == "line":
+        return GoldenSectionSampler(seed=seed)
+    if name == "bruteforce":
+        return samplers.BruteForceSampler(seed=seed, **kw)
+    raise ValueError(f"unknown sampler '{name}' (grid, random, qmc, tpe, gp, cmaes, nsgaii, line)")
+
+
+def make_pruner(spec: dict[str, Any] | None) -> optuna.pruners.BasePruner:
+    """Pruner by name: none, median, percentile, successive_halving, hyperband, wilcoxon."""
+    spec = spec or {}
+    name, kw = spec.get("name") or "none", dict(spec.get("kwargs") or {})
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+    }
+    if name not in pruners:
+        raise ValueError(f"unknown pruner '{name}' ({', '.join(pruners)})")
+    return pruners[name]() if name == "none" else pruners[name](**kw)

@@ -1,0 +1,140 @@
+"""The schemas of `hydra.sweeper` for the tunelab sweepers: `hydra/sweeper=tunelab` (an Optuna
+study) and `hydra/sweeper=tunelab_study` (a playbook study). Both extend SweepSettings, the
+settings every Optuna study of theirs shares; hydra_plugins/tunelab_sweeper registers them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class SamplerConf:
+    # grid | random | qmc | tpe | gp | cmaes | nsgaii | line
+    name: str = "tpe"
+    # null: drawn once and stored with the study (so a resumed study keeps it)
+    seed: int | None = None
+    # passed to the Optuna sampler, e.g. {multivariate: true} for tpe
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrunerConf:
+    # none | median | percentile | successive_halving | hyperband | wilcoxon
+    name: str = "none"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveConf:
+    metric: str = "val/acc"
+    direction: str = "maximize"
+
+
+@dataclass
+class SweepSettings:
+    """How an Optuna study is stored, sampled, pruned, launched and recorded."""
+
+    # null: derived from the experiment; same name + storage = resume
+    study_name: str | None = None
+    # null: journal file optuna.journal next to the MLflow sqlite store; or journal:PATH, a path,
+    # sqlite:///file.db, postgresql://…
+    storage: str | None = None
+    # total trials of the study (a resumed study runs only the remainder)
+    n_trials: int = 20
+    # trials running at once (needs a multi-process launcher such as hydra/launcher=joblib)
+    n_jobs: int = 1
+    timeout_s: float | None = None
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    seed_key: str = "seed"
+    # abort when failed trials exceed this fraction of n_trials
+    max_failure_rate: float = 0.5
+    # re-runs of a trial interrupted by a killed sweep
+    max_retries: int = 1
+    # values per interval for the grid sampler
+    grid_points: int = 5
+    # Optuna's figures on the sweep run
+    figures: bool = True
+    # basic launcher: compose each job from a cached template (same config, ~0.1 s less per job)
+    cached_compose: bool = True
+    # null: cfg.tracking.tracking_uri / cfg.tracking.experiment
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+SWEEP_KEYS = tuple(f.name for f in fields(SweepSettings))
+
+
+@dataclass
+class TunelabSweeperConf(SweepSettings):
+    _target_: str = "hydra_plugins.tunelab_sweeper.tunelab_sweeper.TunelabSweeper"
+    # null: the task's objective {metric, direction}; several entries = multi-objective (nsgaii)
+    objectives: list[ObjectiveConf] | None = None
+    # key -> Hydra sweep expression: interval(a, b), tag(log, interval(a, b)), choice(…), range(…)
+    params: dict[str, str] = field(default_factory=dict)
+    # parent key -> parent value -> {key: expression}: searched only when the parent has that value
+    conditional: dict[str, Any] = field(default_factory=dict)
+    # seed replicates: every trial runs once per seed; Optuna is told the mean
+    seeds: list[int] | None = None
+    # extra flat tags for the sweep's MLflow runs (parent, trials, seeds)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ScientificConf:
+    # the hyperparameter under study (a label; the override key when `values` is a list)
+    name: str = "optimizer"
+    # a list of values of `name`, or {cell name: [overrides]} for values that need several keys
+    values: Any = None
+
+
+@dataclass
+class NuisanceConf:
+    # key -> sweep expression, searched in every cell
+    common: dict[str, str] = field(default_factory=dict)
+    # cell name -> {key: sweep expression}: the conditional part (e.g. momentum only for SGD)
+    cells: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudySweeperConf(SweepSettings):
+    """A playbook study: per scientific value (cell) a nuisance study of n_trials, then its best
+    configuration under the confirmation seeds. Cell studies are "<study_name>-<cell>"."""
+
+    _target_: str = "hydra_plugins.tunelab_sweeper.study_sweeper.StudySweeper"
+    sampler: SamplerConf = field(default_factory=lambda: SamplerConf(name="qmc"))
+    # nuisance trials per cell (the cell study's total: a resumed study runs only the remainder)
+    n_trials: int = 8
+    # the study report has its own figures
+    figures: bool = False
+    goal: str = ""
+    scientific: ScientificConf = field(default_factory=ScientificConf)
+    nuisance: NuisanceConf = field(default_factory=NuisanceConf)
+    # key -> value applied to every job and listed in the report as the study's caveats
+    fixed: dict[str, Any] = field(default_factory=dict)
+    # seed replicates of every nuisance trial (null: the config's seed)
+    search_seeds: list[int] | None = None
+    # confirmation seeds per cell, the same for every cell: N (seed_start..) or an explicit list
+    seeds: Any = 3
+    seed_start: int = 1
+    # report: boundary zone of the edge check, curves of the top-k trials, bootstrap draws, test level
+    edge_fraction: float = 0.1
+    top_k_curves: int = 3
+    bootstrap: int = 500
+    alpha: float = 0.05
+
+
+def tracking_target(conf: dict[str, Any], config: DictConfig) -> tuple[str | None, str]:
+    """(tracking URI or None when tracking is off, experiment) of a sweep or study."""
+    sel = OmegaConf.select
+    uri = conf.get("tracking_uri") or sel(config, "tracking.tracking_uri", default=None)
+    experiment = (
+        conf.get("experiment")
+        or sel(config, "tracking.experiment", default=None)
+        or sel(config, "experiment", default=None)
+        or "tunelab"
+    )
+    return uri, str(experiment)

@@ -1,0 +1,153 @@
+"""Optuna storages: journal file (default), SQLite or any RDB URL; opening studies, locks between
+sweep processes on one file storage, the budget, and trials left RUNNING by a dead sweep.
+
+Everything goes through Optuna's public Study and BaseStorage APIs: the storage object is
+opened here and kept by its caller."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from tunelab.tuning.samplers import make_pruner
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None
+
+DEFAULT_JOURNAL = "optuna.journal"
+HOST = socket.gethostname()
+OWNER = "tunelab:owner"  # system attr: "<host>:<pid>" of the sweep process running a trial
+
+
+def default_storage(tracking_uri: str | None) -> str:
+    """A journal file next to the MLflow sqlite store (or in the working directory)."""
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        return str(Path(tracking_uri[len("sqlite:///") :]).resolve().parent / DEFAULT_JOURNAL)
+    return str(Path(DEFAULT_JOURNAL).resolve())
+
+
+def normalize_storage(url: str) -> str:
+    """Absolute form of a storage spec: `journal:PATH`, a bare file path, or an RDB URL."""
+    if url.startswith("journal:"):
+        return "journal:" + str(Path(url[len("journal:") :]).resolve())
+    if "://" not in url:
+        return "journal:" + str(Path(url).resolve())
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(url[len("sqlite:///") :]).resolve())
+    return url
+
+
+def lock_path(url: str) -> Path | None:
+    """File used to serialise ask() between sweep processes sharing a file-based storage."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :] + ".ask.lock")
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :] + ".ask.lock")
+    return None
+
+
+def make_storage(url: str) -> BaseStorage:
+    """Open a storage; sqlite gets a long busy timeout so several processes can share it."""
+    if url.startswith("journal:"):
+        path = url[len("journal:") :]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    if url.startswith("sqlite:"):
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    return RDBStorage(url)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | None) -> Iterator[None]:
+    """Exclusive advisory lock (no-op for server storages, where Optuna's own transactions apply)."""
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_study(
+    name: str, storage: BaseStorage, directions: list[str], pruner_spec: dict | None, url: str = ""
+) -> optuna.Study:
+    """Create or load the study (same name + storage = resume); the sampler is set on first ask."""
+    try:
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            directions=directions,
+            pruner=make_pruner(pruner_spec),
+            sampler=optuna.samplers.RandomSampler(),
+            load_if_exists=True,
+        )
+    except Exception as e:
+        if "database is locked" in str(e):
+            raise RuntimeError(
+                f"sqlite storage {url or name} is locked by another process; for several processes "
+                "use a journal file (hydra.sweeper.storage=journal:./optuna.journal) or PostgreSQL"
+            ) from e
+        raise
+
+
+def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` of a study."""
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that use up the budget: all but interrupted (stale) ones, whose retry replaces them."""
+    return sum(1 for t in trials if not t.user_attrs.get("stale"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale(storage: BaseStorage, study: optuna.Study, max_retries: int) -> list[int]:
+    """Mark RUNNING trials whose sweep process on this host is gone FAIL(stale); re-enqueue them."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(t.system_attrs.get(OWNER, "")).rpartition(":")
+        if host != HOST or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        tid = trial_id(storage, study.study_name, t.number)
+        storage.set_trial_user_attr(tid, "stale", True)
+        storage.set_trial_user_attr(tid, "fail_reason", "interrupted: sweep process died")
+        study.tell(t.number, state=TrialState.FAIL)
+        failed.append(t.number)
+        retries = int(t.user_attrs.get("retries", 0))
+        if retries < max_retries:
+            study.enqueue_trial(
+                dict(t.params),
+                user_attrs={"retry_of": t.number, "retries": retries + 1},
+                skip_if_exists=False,
+            )
+    return failed
+
+
+def claim(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record which process runs the trial (for stale detection on restart)."""
+    tid = trial_id(storage, study.study_name, trial.number)
+    storage.set_trial_system_attr(tid, OWNER, f"{HOST}:{os.getpid()}")

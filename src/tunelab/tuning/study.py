@@ -1,0 +1,263 @@
+"""Run a playbook study: per cell a nuisance study (a Sweep, its own Optuna study in the shared
+storage), then the cell's best configuration under the study's confirmation seeds (paired).
+
+Resume: cells whose nuisance study reached its budget are not searched again, and confirmation
+seeds already recorded for the same best configuration are not re-run (both live in the Optuna
+storage as study user attrs, so they survive without MLflow too).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, open_dict
+from optuna.trial import FrozenTrial, TrialState
+
+from tunelab.config.space import Param, build_space, quote
+from tunelab.run.context import RunContext
+from tunelab.tuning import storage as studies
+from tunelab.tuning.compat import runs_in_process
+from tunelab.tuning.inprocess import runner_for
+from tunelab.tuning.jobs import job_overrides, read_job
+from tunelab.tuning.settings import tracking_target
+from tunelab.tuning.study_spec import Cell, StudySpec, parse
+from tunelab.tuning.sweep import Sweep, SweepStopped
+
+log = logging.getLogger(__name__)
+DONE, CONFIRM = "study:n_trials", "study:confirm"
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    study_name: str
+    run_id: str | None
+    space: list[Param]
+    trials: list[FrozenTrial]
+    best: FrozenTrial | None
+    stopped: str = ""
+    confirm: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.best.params) if self.best is not None else {}
+
+    @property
+    def feasible(self) -> bool:
+        return not self.space or self.best is not None
+
+
+class _CellSweep(Sweep):
+    """A cell's nuisance study; `adopt` nests its MLflow run under the study's run once open."""
+
+    adopt: Callable[[str], None] | None = None
+
+    def open(self) -> None:
+        super().open()
+        if self.adopt and self.runs and self.runs.parent_id:
+            self.adopt(self.runs.parent_id)
+
+
+class StudyRun:
+    def __init__(
+        self, conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
+    ) -> None:
+        self.spec: StudySpec = parse(conf, config, arguments)
+        self.config, self.launcher = config, launcher
+        self.tracking_uri, _ = tracking_target(conf, config)
+        self.experiment = self.spec.experiment
+        self.storage_url = studies.normalize_storage(
+            conf.get("storage") or studies.default_storage(self.tracking_uri)
+        )
+        self.storage = studies.make_storage(self.storage_url)
+        self.spec.sweep_conf.update(storage=self.storage_url, experiment=self.experiment)
+        self.root = Path(str(config.hydra.sweep.dir)).resolve()
+        self.ctx = RunContext.from_env()
+        self.writer: Any = None
+        if self.tracking_uri:
+            from tunelab.tracking.mlflow_writer import MlflowWriter
+
+            self.writer = MlflowWriter(self.tracking_uri, self.experiment)
+        self.run_id: str | None = None
+
+    # ---- study -------------------------------------------------------------------------
+    def open(self) -> None:
+        """The study's index (an empty Optuna study holding its attrs) and its MLflow run."""
+        spec = self.spec
+        self.index = self._open(f"{spec.name}::study", None)
+        sig = self.index.user_attrs.get("signature")
+        if sig is not None and sig != spec.signature():
+            raise ValueError(
+                f"study '{spec.name}' in {self.storage_url} was run with other cells, nuisance "
+                "spaces, fixed values or overrides; resume it with the same settings or pass "
+                "hydra.sweeper.study_name=<new name>"
+            )
+        self.index.set_user_attr("signature", spec.signature())
+        if self.writer:
+            tags = {**self.ctx.tags, "study": spec.name, "role": "study"}
+            tags.update(scientific=spec.scientific, goal=spec.goal)
+            key = {"run_key": f"study:{spec.name}"}
+            self.run_id = self.writer.keyed_run(spec.name, key, tags, self.ctx.parent_run_id)
+
+    def _open(self, name: str, pruner: dict | None) -> optuna.Study:
+        direction = [self.spec.direction]
+        return studies.open_study(name, self.storage, direction, pruner, self.storage_url)
+
+    def run(self) -> dict[str, Any]:
+        from tunelab.reports.study_analysis import finalize
+
+        self.open()
+        try:
+            results = [self.run_cell(cell) for cell in self.spec.cells]
+            summary = finalize(self, results)
+        except BaseException:
+            if self.writer and self.run_id:
+                self.writer.end_run(self.run_id, "KILLED")
+            raise
+        if self.writer and self.run_id:
+            self.writer.end_run(self.run_id, "FINISHED")
+        return summary
+
+    # ---- one cell ----------------------------------------------------------------------
+    def _cell_tags(self, cell: Cell) -> dict[str, str]:
+        return {"study": self.spec.name, "cell": cell.name, "scientific": self.spec.scientific}
+
+    def _adopt(self, cell: Cell, run_id: str) -> None:
+        if self.writer and self.run_id:
+            tags = {**self._cell_tags(cell), "role": "cell", "mlflow.parentRunId": self.run_id}
+            self.writer.set_tags(run_id, tags)
+
+    def run_cell(self, cell: Cell) -> CellResult:
+        spec = self.spec
+        name = f"{spec.name}-{cell.name}"
+        args = spec.cell_arguments(cell)
+        space, fixed = build_space(cell.space, args)
+        if spec.n_trials <= 0:  # no search: the cell runs as configured
+            space = []
+        study = self._open(name, spec.sweep_conf.get("pruner"))
+        stopped = str(study.user_attrs.get("study:stopped", ""))
+        if space and study.user_attrs.get(DONE) != spec.n_trials:
+            stopped = self._search(cell, name, args)
+            study.set_user_attr(DONE, spec.n_trials)
+            study.set_user_attr("study:stopped", stopped)
+        elif space:
+            log.info("cell %s: nuisance study %s already done, not searched again", cell.name, name)
+        study = optuna.load_study(study_name=name, storage=self.storage)
+        run_id = None
+        if self.writer:
+            key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
+            tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
+            run_id = self.writer.keyed_run(name, key, tags, parent_run_id=self.run_id)
+            if space:
+                self._tag_sweep(name, self._cell_tags(cell))
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = study.best_trial if complete else None
+        result = CellResult(cell, name, run_id, space, trials, best, stopped)
+        if result.feasible:
+            self._confirm(study, result, fixed)
+        else:
+            log.warning("cell %s: no trial finished; nothing to confirm", cell.name)
+        if self.writer and run_id:
+            self.writer.end_run(run_id, "FINISHED")
+        return result
+
+    def _tag_sweep(self, sweep: str, tags: dict[str, str]) -> None:
+        """Give every trial and seed run of one cell's nuisance sweep the cell's tags."""
+        for r in self.writer.search(f"tags.sweep = '{sweep}'"):
+            missing = {k: v for k, v in tags.items() if r.data.tags.get(k) != v}
+            if missing and r.data.tags.get("role") in ("trial", "seed"):
+                self.writer.set_tags(r.info.run_id, missing)
+
+    def _search(self, cell: Cell, name: str, args: list[str]) -> str:
+        conf = {
+            **self.spec.sweep_conf,
+            "study_name": name,
+            "n_trials": self.spec.n_trials,
+            "params": dict(cell.space),
+            "conditional": {},
+            "seeds": self.spec.search_seeds,
+            "tags": self._cell_tags(cell),
+        }
+        cell_dir = self.root / cell.name
+        config = copy.deepcopy(self.config)
+        with open_dict(config):
+            config.hydra.sweep.dir = str(cell_dir)
+        sweep = _CellSweep(conf, config, self.launcher, [*args, _sweep_dir(cell_dir)])
+        sweep.adopt = lambda run_id: self._adopt(cell, run_id)
+        log.info("cell %s: nuisance study %s (%d trials)", cell.name, name, self.spec.n_trials)
+        try:
+            sweep.run()
+        except SweepStopped as e:
+            log.warning("cell %s: %s", cell.name, e)
+            return str(e)
+        return ""
+
+    def _confirm(self, study: optuna.Study, result: CellResult, fixed: list[str]) -> None:
+        """Run the cell's best configuration under every confirmation seed not yet recorded."""
+        spec, cell = self.spec, result.cell
+        key = json.dumps(result.best_params, sort_keys=True, default=str)
+        stored = {
+            int(s): r
+            for s, r in (study.user_attrs.get(CONFIRM) or {}).items()
+            if r.get("params_key") == key
+        }
+        todo = [s for s in spec.seeds if s not in stored]
+        result.confirm = {s: stored[s] for s in spec.seeds if s in stored}
+        if not todo:
+            return
+        confirm_dir = self.root / cell.name / "confirm"
+        fixed = [*fixed, _sweep_dir(confirm_dir)]
+        tags = {
+            **self._cell_tags(cell),
+            "role": "confirm",
+            "sweep": result.study_name,
+            "trial": str(result.best.number) if result.best is not None else "-",
+        }
+        seed_key = str(spec.sweep_conf.get("seed_key") or "seed")
+        ctx = self.ctx.derive(parent_run_id=result.run_id, tags=tags, log_model=False)
+        jobs = [job_overrides(fixed, result.best_params, s, seed_key, ctx) for s in todo]
+        log.info("cell %s: confirming %s under seeds %s", cell.name, key, todo)
+        runner, batch = self._runner(len(fixed))
+        for start in range(0, len(jobs), batch):
+            chunk = todo[start : start + batch]
+            try:
+                first = spec.seeds.index(chunk[0])
+                rets = runner.launch(jobs[start : start + batch], initial_job_idx=first)
+                outcomes = [read_job(r, [spec.metric]) for r in rets]
+            except Exception as e:  # the launcher itself failed
+                reason = f"launch: {type(e).__name__}: {e}"[:500]
+                outcomes = [("fail", reason, {}, "", None)] * len(chunk)
+            for s, (kind, reason, values, _, run_id) in zip(chunk, outcomes, strict=True):
+                record = {"kind": kind, "reason": reason, "values": values, "run_id": run_id}
+                result.confirm[s] = record
+                stored[s] = {**record, "params_key": key}
+            study.set_user_attr(CONFIRM, {str(s): r for s, r in stored.items()})
+        result.confirm = {s: result.confirm[s] for s in spec.seeds if s in result.confirm}
+
+    def _runner(self, n_fixed: int) -> tuple[Any, int]:
+        """In this process one job at a time (each recorded as it ends); else all seeds at once."""
+        cached = bool(self.spec.sweep_conf.get("cached_compose", True))
+        runner = runner_for(self.launcher, n_fixed, cached)
+        one_at_a_time = runner is not self.launcher or runs_in_process(self.launcher)
+        return runner, 1 if one_at_a_time else len(self.spec.seeds)
+
+
+def _sweep_dir(path: Path) -> str:
+    return f"hydra.sweep.dir={quote(str(path))}"
+
+
+def run_study(
+    conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
+) -> dict[str, Any]:
+    """Entry point used by the Hydra plugin."""
+    summary = StudyRun(conf, config, launcher, arguments).run()
+    log.info("study summary: %s", json.dumps(summary.get("verdicts", []), ensure_ascii=False))
+    return summary

@@ -1,0 +1,58 @@
+"""A sweep's MLflow runs: one parent per study (shared by every process working on it, found
+again on resume) and one child per trial, under which the trial's seed runs nest."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tunelab.tracking.mlflow_writer import MlflowWriter
+
+STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "fail": "FAILED"}
+
+
+class SweepRuns:
+    def __init__(self, tracking_uri: str, experiment: str, study_name: str) -> None:
+        self.writer = MlflowWriter(tracking_uri, experiment)
+        self.study_name = study_name
+        self.parent_id: str | None = None
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+
+    def open_parent(self, tags: dict[str, Any], parent_run_id: str | None) -> str:
+        key = {"run_key": f"sweep:{self.study_name}"}
+        tags = {**tags, "sweep": self.study_name, "role": "sweep"}
+        self.parent_id = self.writer.keyed_run(self.study_name, key, tags, parent_run_id)
+        return self.parent_id
+
+    def start_trial(self, number: int, tags: dict[str, Any]) -> str:
+        run_id = self.writer.create_run(
+            f"{self.study_name}-t{number}",
+            {**tags, "role": "trial", "optuna_state": "RUNNING"},
+            parent_run_id=self.parent_id,
+        )
+        with self._lock:
+            self._active.add(run_id)
+        return run_id
+
+    def end_trial(
+        self, run_id: str, kind: str, metrics: dict[str, float], tags: dict, params: dict
+    ) -> None:
+        """Final values, params and tags, then the status (complete, pruned, ...), written in the
+        background: the next trial does not wait for the store."""
+        with self._lock:
+            self._active.discard(run_id)
+        self.writer.later(self._end, run_id, STATUS[kind], metrics, tags, params)
+
+    def _end(self, run_id: str, status: str, metrics: dict, tags: dict, params: dict) -> None:
+        self.writer.log(run_id, metrics=metrics, params=params, tags=tags)
+        self.writer.end_run(run_id, status)
+
+    def interrupted(self) -> None:
+        """The sweep was stopped: its running trials and the parent end KILLED."""
+        self.writer.flush(quietly=True)
+        for run_id in list(self._active):
+            self.writer.set_tags(run_id, {"optuna_state": "INTERRUPTED"})
+            self.writer.end_run(run_id, "KILLED")
+        if self.parent_id:
+            self.writer.end_run(self.parent_id, "KILLED")
