@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -124,16 +126,49 @@ def test_backbone_lr_multiplier_applies_to_backbone_only():
     assert lrs["backbone"] == pytest.approx(cfg.optimizer.lr * 0.1)
 
 
+def _cos(x: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * x))
+
+
+# lr multipliers of each conf/scheduler default at optimizer steps 0, 59, 150 and 299 of a
+# 30-epoch run with 10 steps per epoch, derived by hand from each schedule's definition
+EXPECTED = {
+    "constant": [1, 1, 1, 1],
+    "step": [1, 1, 0.1, 0.01],  # x0.1 every 10 epochs
+    "multistep": [1, 1, 0.1, 0.01],  # x0.1 at epochs 15 and 25
+    "exponential": [1, 0.9**5.9, 0.9**15, 0.9**29.9],  # x0.9 per epoch, smoothly
+    "piecewise": [1, 1, 0.1, 0.01],  # 1 until epoch 10, 0.1 until 20, then 0.01
+    "polynomial": [1 - 0.99 * k / 300 for k in (0, 59, 150, 299)],  # linear to 0.01
+    "inverse_time": [1 / (1 + k / 100) for k in (0, 59, 150, 299)],  # rate 1 per 10 epochs
+    "cosine": [0.01 + 0.99 * _cos(k / 300) for k in (0, 59, 150, 299)],
+    # SGDR: cycles of 20, 40, 80 and 160 steps starting at 0, 20, 60 and 140
+    "cosine_restarts": [
+        1,
+        0.01 + 0.99 * _cos(39 / 40),
+        0.01 + 0.99 * _cos(10 / 160),
+        0.01 + 0.99 * _cos(159 / 160),
+    ],  # fmt: skip
+    "linear_cosine": [(300 - k) / 300 * _cos(k / 300) + 0.001 for k in (0, 59, 150, 299)],
+    # one-cycle: 1/25 of the peak, the peak at 20% of the run, then cosine down to 1/25/1e4
+    "onecycle": [0.04, 1, 4e-6 + (1 - 4e-6) * _cos(91 / 240), 4e-6],
+    "plateau": [1, 1, 1, 1],  # validation improves every epoch below: never reduced
+}
+
+
 @pytest.mark.parametrize("scheduler", options("scheduler"))
-def test_every_scheduler_composes_and_builds(scheduler):
+def test_every_scheduler_gives_its_lr_at_known_steps(scheduler):
     cfg = compose_cfg(f"scheduler={scheduler}")
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    sched = build_schedule(opt, cfg.scheduler, steps_per_epoch=10, max_epochs=5)
-    for _ in range(10):
+    sched = build_schedule(opt, cfg.scheduler, steps_per_epoch=10, max_epochs=30)
+    lrs = {}
+    for k in range(300):
+        lrs[k] = sched.lr
         opt.step()
         sched.after_step()
-    sched.after_epoch({"val/acc": 0.5, "val/loss": 1.0})
-    assert sched.lr > 0
+        if (k + 1) % 10 == 0:
+            sched.after_epoch({"val/acc": 0.5 + k / 1000, "val/loss": 1.0 - k / 1000})
+    got = [lrs[k] / 0.1 for k in (0, 59, 150, 299)]
+    assert got == pytest.approx(EXPECTED[scheduler], rel=1e-6, abs=1e-9)
 
 
 def test_every_data_source_with_local_files_builds(tmp_path):
