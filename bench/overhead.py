@@ -13,7 +13,12 @@ bare epoch (its checkpoint files may still be reaching the disk then: I/O, not C
 replaces the default 2-second metric batching with one store transaction per epoch, which can only
 make run() look slower.
 
-    python bench/overhead.py [--epochs 15] [--repeats 7] [--log-model] [--self-check] [overrides ...]
+    python bench/overhead.py [--epochs 15] [--repeats 7] [--log-model] [--self-check]
+                             [--mlflow-async] [overrides ...]
+
+--mlflow-async sends the per-epoch metric batches through MLflow's own asynchronous logging
+(`log_batch(..., synchronous=False)`, flushed by waiting on its operations) instead of tunelab's
+writer thread: the comparison behind MlflowWriter's docstring.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,6 +44,7 @@ from tunelab import build  # noqa: E402
 from tunelab.optim.lr_schedule import build_schedule  # noqa: E402
 from tunelab.run.api import run  # noqa: E402
 from tunelab.run.context import RunContext  # noqa: E402
+from tunelab.tracking.mlflow_tracker import MlflowTracker  # noqa: E402
 
 
 def compose_cfg(overrides: list[str]):
@@ -84,12 +91,40 @@ def bare_epochs(cfg) -> Iterator[float]:
     return epochs()
 
 
-def lockstep(overrides: list[str]) -> tuple[float, float]:
+class MlflowAsyncMetrics(MlflowTracker):
+    """Per-epoch metrics through MLflow's asynchronous logging queue; the rest as usual."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._operations: list = []
+
+    def _send_metrics(self) -> None:
+        self._sent_at = time.monotonic()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            client = self.writer.client
+            self._operations.append(
+                client.log_batch(self.run_id, metrics=pending, synchronous=False)
+            )
+
+    def flush(self) -> None:
+        self._send_metrics()
+        for op in self._operations:
+            op.wait()
+        self._operations.clear()
+        self.writer.flush()
+
+
+def lockstep(overrides: list[str], mlflow_async: bool = False) -> tuple[float, float]:
     """One run() with the bare loop interleaved epoch by epoch: (bare seconds, run() seconds)."""
     cfg = compose_cfg(overrides)
     bare, bare_s = bare_epochs(cfg), 0.0
     start = time.perf_counter()
-    tracker = build.build_tracker(cfg.tracking)
+    if mlflow_async:
+        kw = {k: v for k, v in cfg.tracking.items() if k not in ("name", "_target_")}
+        tracker = MlflowAsyncMetrics(**kw)
+    else:
+        tracker = build.build_tracker(cfg.tracking)
 
     def after_epoch(epoch: int, value: float) -> None:
         nonlocal bare_s
@@ -118,6 +153,9 @@ def main() -> None:
     ap.add_argument(
         "--self-check", action="store_true", help="bare loop vs bare loop: the method's own spread"
     )
+    ap.add_argument(
+        "--mlflow-async", action="store_true", help="metrics through MLflow's async logging"
+    )
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model=mlp")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="tunelab-bench-")
@@ -132,8 +170,8 @@ def main() -> None:
         overrides.append(f"tracking.log_model={str(args.log_model).lower()}")
     cfg = compose_cfg(overrides)
     samples = args.epochs * len(build.build_data(cfg.data).y_train)
-    measure = self_check if args.self_check else lockstep
-    ours = "bare #2" if args.self_check else "tunelab"
+    measure = self_check if args.self_check else partial(lockstep, mlflow_async=args.mlflow_async)
+    ours = "bare #2" if args.self_check else ("mlflow-async" if args.mlflow_async else "tunelab")
     measure(overrides)  # warm-up: store schema, imports, data cache
     bare_s, ours_s = [], []
     for r in range(args.repeats):

@@ -5,8 +5,10 @@ Hydra release changes any of them (the project pins hydra-core < 1.4).
   Hydra's own semantics (`+`, `++`, `~`, type checks). The in-process launcher copies a template
   composed once and applies each job's value overrides with it: there is no public equivalent.
 - `get_overrides_dirname`: the job's `override_dirname`, built as Hydra builds it.
-- `BasicLauncher`: jobs run one after another in this process (so the in-process launcher can take
-  over, and a live Optuna trial can be handed to the job directly).
+- `BasicLauncher` (`hydra/launcher=basic`): jobs run one after another in this process, so the
+  in-process launcher can take over and a live Optuna trial can be handed to the job directly.
+  Hydra loads plugin modules afresh while scanning for plugins, so the launcher's class is told
+  apart by its full name, not with isinstance.
 - `JoblibLauncher.joblib`: the launcher's joblib settings, where the sweep sets `n_jobs`.
 """
 
@@ -15,8 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from omegaconf import DictConfig
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 __all__ = ["apply_value_overrides", "get_overrides_dirname", "runs_in_process", "set_parallel_jobs"]
 
@@ -28,7 +31,8 @@ def apply_value_overrides(overrides: list[Any], cfg: DictConfig) -> None:
 
 def runs_in_process(launcher: Any) -> bool:
     """True for Hydra's basic launcher: one job at a time, in this process."""
-    return isinstance(launcher, BasicLauncher)
+    cls = type(launcher)
+    return f"{cls.__module__}.{cls.__qualname__}" == BASIC_LAUNCHER
 
 
 def set_parallel_jobs(launcher: Any, n_jobs: int) -> bool:
