@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -29,7 +29,23 @@ class DiagnosticFailed(RuntimeError):
     """A sanity check failed; the message says what was measured and what it suggests."""
 
 
-Handler = Callable[[dict, Any, Any, nn.Module, OptimizerFactory, Any], dict[str, float]]
+@dataclass
+class Check:
+    """What a check gets: its knobs (the diagnose node minus its name) and what the run built."""
+
+    knobs: dict[str, Any]
+    cfg: Any
+    splits: Any
+    model: nn.Module
+    make_optimizer: OptimizerFactory
+    tracker: Any
+
+    @property
+    def seed(self) -> int:
+        return int(_get(self.cfg, "seed", 0))
+
+
+Handler = Callable[[Check], dict[str, float]]
 
 
 def run_check(
@@ -40,22 +56,15 @@ def run_check(
     name = knobs.pop("name", None)
     if name not in DIAGNOSTICS:
         raise ValueError(f"diagnose.name={name!r}: choose one of {sorted(DIAGNOSTICS)}")
-    return DIAGNOSTICS[name](knobs, cfg, splits, model, make_optimizer, tracker)
+    return DIAGNOSTICS[name](Check(knobs, cfg, splits, model, make_optimizer, tracker))
 
 
-def _lr_range(
-    knobs: dict,
-    cfg: Any,
-    splits: Any,
-    model: nn.Module,
-    make_optimizer: OptimizerFactory,
-    tracker: Any,
-) -> dict[str, float]:
+def _lr_range(c: Check) -> dict[str, float]:
+    knobs, tracker = c.knobs, c.tracker
     if knobs.get("batch_size") is None:
-        knobs["batch_size"] = int(_get(cfg, "trainer.batch_size", 64))
-    r = lr_range_test(
-        model, make_optimizer, splits.x_train, splits.y_train, seed=_seed(cfg), **knobs
-    )
+        knobs["batch_size"] = int(_get(c.cfg, "trainer.batch_size", 64))
+    x, y = c.splits.x_train, c.splits.y_train
+    r = lr_range_test(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
     tracker.log_figure(plot_lr_range(r), f"{PREFIX}/lr_range.png")
     tracker.log_dict(r.to_dict(), f"{PREFIX}/lr_range.json")
     tracker.set_tags(
@@ -86,18 +95,11 @@ def _lr_range(
     return metrics
 
 
-def _overfit(
-    knobs: dict,
-    cfg: Any,
-    splits: Any,
-    model: nn.Module,
-    make_optimizer: OptimizerFactory,
-    tracker: Any,
-) -> dict[str, float]:
+def _overfit(c: Check) -> dict[str, float]:
+    knobs, tracker = c.knobs, c.tracker
     knobs.pop("regularisation_off", None)  # applied when the model/optimizer are built
-    r = overfit_tiny_subset(
-        model, make_optimizer, splits.x_train, splits.y_train, seed=_seed(cfg), **knobs
-    )
+    x, y = c.splits.x_train, c.splits.y_train
+    r = overfit_tiny_subset(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
     tracker.log_figure(_loss_figure(r.losses, r.message), f"{PREFIX}/overfit.png")
     tracker.log_dict(asdict(r), f"{PREFIX}/overfit.json")
     metrics = {
@@ -108,16 +110,11 @@ def _overfit(
     return _verdict(tracker, metrics, r.passed, f"overfit tiny subset: {r.message}")
 
 
-def _gradcheck(
-    knobs: dict,
-    cfg: Any,
-    splits: Any,
-    model: nn.Module,
-    make_optimizer: OptimizerFactory,
-    tracker: Any,
-) -> dict[str, float]:
+def _gradcheck(c: Check) -> dict[str, float]:
+    knobs, tracker = c.knobs, c.tracker
     n = int(knobs.pop("n_examples", 8))
-    r = gradient_check(model, splits.x_train[:n], splits.y_train[:n], seed=_seed(cfg), **knobs)
+    x, y = c.splits.x_train[:n], c.splits.y_train[:n]
+    r = gradient_check(c.model, x, y, seed=c.seed, **knobs)
     tracker.log_dict(asdict(r), f"{PREFIX}/gradcheck.json")
     tracker.set_tags({"diagnose.worst_param": r.worst_param})
     metrics = {"diagnose/worst_rel_error": r.worst_rel_error, "diagnose/passed": float(r.passed)}
@@ -130,16 +127,10 @@ def _gradcheck(
     return _verdict(tracker, metrics, r.passed, message)
 
 
-def _datacheck(
-    knobs: dict,
-    cfg: Any,
-    splits: Any,
-    model: nn.Module,
-    make_optimizer: OptimizerFactory,
-    tracker: Any,
-) -> dict[str, float]:
+def _datacheck(c: Check) -> dict[str, float]:
+    knobs, tracker = c.knobs, c.tracker
     fail = bool(knobs.pop("fail_on_warning", False))
-    r = check_data(splits, **knobs)
+    r = check_data(c.splits, **knobs)
     for w in r.warnings:
         log.warning("data check: %s", w)
     tracker.log_dict({"warnings": r.warnings, "stats": r.stats}, f"{PREFIX}/datacheck.json")
@@ -219,7 +210,3 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
         if cfg is None:
             return default
     return cfg
-
-
-def _seed(cfg: Any) -> int:
-    return int(_get(cfg, "seed", 0))

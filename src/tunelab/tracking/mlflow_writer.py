@@ -42,6 +42,15 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+def tag_filter(tags: dict[str, str]) -> str:
+    """An MLflow search filter matching every `tags` value exactly (any characters in values)."""
+
+    def literal(v: str) -> str:
+        return f'"{v}"' if "'" in v else f"'{v}'"
+
+    return " and ".join(f"tags.`{k}` = {literal(str(v))}" for k, v in tags.items())
+
+
 def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
     """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
     link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -117,21 +126,6 @@ class MlflowWriter:
             self.set_tags(run_id, tags)
         return True
 
-    def open_run(
-        self,
-        name: str,
-        tags: dict[str, Any],
-        *,
-        run_id: str | None = None,
-        parent_run_id: str | None = None,
-    ) -> str:
-        """Reopen `run_id` when given and present, else create a run."""
-        if parent_run_id:
-            tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        if run_id and self.reopen_run(run_id, tags):
-            return run_id
-        return self.create_run(name, tags)
-
     def keyed_run(
         self,
         name: str,
@@ -159,8 +153,7 @@ class MlflowWriter:
         return winner
 
     def _keyed(self, key: dict[str, str]) -> list[str]:
-        terms = " and ".join(f"tags.`{k}` = '{v}'" for k, v in key.items())
-        runs = self.search(terms, order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        runs = self.search(tag_filter(key), ["attributes.start_time ASC", "attributes.run_id ASC"])
         return [r.info.run_id for r in runs]
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.config.space import Param, build_space, quote
 from tunelab.run.context import RunContext
+from tunelab.tracking.mlflow_writer import MlflowWriter, tag_filter
 from tunelab.tuning import storage as studies
 from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import runner_for
@@ -82,8 +83,6 @@ class StudyRun:
         self.ctx = RunContext.from_env()
         self.writer: Any = None
         if self.tracking_uri:
-            from tunelab.tracking.mlflow_writer import MlflowWriter
-
             self.writer = MlflowWriter(self.tracking_uri, self.experiment)
         self.run_id: str | None = None
 
@@ -171,7 +170,7 @@ class StudyRun:
 
     def _tag_sweep(self, sweep: str, tags: dict[str, str]) -> None:
         """Give every trial and seed run of one cell's nuisance sweep the cell's tags."""
-        for r in self.writer.search(f"tags.sweep = '{sweep}'"):
+        for r in self.writer.search(tag_filter({"sweep": sweep})):
             missing = {k: v for k, v in tags.items() if r.data.tags.get(k) != v}
             if missing and r.data.tags.get("role") in ("trial", "seed"):
                 self.writer.set_tags(r.info.run_id, missing)
