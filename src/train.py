@@ -15,4 +15,10 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    import sys
+
+    from tunelab.config.targets import command_line_problem
+
+    if problem := command_line_problem(sys.argv[1:]):
+        raise SystemExit(f"error: {problem}")
     main()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import EPOCH_METRICS, NO_TELEMETRY, mlflow_runs, run_cli
+from conftest import EPOCH_METRICS, FAST, NO_TELEMETRY, finish_cli, mlflow_runs, run_cli, start_cli
 
 EPOCHS = 3
 PER_EPOCH = EPOCH_METRICS
@@ -53,3 +53,24 @@ def test_four_parallel_jobs_on_the_default_sqlite_store(tmp_path):
             assert len(rows) == len(PER_EPOCH) * EPOCHS + len(AT_THE_END) + len(per_class)
         models = db.execute("select count(*) from logged_models").fetchone()[0]
     assert models == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [4, 8])
+def test_independent_processes_started_together_on_a_fresh_directory(tmp_path, n):
+    """`for s in ...; do python src/train.py seed=$s & done` where no store exists yet: the first
+    process to arrive creates the schema under a lock beside it; the others wait and use it."""
+    args = [*FAST, "trainer.max_epochs=2", "trainer.num_threads=1"]
+    procs = [start_cli(*args, f"seed={s}", cwd=tmp_path) for s in range(n)]
+    outs = [finish_cli(p, timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(o[-1500:] for o in outs)
+    runs = mlflow_runs(tmp_path)
+    assert sorted(int(r.data.tags["seed"]) for r in runs) == list(range(n))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        for r in runs:
+            steps = db.execute(
+                "select key, count(*) from metrics where run_uuid = ? group by key",
+                (r.info.run_id,),
+            ).fetchall()
+            assert {k: c for k, c in steps if k in PER_EPOCH} == dict.fromkeys(PER_EPOCH, 2)

@@ -85,3 +85,9 @@ def test_a_sweep_killed_mid_trial_is_repaired_by_the_next_start(workdir):
     ]
     assert job.data.tags["trial"] == "2"  # the retry adopted the job's run
     assert job.data.tags["mlflow.parentRunId"] == retry.info.run_id
+    assert "failure_reason" not in job.data.tags  # it resumed: whatever stopped it is over
+    (killed,) = [
+        r for r in runs if r.data.tags.get("trial") == "1" and r.data.tags["role"] == "trial"
+    ]
+    assert killed.info.status == "KILLED" and killed.data.tags["failure_reason"] == "process_died"
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tunelab.config.schema import SCHEDULER_KNOBS
+from tunelab.config.groups import SCHEDULER_KNOBS
 from tunelab.optim import schedule_fns as fns
 from tunelab.optim.lr_schedule import MissingMetricError, build_schedule
 

@@ -14,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tunelab.tuning.storage import HOST, OWNER, make_storage, trial_id
+from tunelab.ownership import HOST
+from tunelab.tuning.storage import OWNER, make_storage, trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -383,7 +384,8 @@ def test_joblib_launcher_prunes_in_worker_processes(app):
     assert proc.returncode == 0, out
     trials = load(app, "jl").get_trials()
     assert len(trials) == 4
-    assert {t.system_attrs["tunelab:owner"] for t in trials} == {f"{HOST}:{proc.pid}"}
+    owners = {t.system_attrs[OWNER].rsplit(":", 1)[0] for t in trials}  # host:pid[:start]
+    assert owners == {f"{HOST}:{proc.pid}"}
     reported = [t for t in trials if t.intermediate_values]
     assert len(reported) == 4  # every job reported from its worker process
     summary = json.loads((app / "multirun" / "summary.json").read_text())

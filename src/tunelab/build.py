@@ -1,7 +1,7 @@
 """The one place that turns config nodes into objects (`_target_` + instantiate).
 
-Only targets under the allow-listed prefixes may be instantiated, so a config file cannot
-construct arbitrary Python objects.
+A node is built only when every `_target_` in it is on the exact allow-list (config/targets.py),
+and without Hydra's recursive instantiation: a nested node is passed on as data, never built.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from tunelab.config import targets
 from tunelab.data.splits import Splits
 from tunelab.optim.param_groups import param_groups
 
-ALLOWED_PREFIXES = ("tunelab.", "torch.optim.")
 META_KEYS = ("name", "exclude_bias_norm_from_decay")
 
 
-def _checked(node: DictConfig, group: str) -> DictConfig:
-    target = node.get("_target_")
-    if not isinstance(target, str) or not target.startswith(ALLOWED_PREFIXES):
-        raise ValueError(
-            f"{group}._target_={target!r}: only targets under {ALLOWED_PREFIXES} may be built"
-        )
+class TargetError(ValueError):
+    """A `_target_` that is not on the allow-list."""
+
+
+def _checked(node: DictConfig, group: str, allow: frozenset[str]) -> DictConfig:
+    problems = targets.problems(node, allow, group)
+    if problems or not isinstance(node.get("_target_"), str):
+        raise TargetError("; ".join(problems) or f"{group} has no _target_")
     return node
 
 
@@ -36,30 +38,40 @@ def without(node: DictConfig, keys: tuple[str, ...]) -> DictConfig:
     return OmegaConf.create({k: v for k, v in plain.items() if k not in keys})
 
 
-def _instantiate(node: DictConfig) -> Any:
-    """instantiate(), re-raising our own clear errors rather than Hydra's wrapper around them."""
+def _instantiate(node: DictConfig, group: str, allow: frozenset[str] | None) -> Any:
+    """instantiate() of a checked node, re-raising our own clear errors rather than Hydra's
+    wrapper around them."""
+    node = _checked(node, group, allow or targets.SHIPPED)
     try:
-        return instantiate(node)
+        return instantiate(node, _recursive_=False)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, (ValueError, KeyError, FileNotFoundError, TypeError)):
             raise exc.__cause__ from None
         raise
 
 
-def build_data(cfg: DictConfig) -> Splits:
-    return _instantiate(_checked(without(cfg, ("name",)), "data"))
+def build_data(cfg: DictConfig, allow: frozenset[str] | None = None) -> Splits:
+    return _instantiate(without(cfg, ("name",)), "data", allow)
 
 
-def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    factory = _instantiate(_checked(without(cfg, ("name",)), "model"))
+def build_model(
+    cfg: DictConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    allow: frozenset[str] | None = None,
+) -> nn.Module:
+    factory = _instantiate(without(cfg, ("name",)), "model", allow)
     return factory(input_shape=tuple(input_shape), num_classes=num_classes)
 
 
 def build_optimizer(
-    model: nn.Module, cfg: DictConfig, backbone_lr_mult: float = 1.0
+    model: nn.Module,
+    cfg: DictConfig,
+    backbone_lr_mult: float = 1.0,
+    allow: frozenset[str] | None = None,
 ) -> torch.optim.Optimizer:
     """Optimizer over parameter groups (bias/norm decay exclusion, backbone lr multiplier)."""
-    factory = _instantiate(_checked(without(cfg, META_KEYS), "optimizer"))
+    factory = _instantiate(without(cfg, META_KEYS), "optimizer", allow)
     groups = param_groups(
         model,
         lr=float(cfg.lr),
@@ -70,9 +82,9 @@ def build_optimizer(
     return factory(groups)
 
 
-def optimizer_factory(cfg: DictConfig) -> Any:
+def optimizer_factory(cfg: DictConfig, allow: frozenset[str] | None = None) -> Any:
     """`make(params, lr=None)`: a fresh optimizer of the configured kind (diagnostics use it)."""
-    factory = _instantiate(_checked(without(cfg, META_KEYS), "optimizer"))
+    factory = _instantiate(without(cfg, META_KEYS), "optimizer", allow)
 
     def make(params: Any, lr: float | None = None) -> torch.optim.Optimizer:
         return factory(params, lr=float(cfg.lr if lr is None else lr))
@@ -80,5 +92,12 @@ def optimizer_factory(cfg: DictConfig) -> Any:
     return make
 
 
-def build_tracker(cfg: DictConfig) -> Any:
-    return _instantiate(_checked(without(cfg, ("name",)), "tracking"))
+def build_tracker(cfg: DictConfig, allow: frozenset[str] | None = None) -> Any:
+    return _instantiate(without(cfg, ("name",)), "tracking", allow)
+
+
+def build_schedule_factory(raw: dict[str, Any]) -> Any:
+    """The partial of a scheduler node (its knobs bound), for optim.lr_schedule to wrap."""
+    node = OmegaConf.create(raw)
+    _checked(node, "scheduler", targets.SHIPPED)
+    return instantiate(node, _partial_=True, _convert_="all", _recursive_=False)

@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tunelab.config import ConfigError, validate
+from tunelab.config.sweeps import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,11 @@ def job(cfg: DictConfig) -> RunResult:
         result = run(cfg, ctx)
     except (Terminated, KeyboardInterrupt) as exc:
         sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-        log.error(
-            "stopped by %s: the run is recorded KILLED; the same command resumes it", sig.name
-        )
+        if getattr(exc, "run_id", None):
+            log.error("stopped by %s: run %s is recorded KILLED; the same command resumes it",
+                      sig.name, exc.run_id)  # fmt: skip
+        else:
+            log.error("stopped by %s before its run was recorded", sig.name)
         raise SystemExit(128 + sig) from None
     if output_dir:
         Path(output_dir, "metrics.json").write_text(json.dumps(result.metrics, indent=2))
@@ -55,18 +58,16 @@ def _hydra_job() -> tuple[list[str], str | None]:
     return list(hc.overrides.task), hc.runtime.output_dir
 
 
-def _validate_or_exit(config: DictConfig) -> None:
+def _validate_or_exit(config: DictConfig, multirun: bool = False) -> None:
     """Hydra turns a callback's exceptions into warnings; SystemExit is what stops it."""
     try:
         validate(config)
+        if multirun:
+            validate_multirun(config)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     except Exception as exc:  # e.g. a mandatory value left as ???
         raise SystemExit(f"error: invalid configuration: {exc}") from None
-
-
-def _uses_tunelab_sweeper(config: DictConfig) -> bool:
-    return "tunelab" in str(config.hydra.sweeper.get("_target_", ""))
 
 
 class TunelabCallback(Callback):
@@ -76,6 +77,7 @@ class TunelabCallback(Callback):
         self.writer: Any = None
         self.parent_id: str | None = None
         self.restore_env: Any = None
+        self.failed = False
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _validate_or_exit(config)
@@ -89,10 +91,10 @@ class TunelabCallback(Callback):
             print(runs_link(config.tracking.tracking_uri, writer.experiment_id))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _validate_or_exit(config)
+        _validate_or_exit(config, multirun=True)
         uri = config.tracking.get("tracking_uri")
         ctx = RunContext.from_env()
-        if not uri or _uses_tunelab_sweeper(config) or ctx.parent_run_id:
+        if not uri or sweeper_kind(config) or ctx.parent_run_id:
             return
         from tunelab.tracking.mlflow_writer import MlflowWriter
 
@@ -104,8 +106,17 @@ class TunelabCallback(Callback):
         )
         self.restore_env = ctx.derive(parent_run_id=self.parent_id).export()
 
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """A failed job fails its multirun's parent run (Hydra raises before on_multirun_end)."""
+        failed = job_return is not None and job_return.status == JobStatus.FAILED
+        if failed and self.parent_id is not None and not self.failed:
+            self.failed = True
+            overrides = " ".join(job_return.overrides or [])
+            self.writer.set_tags(self.parent_id, {"failure_reason": f"job failed: {overrides}"})
+            self.writer.end_run(self.parent_id, "FAILED")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent_id is None:
+        if self.parent_id is None or self.failed:
             return
         from tunelab.tracking.mlflow_writer import runs_link
 

@@ -53,6 +53,58 @@ def text(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "a non-empty string"
 
 
+def optional(check: Check) -> Check:
+    """None, or what `check` allows."""
+
+    def allowed(v: Any) -> str | None:
+        if v is None:
+            return None
+        problem = check(v)
+        return None if problem is None else f"{problem} or null"
+
+    return allowed
+
+
+def optional_text(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, str) and v) else "a non-empty string or null"
+
+
+def texts(v: Any) -> str | None:
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v)
+    return None if ok else "a list of strings"
+
+
+def anything(v: Any) -> str | None:
+    return None
+
+
+def positive_ints(v: Any) -> str | None:
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(POSITIVE_INT(x) is None for x in v)
+    return None if ok else "a non-empty list of integers >= 1"
+
+
+def positive_numbers(v: Any) -> str | None:
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(POSITIVE(x) is None for x in v)
+    return None if ok else "a non-empty list of numbers > 0"
+
+
+# Schemes MLflow's tracking client can write to (a file store is refused by MLflow >= 3.13).
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def tracking_uri(v: Any) -> str | None:
+    allowed = f"a tracking URI with a scheme in {list(TRACKING_SCHEMES)}, e.g. sqlite:///mlflow.db"
+    if not isinstance(v, str) or ("://" not in v and not v.startswith("databricks")):
+        return allowed
+    scheme = v.split(":", 1)[0].split("+", 1)[0].lower()
+    return None if scheme in TRACKING_SCHEMES else allowed
+
+
+def experiment_name(v: Any) -> str | None:
+    ok = isinstance(v, str) and 0 < len(v) <= 250 and v.strip() == v and "\n" not in v
+    return None if ok else "a non-empty name of at most 250 characters"
+
+
 def betas(v: Any) -> str | None:
     ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(FRACTION(b) is None for b in v)
     return None if ok else "two numbers in [0, 1), e.g. [0.9, 0.999]"

@@ -1,7 +1,11 @@
-"""Validation of a composed config: bad values fail here, before any run, checkpoint or directory.
+"""The up-front check of a composed config: every key of every group, before any run, directory,
+lock or study exists, in well under a second (no torch import). Each problem names the key, the
+value and what is allowed; all of them are reported at once.
 
-Hydra rejects unknown group options at compose time; this module checks values (types, ranges,
-allowed choices, scheduler knobs), naming the key, the value and what is allowed.
+What is checked: every `_target_` against the exact allow-list (config/targets.py); every setting
+of every group node against its table (config/groups.py): unknown keys, types, ranges, choices;
+the cross-key rules (a warm-up shorter than the run, a plateau monitor or stopping metric that
+the epochs report); local paths that must exist and the files behind them.
 """
 
 from __future__ import annotations
@@ -11,85 +15,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config import rules as r
+from tunelab.config import groups, targets
+from tunelab.config.groups import SCHEDULER_KNOBS
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says which, why and what is allowed."""
-
-
-RULES: dict[str, r.Check] = {
-    "seed": r.number(0, 2**32 - 1, integer=True),
-    "objective.direction": r.one_of("maximize", "minimize"),
-    "optimizer.lr": r.POSITIVE,
-    "optimizer.weight_decay": r.NON_NEGATIVE,
-    "optimizer.momentum": r.FRACTION,
-    "optimizer.dampening": r.FRACTION,
-    "optimizer.eps": r.POSITIVE,
-    "optimizer.betas": r.betas,
-    "optimizer.alpha": r.FRACTION,
-    "optimizer.rho": r.FRACTION,
-    "optimizer.lr_decay": r.NON_NEGATIVE,
-    "optimizer.momentum_decay": r.NON_NEGATIVE,
-    "trainer.max_epochs": r.POSITIVE_INT,
-    "trainer.batch_size": r.POSITIVE_INT,
-    "trainer.grad_accum_steps": r.POSITIVE_INT,
-    "trainer.grad_clip_norm": r.OPTIONAL_POSITIVE,
-    "trainer.label_smoothing": r.FRACTION,
-    "trainer.device": r.one_of("auto", "cpu", "cuda", "mps"),
-    "trainer.precision": r.one_of("fp32", "bf16"),
-    "trainer.num_threads": r.OPTIONAL_POSITIVE_INT,
-    "trainer.checkpoint_every_epochs": r.NON_NEGATIVE_INT,
-    "trainer.resume": r.one_of("auto", "never", "must"),
-    "trainer.early_stopping.patience": r.NON_NEGATIVE_INT,
-    "trainer.early_stopping.min_delta": r.NON_NEGATIVE,
-    "model.width": r.POSITIVE_INT,
-    "model.depth": r.NON_NEGATIVE_INT,
-    "model.kernel_size": r.POSITIVE_INT,
-    "model.dropout": r.FRACTION,
-    "data.val_fraction": r.OPEN_UNIT,
-    "finetune.freeze_backbone_epochs": r.NON_NEGATIVE_INT,
-    "finetune.backbone_lr_mult": r.NON_NEGATIVE,
-    "tracking.metrics_every_s": r.NON_NEGATIVE,
-}
-
-# The knobs of every conf/scheduler/<name>.yaml; `warmup` holds the keys every schedule has.
-SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {
-    "warmup": {"warmup_epochs": r.NON_NEGATIVE, "warmup_start_factor": r.UNIT},
-    "constant": {},
-    "step": {"step_epochs": r.POSITIVE, "gamma": r.SHARE},
-    "multistep": {"milestones_epochs": r.increasing_epochs, "gamma": r.SHARE},
-    "exponential": {
-        "gamma": r.POSITIVE, "decay_epochs": r.POSITIVE, "staircase": r.boolean,
-        "decay_rate": r.OPTIONAL_NON_NEGATIVE,
-    },
-    "piecewise": {"boundaries_epochs": r.increasing_epochs},
-    "polynomial": {
-        "power": r.POSITIVE, "end_lr_factor": r.NON_NEGATIVE, "end_lr": r.OPTIONAL_NON_NEGATIVE,
-        "decay_epochs": r.OPTIONAL_POSITIVE, "cycle": r.boolean,
-    },
-    "inverse_time": {"decay_rate": r.NON_NEGATIVE, "decay_epochs": r.POSITIVE, "staircase": r.boolean},
-    "cosine": {"min_lr_factor": r.UNIT},
-    "cosine_restarts": {
-        "first_cycle_epochs": r.POSITIVE, "t_mul": r.AT_LEAST_ONE, "m_mul": r.POSITIVE,
-        "min_lr_factor": r.UNIT,
-    },
-    "linear_cosine": {
-        "num_periods": r.NON_NEGATIVE, "alpha": r.NON_NEGATIVE, "beta": r.NON_NEGATIVE,
-        "noise": r.NON_NEGATIVE, "noise_decay": r.NON_NEGATIVE, "noise_seed": r.INTEGER,
-    },
-    "onecycle": {
-        "max_lr_factor": r.POSITIVE, "max_lr": r.OPTIONAL_POSITIVE, "pct_start": r.OPEN_UNIT,
-        "anneal": r.one_of("cos", "cosine", "linear"), "div_factor": r.POSITIVE,
-        "final_div_factor": r.POSITIVE, "three_phase": r.boolean, "cycle_momentum": r.boolean,
-        "base_momentum": r.UNIT, "max_momentum": r.UNIT,
-    },
-    "plateau": {
-        "mode": r.one_of("min", "max"), "factor": r.OPEN_UNIT, "patience": r.NON_NEGATIVE_INT,
-        "threshold": r.NON_NEGATIVE, "threshold_mode": r.one_of("rel", "abs"),
-        "cooldown": r.NON_NEGATIVE_INT, "min_lr": r.NON_NEGATIVE,
-    },
-}  # fmt: skip
 
 
 def knob_problems(schedule: str, knobs: dict[str, Any]) -> list[tuple[str, Any, str]]:
@@ -102,33 +33,84 @@ def knob_problems(schedule: str, knobs: dict[str, Any]) -> list[tuple[str, Any, 
 
 
 def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
-    """Raise ConfigError listing every bad value in cfg; check_data also loads local .npz arrays."""
-    problems = []
-    for key, check in RULES.items():
-        node = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
-        if isinstance(node, str) and node == "__absent__":
-            continue
-        value = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
-        allowed = check(value)
-        if allowed is not None:
-            problems.append(f"{key}={value!r} is invalid: expected {allowed}")
-    problems += _scheduler_problems(cfg)
+    """Raise ConfigError listing every problem of cfg; check_data also opens local data files."""
+    try:
+        own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # noqa: SIM118
+        plain = OmegaConf.to_container(own, resolve=True, throw_on_missing=False)
+    except Exception as exc:  # an interpolation that cannot resolve
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    problems = targets.problems(cfg, targets.allowed(cfg))
+    problems += _top_problems(plain)
+    for group in (*groups.BY_TARGET, "trainer", "finetune", "diagnose", "objective"):
+        if isinstance(plain.get(group), dict):
+            problems += _group_problems(group, plain[group])
+    problems += _cross_problems(plain)
     problems += _path_problems(cfg)
     if check_data and not problems:
-        problems += _npz_problems(cfg)
+        problems += _file_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
-def _scheduler_problems(cfg: DictConfig) -> list[str]:
-    node = cfg.get("scheduler")
-    if not isinstance(node, DictConfig):
-        return []
-    knobs = OmegaConf.to_container(node, resolve=True)
-    return [
-        f"scheduler.{key}={value!r} is invalid: expected {allowed}"
-        for key, value, allowed in knob_problems(str(knobs.get("name")), knobs)
-    ]
+def _bad(key: str, value: Any, allowed: str) -> str:
+    return f"{key}={value!r} is invalid: expected {allowed}"
+
+
+def _top_problems(plain: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in plain.items():
+        if key in groups.TOP:
+            allowed = groups.TOP[key](value)
+            out += [_bad(key, value, allowed)] if allowed else []
+        elif key not in groups.TOP_NODES:
+            known = sorted([*groups.TOP, *groups.TOP_NODES])
+            out.append(f"{key} is not a setting: the top-level keys are {known}")
+    return out
+
+
+def _group_problems(group: str, node: dict[str, Any]) -> list[str]:
+    table = groups.settings_of(group, node)
+    if table is None:
+        return []  # a user's own target (allowed_targets): its settings are the user's
+    option = node.get("name") or node.get("_target_")
+    out = []
+    for key, value in node.items():
+        if key in groups.BOOKKEEPING and key != "name":
+            continue
+        check = table.get(key, groups.FINETUNE.get("name") if key == "name" else None)
+        if check is None:
+            known = sorted(k for k in table if k != "name")
+            where = f"{group}={option}" if option else group
+            out.append(f"{group}.{key} is not a setting of {where}; its settings are {known}")
+        elif (allowed := check(value)) is not None:
+            out.append(_bad(f"{group}.{key}", value, allowed))
+    if group == "trainer" and isinstance(node.get("early_stopping"), dict):
+        for key, value in node["early_stopping"].items():
+            check = groups.EARLY_STOPPING.get(key)
+            if check is None:
+                known = sorted(groups.EARLY_STOPPING)
+                out.append(
+                    f"trainer.early_stopping.{key} is not a setting; its settings are {known}"
+                )
+            elif (allowed := check(value)) is not None:
+                out.append(_bad(f"trainer.early_stopping.{key}", value, allowed))
+    return out
+
+
+def _cross_problems(plain: dict[str, Any]) -> list[str]:
+    """Rules between keys: what one setting allows depends on another."""
+    out = []
+    sched, trainer = plain.get("scheduler") or {}, plain.get("trainer") or {}
+    warmup, epochs = sched.get("warmup_epochs"), trainer.get("max_epochs")
+    numbers = all(isinstance(v, (int, float)) for v in (warmup, epochs))
+    if numbers and warmup > 0 and warmup >= epochs:
+        out.append(
+            f"scheduler.warmup_epochs={warmup!r} is invalid: expected less than "
+            f"trainer.max_epochs={epochs}"
+        )
+    if sched.get("name") != "plateau" and sched.get("monitor") is not None:
+        out.append("scheduler.monitor is a setting of scheduler=plateau only")
+    return out
 
 
 def _path_problems(cfg: DictConfig) -> list[str]:
@@ -148,18 +130,17 @@ def _path_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
-def _npz_problems(cfg: DictConfig) -> list[str]:
-    """A local .npz must hold usable arrays (shapes, labels, finite values): load it to find out."""
+def _file_problems(cfg: DictConfig) -> list[str]:
+    """Files behind local paths must be what their key expects: load them to find out."""
+    out = []
     data = cfg.get("data")
-    if data is None or not str(data.get("_target_", "")).endswith(".npz"):
-        return []
-    from tunelab.build import build_data
+    if data is not None and str(data.get("_target_", "")).endswith(".npz"):
+        from tunelab.build import build_data
 
-    path = str(data.path)
-    try:
-        build_data(data)
-    except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
-        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return [first if first.startswith("data.") else f"data.path={path!r}: {first}"]
-    return []
+        try:
+            build_data(data)
+        except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
+            text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            out.append(first if first.startswith("data.") else f"data.path={data.path!r}: {first}")
+    return out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,9 +118,33 @@ def cifar10(
     )
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads what a CIFAR-10 python batch holds (a dict of bytes, lists, ints and one numpy
+    array) and nothing else: any other class or function in the file is refused, never called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol 2 carries bytes when written by Python 3
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"data.path: {path} is not a CIFAR-10 python batch ({exc})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"data.path: {path} is not a CIFAR-10 python batch (no data and labels)")
+    return batch
 
 
 def npz(
@@ -136,6 +162,8 @@ def npz(
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"data.path={str(file)!r}: no such .npz file")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"data.path={str(file)!r}: not an .npz archive (numpy.savez writes one)")
     with np.load(file, allow_pickle=False) as f:
         keys = (x_key, y_key, x_test_key, y_test_key)
         absent = [k for k in keys if k not in f.files]

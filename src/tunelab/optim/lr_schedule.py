@@ -7,11 +7,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from tunelab.build import build_schedule_factory
+from tunelab.config.groups import SCHEDULER
 from tunelab.config.rules import POSITIVE_INT
 from tunelab.optim import schedule_fns as fns
 from tunelab.optim.schedule_fns import epochs_to_steps
@@ -102,8 +103,8 @@ def build_schedule(
     meta = {k: raw.pop(k) for k in META_KEYS if k in raw}
     target = raw.get("_target_")
     name = str(meta.get("name") or target)
-    ok = isinstance(target, str) and target.startswith("tunelab.")
-    check(name, "_target_", target, ok, "a tunelab.optim.schedules factory")
+    ok = isinstance(target, str) and target in SCHEDULER
+    check(name, "_target_", target, ok, f"one of {sorted(SCHEDULER)}")
     for key, value in {"steps_per_epoch": steps_per_epoch, "max_epochs": max_epochs}.items():
         check(name, key, value, POSITIVE_INT(value) is None, "an integer >= 1")
     check_knobs("warmup", meta)
@@ -111,7 +112,7 @@ def build_schedule(
     total = max_epochs * steps_per_epoch
     warmup = epochs_to_steps(w_epochs, steps_per_epoch) if w_epochs > 0 else 0
     check(name, "warmup_epochs", w_epochs, warmup < total, f"< max_epochs={max_epochs}")
-    factory = instantiate(raw, _partial_=True, _convert_="all")
+    factory = build_schedule_factory(raw)
     inner = factory(optimizer, total_steps=total - warmup, steps_per_epoch=steps_per_epoch)
     monitor = meta.get("monitor")
     if isinstance(inner, ReduceLROnPlateau):

@@ -20,8 +20,9 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
+from tunelab.config.groups import SCHEDULER_KNOBS
 from tunelab.config.rules import is_number
-from tunelab.config.schema import SCHEDULER_KNOBS, knob_problems
+from tunelab.config.schema import knob_problems
 from tunelab.optim import schedule_fns as fns
 from tunelab.optim.schedule_fns import epochs_to_steps
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from tunelab import build, startup
-from tunelab.config import validate
+from tunelab.config import targets, validate
 from tunelab.diagnostics import command as diagnostics
 from tunelab.optim.lr_schedule import build_schedule
 from tunelab.run import signals
@@ -59,14 +59,16 @@ class Setup:
     device: torch.device
     splits: Any
     model: torch.nn.Module
+    allow: frozenset[str]  # the targets this config may build
 
 
 def setup(cfg: DictConfig) -> Setup:
+    allow = targets.allowed(cfg)
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), cfg.trainer)
-    splits = build.build_data(cfg.data)
-    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes)
-    return Setup(device, splits, model)
+    splits = build.build_data(cfg.data, allow)
+    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
+    return Setup(device, splits, model, allow)
 
 
 def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
@@ -77,7 +79,8 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
         load_backbone(model, ft.init_checkpoint)
     model.to(device)
     data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
-    optimizer = build.build_optimizer(model, cfg.optimizer, float(ft.get("backbone_lr_mult", 1.0)))
+    lr_mult = float(ft.get("backbone_lr_mult", 1.0))
+    optimizer = build.build_optimizer(model, cfg.optimizer, lr_mult, s.allow)
     schedule = build_schedule(
         optimizer,
         cfg.scheduler,
@@ -97,7 +100,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
     )
     state = TrainState()
     with store.locked(), signals.signals_raise():
-        tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking)
+        tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking, s.allow)
         try:
             unfinished = store.unfinished_run_id()
             state, run_id = store.resume(cfg.trainer.resume, model, optimizer, schedule, generator)
@@ -122,6 +125,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
             )
             summary = finish_run(tracker, ctx, model, data, state, splits, store, autocast)
         except BaseException as exc:
+            exc.run_id = tracker.run_id  # which run (if any) records why it stopped
             end_failed(tracker, exc, state)
             if final_outcome(exc):
                 store.mark_done(final_outcome(exc))
@@ -142,13 +146,13 @@ def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -
     as one run tagged role=diagnose; a failed check raises DiagnosticFailed."""
     s = setup(cfg)
     model = s.model.to(s.device)
-    tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking)
+    tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking, s.allow)
     start_run(tracker, cfg, ctx.derive(tags={"role": "diagnose"}), s.splits, s.device, None)
     tracker.set_tags({"diagnose": str(cfg.diagnose.name)})
     with signals.signals_raise():
         try:
             metrics = diagnostics.run_check(
-                cfg, s.splits, model, build.optimizer_factory(cfg.optimizer), tracker
+                cfg, s.splits, model, build.optimizer_factory(cfg.optimizer, s.allow), tracker
             )
         except BaseException as exc:
             tracker.set_tags({"failure_reason": diagnostics.failure_reason(exc)})

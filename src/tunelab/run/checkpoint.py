@@ -111,6 +111,8 @@ def _integrity_problem(path: Path) -> str | None:
             magic = f.read(2)
         if magic == b"PK":
             return f"truncated or corrupted ({size} bytes, no zip central directory)"
+        if magic[:1] != b"\x80":
+            return "not a tunelab checkpoint (neither a torch zip archive nor a pickle)"
         return None  # legacy pickle format: the safe unpickler decides
     try:
         with zipfile.ZipFile(path) as z:

@@ -17,6 +17,7 @@ from tunelab.run.signals import Terminated
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
+FAILURE_TAGS = ("failure_reason", "failure_message")
 
 
 def close_unfinished(tracker: Tracker, run_id: str) -> None:
@@ -61,6 +62,7 @@ def start_run(
             moved = {"mlflow.parentRunId": parent} if parent else {}
             resumed = {"resumed": "true", "resumed_at_epoch": str(state.epoch)}
             tracker.set_tags({**ambient, **moved, **resumed})
+            tracker.delete_tags(list(FAILURE_TAGS))  # whatever stopped it is over
             relog_history(tracker, history)
             return
     tracker.start(run_name=name, tags=tags, parent_run_id=parent)

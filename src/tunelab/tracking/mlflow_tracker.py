@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.tracking.mlflow_writer import MlflowWriter
+from tunelab.tracking.policy import retry
 
 
 class MlflowTracker:
@@ -87,6 +88,9 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._later(self.writer.set_tags, dict(tags))
 
+    def delete_tags(self, keys: list[str]) -> None:
+        self._later(self.writer.delete_tags, list(keys))
+
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.flush()  # the file may be temporary: copy it now
         self.writer.log_artifact(self.run_id, local_path, artifact_path)
@@ -103,13 +107,25 @@ class MlflowTracker:
         self._later(self.writer.log_figure, fig, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
-        self._later(self.writer.log_dataset, name, digest, source, profile)
+        """The data as an MLflow dataset input, identified by its digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(profile),
+        )
+        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])
+        client = self.writer.client
+        self._later(lambda rid: retry(lambda: client.log_inputs(rid, datasets=[inp])))
 
     def log_model(self, model: Any, input_example: Any) -> None:
         """MLflow's PyTorch flavour (signature inferred from the input example)."""
         self.flush()
-        if not self.log_model_enabled:
-            return
+        if not self.log_model_enabled or self._has_model():
+            return  # logged before this run was interrupted and resumed
         import mlflow
         import mlflow.pytorch
 
@@ -118,6 +134,23 @@ class MlflowTracker:
             mlflow.pytorch.log_model(
                 model, name="model", input_example=input_example, serialization_format="pickle"
             )
+
+    def _has_model(self) -> bool:
+        """Whether the run has a complete logged model; incomplete ones (a process killed while
+        logging) are deleted, so the next log_model is the run's only model."""
+        client = self.writer.client
+        models = retry(
+            lambda: client.search_logged_models(
+                [self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'"
+            )
+        )
+        ready = False
+        for m in models:
+            if str(m.status).endswith("READY"):
+                ready = True
+            else:
+                retry(lambda m=m: client.delete_logged_model(m.model_id))
+        return ready
 
     def end(self, status: str) -> None:
         try:

@@ -28,8 +28,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunelab import ownership
 from tunelab.background import BackgroundWriter
-from tunelab.tracking.policy import MAX_METRICS, MAX_PARAMS, MAX_TAGS, chunks, clip, finite, retry
+from tunelab.ownership import file_lock
+from tunelab.tracking import owners
+from tunelab.tracking.policy import (
+    MAX_METRICS,
+    MAX_PARAMS,
+    MAX_TAGS,
+    chunks,
+    clip,
+    finite,
+    retry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +53,39 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def tag_filter(tags: dict[str, str]) -> str:
-    """An MLflow search filter matching every `tags` value exactly (any characters in values)."""
-
-    def literal(v: str) -> str:
-        return f'"{v}"' if "'" in v else f"'{v}'"
-
-    return " and ".join(f"tags.`{k}` = {literal(str(v))}" for k, v in tags.items())
-
-
 def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
     """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
     link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     return f"see the runs: mlflow ui --backend-store-uri {tracking_uri}  then open {link}"
 
 
+_swept: set[str] = set()  # stores whose dead runs this process has already closed
+
+
+def schema_lock(tracking_uri: str) -> Path | None:
+    """The lock file beside a SQLite store: its tables are created or migrated by one process at
+    a time (MLflow's migrations are not safe to run concurrently)."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix) :] + ".lock") if tracking_uri.startswith(prefix) else None
+
+
 class MlflowWriter:
     """One tracking store and experiment. Thread-safe (MlflowClient is); picklable (the client and
-    the queue are recreated on the other side, after pending writes are sent)."""
+    the queue are recreated on the other side, after pending writes are sent).
+
+    Opening a store the first time in a process also ends, as KILLED, every run there that a
+    process of this host left RUNNING when it died."""
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self.tracking_uri = absolute_uri(tracking_uri)
         self.experiment = experiment
         self._client: Any = None
         self._queue: BackgroundWriter | None = None
-        self.experiment_id = self._experiment_id(experiment)
+        with file_lock(schema_lock(self.tracking_uri)):
+            self.experiment_id = self._experiment_id(experiment)
+        if self.tracking_uri not in _swept:
+            _swept.add(self.tracking_uri)
+            owners.close_dead_runs(self)
 
     @property
     def client(self) -> Any:
@@ -107,7 +126,7 @@ class MlflowWriter:
             return exp.experiment_id
 
     def create_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
-        all_tags = {k: clip(v) for k, v in tags.items()}
+        all_tags = {k: clip(v) for k, v in tags.items()} | {owners.OWNER_TAG: ownership.me()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = retry(
@@ -122,8 +141,7 @@ class MlflowWriter:
         except Exception as exc:  # deleted, or from another store
             log.warning("cannot reopen MLflow run %s (%s)", run_id, str(exc).splitlines()[0])
             return False
-        if tags:
-            self.set_tags(run_id, tags)
+        self.set_tags(run_id, {**(tags or {}), owners.OWNER_TAG: ownership.me()})
         return True
 
     def keyed_run(
@@ -134,27 +152,8 @@ class MlflowWriter:
         parent_run_id: str | None = None,
         settle_s: float = 0.5,
     ) -> str:
-        """The one run carrying the `key` tags (reopened), created if there is none.
-
-        Processes that create it at about the same time each wait `settle_s` for the others'
-        runs to become visible, then all keep the same one (the earliest started, ties broken by
-        id) and delete their own if it is not that one."""
-        found = self._keyed(key)
-        if found:
-            self.reopen_run(found[0], tags)
-            return found[0]
-        mine = self.create_run(name, {**tags, **key}, parent_run_id)
-        time.sleep(settle_s)
-        found = self._keyed(key)
-        winner = found[0] if found else mine
-        if winner != mine:
-            retry(lambda: self.client.delete_run(mine))
-            self.reopen_run(winner, tags)
-        return winner
-
-    def _keyed(self, key: dict[str, str]) -> list[str]:
-        runs = self.search(tag_filter(key), ["attributes.start_time ASC", "attributes.run_id ASC"])
-        return [r.info.run_id for r in runs]
+        """The one run carrying the `key` tags, shared by every process that asks (see owners)."""
+        return owners.keyed_run(self, name, key, tags, parent_run_id, settle_s)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         retry(lambda: self.client.set_terminated(run_id, status=status))
@@ -174,16 +173,21 @@ class MlflowWriter:
         self.end_run(run_id, "KILLED")
         return True
 
-    def search(self, filter_string: str = "", order_by: list[str] | None = None) -> list[Any]:
-        """Every matching run of the experiment, page by page."""
+    def search(
+        self,
+        filter_string: str = "",
+        order_by: list[str] | None = None,
+        experiment_ids: list[str] | None = None,
+    ) -> list[Any]:
+        """Every matching run of the experiment (or of `experiment_ids`), page by page."""
         out, token = [], None
+        exps = experiment_ids or [self.experiment_id]
         while True:
             page = retry(
                 lambda t=token: self.client.search_runs(
-                    [self.experiment_id], filter_string, max_results=1000, order_by=order_by,
-                    page_token=t,
+                    exps, filter_string, max_results=1000, order_by=order_by, page_token=t
                 )
-            )  # fmt: skip
+            )
             out += list(page)
             token = page.token
             if not token:
@@ -201,13 +205,17 @@ class MlflowWriter:
         keep_existing: bool = False,
     ) -> None:
         """Metrics (finite ones) at `step`, params and tags, in as few batches as MLflow allows.
-        keep_existing: params the run already has with another value are left as they are."""
+        keep_existing: params the run already has with another value are left as they are, and
+        metrics whose latest value is already this one are not logged again."""
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        if params and keep_existing:
-            have = retry(lambda: self.client.get_run(run_id)).data.params
-            params = {k: v for k, v in params.items() if have.get(k, clip(v)) == clip(v)}
+        if keep_existing and (params or metrics):
+            data = retry(lambda: self.client.get_run(run_id)).data
+            params = {
+                k: v for k, v in (params or {}).items() if data.params.get(k, clip(v)) == clip(v)
+            }
+            metrics = {k: v for k, v in (metrics or {}).items() if data.metrics.get(k) != v}
         self.log_metric_list(
             run_id,
             [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if finite(v)],
@@ -220,6 +228,12 @@ class MlflowWriter:
     def log_metric_list(self, run_id: str, metrics: list[Any]) -> None:
         for chunk in chunks(metrics, MAX_METRICS):
             retry(lambda c=chunk: self.client.log_batch(run_id, metrics=c, synchronous=True))
+
+    def delete_tags(self, run_id: str, keys: list[str]) -> None:
+        """Remove tags a run no longer deserves (e.g. a failure reason once it has resumed)."""
+        have = retry(lambda: self.client.get_run(run_id)).data.tags
+        for key in (k for k in keys if k in have):
+            retry(lambda k=key: self.client.delete_tag(run_id, k))
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -241,21 +255,6 @@ class MlflowWriter:
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         retry(lambda: self.client.log_figure(run_id, figure, artifact_file))
-
-    def log_dataset(
-        self, run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]
-    ) -> None:
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        ds = Dataset(
-            name=name,
-            digest=digest[:36],
-            source_type="local",
-            source=json.dumps({"uri": source}),
-            profile=json.dumps(profile),
-        )
-        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])
-        retry(lambda: self.client.log_inputs(run_id, datasets=[inp]))
 
     def read_json(self, run_id: str, artifact_path: str) -> Any | None:
         """A JSON artifact of a run, or None when it has none."""

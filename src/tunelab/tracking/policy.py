@@ -1,5 +1,6 @@
 """What every MLflow write obeys, whoever makes it: one retry policy for the errors concurrent
-writers cause and a retry resolves, and MLflow's limits on values and batches."""
+writers cause and a retry resolves, MLflow's limits on values and batches, and tag filters that
+quote any value."""
 
 from __future__ import annotations
 
@@ -64,3 +65,12 @@ def finite(value: Any) -> bool:
 def chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def tag_filter(tags: dict[str, str]) -> str:
+    """An MLflow search filter matching every `tags` value exactly (any characters in values)."""
+
+    def literal(v: str) -> str:
+        return f'"{v}"' if "'" in v else f"'{v}'"
+
+    return " and ".join(f"tags.`{k}` = {literal(str(v))}" for k, v in tags.items())

@@ -105,52 +105,52 @@ class _Grid(optuna.samplers.GridSampler):
         return None
 
 
+def _qmc(seed: int | None, grid: Any, **kw: Any) -> BaseSampler:
+    kw.setdefault("qmc_type", "sobol")
+    kw.setdefault("scramble", True)
+    kw.setdefault("warn_asynchronous_seeding", False)
+    return optuna.samplers.QMCSampler(seed=seed, **kw)
+
+
+def _with_kwargs(cls: type) -> Any:
+    return lambda seed, grid, **kw: cls(seed=seed, **kw)
+
+
+SAMPLERS = {
+    "grid": lambda seed, grid, **kw: _Grid(grid or {}, seed=seed),
+    "random": lambda seed, grid, **kw: optuna.samplers.RandomSampler(seed=seed),
+    "qmc": _qmc,
+    "tpe": _with_kwargs(optuna.samplers.TPESampler),
+    "gp": _with_kwargs(optuna.samplers.GPSampler),
+    "cmaes": _with_kwargs(optuna.samplers.CmaEsSampler),
+    "nsgaii": _with_kwargs(optuna.samplers.NSGAIISampler),
+    "line": lambda seed, grid, **kw: GoldenSectionSampler(seed=seed),
+    "bruteforce": _with_kwargs(optuna.samplers.BruteForceSampler),
+}
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "wilcoxon": optuna.pruners.WilcoxonPruner,
+}
+
+
 def make_sampler(spec: dict[str, Any], seed: int | None, grid: dict[str, list] | None = None):
-    """Sampler by name: grid, random, qmc, tpe, gp, cmaes, nsgaii, line, bruteforce."""
+    """Sampler by name (SAMPLERS), with the spec's kwargs."""
+    name, kw = spec["name"], dict(spec.get("kwargs") or {})
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {sorted(SAMPLERS)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _make_sampler(spec, seed, grid)
-
-
-def _make_sampler(spec: dict[str, Any], seed: int | None, grid: dict[str, list] | None):
-    name, kw = spec["name"], dict(spec.get("kwargs") or {})
-    samplers = optuna.samplers
-    if name == "grid":
-        return _Grid(grid or {}, seed=seed)
-    if name == "random":
-        return samplers.RandomSampler(seed=seed)
-    if name == "qmc":
-        kw.setdefault("qmc_type", "sobol")
-        kw.setdefault("scramble", True)
-        kw.setdefault("warn_asynchronous_seeding", False)
-        return samplers.QMCSampler(seed=seed, **kw)
-    if name == "tpe":
-        return samplers.TPESampler(seed=seed, **kw)
-    if name == "gp":
-        return samplers.GPSampler(seed=seed, **kw)
-    if name == "cmaes":
-        return samplers.CmaEsSampler(seed=seed, **kw)
-    if name == "nsgaii":
-        return samplers.NSGAIISampler(seed=seed, **kw)
-    if name == "line":
-        return GoldenSectionSampler(seed=seed)
-    if name == "bruteforce":
-        return samplers.BruteForceSampler(seed=seed, **kw)
-    raise ValueError(f"unknown sampler '{name}' (grid, random, qmc, tpe, gp, cmaes, nsgaii, line)")
+        return SAMPLERS[name](seed, grid, **kw)
 
 
 def make_pruner(spec: dict[str, Any] | None) -> optuna.pruners.BasePruner:
-    """Pruner by name: none, median, percentile, successive_halving, hyperband, wilcoxon."""
+    """Pruner by name (PRUNERS), with the spec's kwargs."""
     spec = spec or {}
     name, kw = spec.get("name") or "none", dict(spec.get("kwargs") or {})
-    pruners = {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "wilcoxon": optuna.pruners.WilcoxonPruner,
-    }
-    if name not in pruners:
-        raise ValueError(f"unknown pruner '{name}' ({', '.join(pruners)})")
-    return pruners[name]() if name == "none" else pruners[name](**kw)
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}: choose one of {sorted(PRUNERS)}")
+    return PRUNERS[name]() if name == "none" else PRUNERS[name](**kw)

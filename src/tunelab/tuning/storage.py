@@ -6,10 +6,6 @@ opened here and kept by its caller."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -17,6 +13,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
+from tunelab import ownership
 from tunelab.tuning.samplers import make_pruner
 
 try:
@@ -25,8 +22,7 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None
 
 DEFAULT_JOURNAL = "optuna.journal"
-HOST = socket.gethostname()
-OWNER = "tunelab:owner"  # system attr: "<host>:<pid>" of the sweep process running a trial
+OWNER = "tunelab:owner"  # system attr: the owner stamp of the sweep process running a trial
 
 
 def default_storage(tracking_uri: str | None) -> str:
@@ -67,21 +63,6 @@ def make_storage(url: str) -> BaseStorage:
     return RDBStorage(url)
 
 
-@contextlib.contextmanager
-def file_lock(path: Path | None) -> Iterator[None]:
-    """Exclusive advisory lock (no-op for server storages, where Optuna's own transactions apply)."""
-    if path is None or fcntl is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def open_study(
     name: str, storage: BaseStorage, directions: list[str], pruner_spec: dict | None, url: str = ""
 ) -> optuna.Study:
@@ -115,22 +96,11 @@ def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
     return sum(1 for t in trials if not t.user_attrs.get("stale"))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_stale(storage: BaseStorage, study: optuna.Study, max_retries: int) -> list[int]:
     """Mark RUNNING trials whose sweep process on this host is gone FAIL(stale); re-enqueue them."""
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = str(t.system_attrs.get(OWNER, "")).rpartition(":")
-        if host != HOST or not pid.isdigit() or _pid_alive(int(pid)):
+        if not ownership.is_dead(str(t.system_attrs.get(OWNER, ""))):
             continue
         tid = trial_id(storage, study.study_name, t.number)
         storage.set_trial_user_attr(tid, "stale", True)
@@ -150,4 +120,4 @@ def fail_stale(storage: BaseStorage, study: optuna.Study, max_retries: int) -> l
 def claim(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> None:
     """Record which process runs the trial (for stale detection on restart)."""
     tid = trial_id(storage, study.study_name, trial.number)
-    storage.set_trial_system_attr(tid, OWNER, f"{HOST}:{os.getpid()}")
+    storage.set_trial_system_attr(tid, OWNER, ownership.me())

@@ -21,8 +21,10 @@ from omegaconf import DictConfig, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.config.space import Param, build_space, quote
+from tunelab.ownership import file_lock
 from tunelab.run.context import RunContext
-from tunelab.tracking.mlflow_writer import MlflowWriter, tag_filter
+from tunelab.tracking.mlflow_writer import MlflowWriter
+from tunelab.tracking.policy import tag_filter
 from tunelab.tuning import storage as studies
 from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import runner_for
@@ -77,7 +79,8 @@ class StudyRun:
         self.storage_url = studies.normalize_storage(
             conf.get("storage") or studies.default_storage(self.tracking_uri)
         )
-        self.storage = studies.make_storage(self.storage_url)
+        with file_lock(studies.lock_path(self.storage_url)):
+            self.storage = studies.make_storage(self.storage_url)
         self.spec.sweep_conf.update(storage=self.storage_url, experiment=self.experiment)
         self.root = Path(str(config.hydra.sweep.dir)).resolve()
         self.ctx = RunContext.from_env()

@@ -25,6 +25,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from tunelab.config.space import build_space, describe, grid_values, suggest
+from tunelab.ownership import file_lock
 from tunelab.reports import sweep as results
 from tunelab.run.context import RunContext, TrialRef
 from tunelab.tuning import pruning
@@ -100,8 +101,8 @@ class Sweep:
     # ---- study -----------------------------------------------------------------------------
     def open(self) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = studies.make_storage(self.storage_url)
-        with studies.file_lock(self.lock_file):
+        with file_lock(self.lock_file):  # the first process to arrive creates the storage's tables
+            self.storage = studies.make_storage(self.storage_url)
             self.study = studies.open_study(
                 self.study_name, self.storage, self.directions, self.conf.get("pruner"),
                 self.storage_url,
@@ -160,7 +161,7 @@ class Sweep:
 
     def _ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
         """Next trial within the study-wide budget (atomic across processes on a file storage)."""
-        with self.state.lock, studies.file_lock(self.lock_file):
+        with self.state.lock, file_lock(self.lock_file):
             if self.state.stop or (self.deadline and time.time() > self.deadline):
                 return None
             trials = self.study.get_trials(deepcopy=False)

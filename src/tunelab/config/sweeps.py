@@ -1,0 +1,127 @@
+"""The up-front check of a multirun: the sweeper's settings and every value a sweep will try,
+before the sweep directory, its MLflow run or its Optuna study exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.config import rules as r
+
+# The names tuning/samplers.py registers (a test keeps them equal).
+SAMPLER_NAMES = ("bruteforce", "cmaes", "gp", "grid", "line", "nsgaii", "qmc", "random", "tpe")
+PRUNER_NAMES = ("hyperband", "median", "none", "percentile", "successive_halving", "wilcoxon")
+STORAGE_SCHEMES = ("journal", "sqlite", "postgresql", "mysql")
+
+
+def storage(v: Any) -> str | None:
+    """null, `journal:PATH`, a file path (a journal), or an RDB URL Optuna can open."""
+    allowed = f"null, journal:PATH, a file path or a URL with a scheme in {list(STORAGE_SCHEMES)}"
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        return allowed
+    if "://" not in v:
+        return None  # journal:PATH or a plain path
+    scheme = v.split(":", 1)[0].split("+", 1)[0].lower()
+    return None if scheme in STORAGE_SCHEMES else allowed
+
+
+def seeds(v: Any) -> str | None:
+    ok = v is None or (isinstance(v, list) and v and all(r.INTEGER(s) is None for s in v))
+    return None if ok else "null or a non-empty list of integer seeds"
+
+
+def study_seeds(v: Any) -> str | None:
+    ok = r.POSITIVE_INT(v) is None or (seeds(v) is None and v is not None)
+    return None if ok else "a number of seeds >= 1 or a non-empty list of integer seeds"
+
+
+COMMON: dict[str, r.Check] = {
+    "n_jobs": r.POSITIVE_INT,
+    "timeout_s": r.OPTIONAL_POSITIVE,
+    "storage": storage,
+    "max_failure_rate": r.UNIT,
+    "max_retries": r.NON_NEGATIVE_INT,
+    "grid_points": r.number(2, integer=True),
+    "sampler.name": r.one_of(*SAMPLER_NAMES),
+    "pruner.name": r.one_of(*PRUNER_NAMES),
+}
+SWEEPER: dict[str, r.Check] = {**COMMON, "n_trials": r.POSITIVE_INT, "seeds": seeds}
+STUDY: dict[str, r.Check] = {
+    **COMMON,
+    "n_trials": r.NON_NEGATIVE_INT,  # 0: no nuisance search, each cell runs as configured
+    "seeds": study_seeds,
+    "search_seeds": seeds,
+    "edge_fraction": r.number(0, 0.5, hi_open=True),
+    "top_k_curves": r.NON_NEGATIVE_INT,
+    "bootstrap": r.POSITIVE_INT,
+    "alpha": r.OPEN_UNIT,
+}
+
+
+def sweeper_kind(cfg: DictConfig) -> str | None:
+    """ "sweeper", "study" or None (not a tunelab sweeper) from hydra.sweeper._target_."""
+    target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="") or "")
+    if not target.startswith("hydra_plugins.tunelab_sweeper."):
+        return None
+    return "study" if target.endswith("StudySweeper") else "sweeper"
+
+
+def sweeper_problems(cfg: DictConfig) -> list[str]:
+    kind = sweeper_kind(cfg)
+    if kind is None:
+        return []
+    table = STUDY if kind == "study" else SWEEPER
+    out = []
+    for key, check in table.items():
+        value = OmegaConf.select(cfg, f"hydra.sweeper.{key}", default=None)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if (allowed := check(value)) is not None:
+            out.append(f"hydra.sweeper.{key}={value!r} is invalid: expected {allowed}")
+    return out
+
+
+def sweep_values(cfg: DictConfig, arguments: list[str]) -> dict[str, list[Any]]:
+    """key -> the values (or interval ends) a sweep will give it: the command line's sweeps and
+    hydra.sweeper.params. Group choices (`optimizer=sgd,adam`) are left to Hydra, which composes
+    each option before the first job."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(arguments)
+    groups = set(OmegaConf.select(cfg, "hydra.runtime.choices", default={}) or {})
+    out: dict[str, list[Any]] = {}
+    for ov in OverridesParser.create().parse_overrides(lines):
+        if not ov.is_sweep_override() or ov.key_or_group in groups or ov.is_hydra_override():
+            continue
+        sweep = ov.value()
+        if isinstance(sweep, IntervalSweep):
+            out[ov.key_or_group] = [sweep.start, sweep.end]
+        elif isinstance(sweep, RangeSweep):
+            values = list(sweep.range())
+            out[ov.key_or_group] = values[:1] + values[-1:]
+        elif isinstance(sweep, ChoiceSweep):
+            out[ov.key_or_group] = list(sweep.list)
+    return out
+
+
+def validate_multirun(cfg: DictConfig) -> None:
+    """Raise ConfigError when the sweeper's settings, or any value a job of the sweep would take,
+    cannot work; the master config itself is checked by `validate`."""
+    from tunelab.config.schema import ConfigError, validate
+
+    problems = sweeper_problems(cfg)
+    arguments = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
+    for key, values in sweep_values(cfg, arguments).items():
+        for value in values:
+            job = cfg.copy()
+            OmegaConf.update(job, key, value, merge=False, force_add=True)
+            try:
+                validate(job, check_data=False)
+            except ConfigError as exc:
+                lines = str(exc).splitlines()[1:]
+                problems += [f"{line.strip()} (a value the sweep of {key} tries)" for line in lines]
+    if problems:
+        raise ConfigError("invalid sweep:\n  " + "\n  ".join(dict.fromkeys(problems)))

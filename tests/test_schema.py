@@ -1,0 +1,201 @@
+"""The up-front schema: its tables agree with conf/, the targets and the registries; and a fuzz
+generated from the config groups (a wrong type, an out-of-range value and an unknown sibling for
+every key) is refused through Hydra's own entry, naming the key, before anything exists."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import pytest
+from conftest import CONF
+from omegaconf import OmegaConf
+
+from tunelab.config import groups
+from tunelab.config import rules as r
+
+FILE_GROUPS = (
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "tracking",
+    "finetune",
+    "diagnose",
+)
+
+
+def option_files() -> list[tuple[str, Path]]:
+    return [(g, p) for g in FILE_GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+def settings(group: str, path: Path) -> dict:
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    return groups.settings_of(group, node) or {}
+
+
+@pytest.mark.parametrize(("group", "path"), option_files(), ids=lambda x: getattr(x, "stem", x))
+def test_every_yaml_key_has_a_rule_and_every_rule_a_yaml_key(group, path):
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    table = groups.settings_of(group, node)
+    assert table is not None, f"{group}/{path.name}: its target has no settings table"
+    keys = {k for k in node if k not in groups.BOOKKEEPING}
+    assert keys <= set(table), f"{group}/{path.name}: keys without a rule {keys - set(table)}"
+    # the table offers nothing the option's YAML does not show (monitor: plateau only, ...)
+    assert set(table) - {"name"} <= keys | {"early_stopping"}, set(table) - keys
+
+
+def test_targets_take_exactly_the_settings_of_their_tables():
+    import importlib
+
+    for group in ("data", "model", "scheduler"):
+        for target, table in groups.BY_TARGET[group].items():
+            module, name = target.rsplit(".", 1)
+            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+            given = {"model": {"input_shape", "num_classes"},  # supplied by the run
+                     "scheduler": {"optimizer", "total_steps", "steps_per_epoch"}}  # fmt: skip
+            accepted = set(params) - given.get(group, set())
+            meta = {"warmup_epochs", "warmup_start_factor", "monitor"}
+            assert set(table) - meta <= accepted, (target, set(table) - accepted)
+    for target, table in groups.OPTIMIZER.items():
+        import torch  # noqa: F401
+
+        module, name = target.rsplit(".", 1)
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        assert set(table) - {"exclude_bias_norm_from_decay"} <= set(params), target
+
+
+def test_choices_match_the_registries_and_the_loop():
+    from tunelab.models import layers
+
+    assert set(groups.ACTIVATIONS) == set(layers.ACTIVATIONS)
+    assert set(groups.NORMS) == set(layers.NORMS)
+    assert set(groups.INITS) == set(layers.INITS)
+    from conftest import EPOCH_METRICS
+
+    assert set(groups.EPOCH_METRICS) == set(EPOCH_METRICS)
+
+
+# ---- the fuzz ----------------------------------------------------------------------------------
+
+CANDIDATES = [-1, 0, 1.5, 1e12, -1e12, 0.5, 2, "nosuch"]
+WRONG_TYPE = {bool: "abc", int: "abc", float: "abc", str: 12345, list: "abc", type(None): "[1,2]"}
+
+
+def out_of_range(check: r.Check, default: object) -> object | None:
+    """A value of the key's kind that its rule refuses (None when every candidate passes)."""
+    kind = type(default)
+    pool = [c for c in CANDIDATES if isinstance(c, (int, float)) or kind is str]
+    if isinstance(default, list):
+        pool = [[-1], [], ["x"]]
+    if isinstance(default, bool):
+        return None
+    return next((c for c in pool if check(c) is not None), None)
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def fuzz_cases(group: str, local: dict[tuple[str, str], list[str]]) -> list[tuple[list[str], str]]:
+    """(overrides, key the refusal must name): a wrong type, an out-of-range value and an unknown
+    sibling for every key of the group's options (a key shared by options is tried once)."""
+    cases, seen = [], set()
+    for g, path in option_files():
+        if g != group:
+            continue
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        table = groups.settings_of(group, node) or {}
+        base = [] if group == "trainer" else [f"{group}={path.stem}"]
+        base += local.get((group, path.stem), [])
+        leaves = {k: v for k, v in node.items() if k not in groups.BOOKKEEPING}
+        if group == "trainer":
+            for k, v in leaves.pop("early_stopping").items():
+                key = f"trainer.early_stopping.{k}"
+                cases.append(([*base, f"{key}={fmt(WRONG_TYPE[type(v)])}"], key))
+        for k, v in leaves.items():
+            key = f"{group}.{k}"
+            if any(o.startswith(f"{key}=") for o in base):
+                continue
+            tries = [] if k in ("cache_dir", "init_checkpoint") else [WRONG_TYPE[type(v)]]
+            bad = out_of_range(table[k], v) if k in table and k != "cache_dir" else None
+            tries += [bad] if bad is not None else []
+            for value in tries:
+                if (key, fmt(value)) not in seen:
+                    seen.add((key, fmt(value)))
+                    cases.append(([*base, f"{key}={fmt(value)}"], key))
+        cases.append(([*base, f"+{group}.nosuch_key=1"], f"{group}.nosuch_key"))
+    return cases
+
+
+TOP_CASES = [
+    (["seed=-1"], "seed"), (["seed=abc"], "seed"), (["objective.metric=nosuch"], "objective.metric"),
+    (["objective.direction=up"], "objective.direction"), (["+nonsense.key=1"], "nonsense"),
+    ([f"experiment={'x' * 10_000}"], "experiment"), (["+objective.extra=1"], "objective.extra"),
+]  # fmt: skip
+
+
+def run_in_process(overrides: list[str]) -> str:
+    """`python src/train.py OVERRIDES` inside this process; the error text it exits with."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tunelab.cli import job
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), job_name="train", version_base="1.3"):
+        try:
+            GlobalHydra.instance().hydra.run(
+                config_name="train", task_function=job, overrides=overrides,
+                with_log_configuration=False,
+            )  # fmt: skip
+        except SystemExit as exc:
+            return str(exc.code)
+        except Exception as exc:  # Hydra's own refusals (e.g. an unknown group option)
+            return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def local_files(tmp_path_factory) -> dict[tuple[str, str], list[str]]:
+    """The paths the options that need one are given (valid ones: the fuzz breaks other keys)."""
+    import numpy as np
+    import torch
+
+    root = tmp_path_factory.mktemp("local")
+    np.savez(root / "a.npz", x_train=np.zeros((8, 3)), y_train=np.arange(8) % 2,
+             x_test=np.zeros((4, 3)), y_test=np.arange(4) % 2)  # fmt: skip
+    torch.save({"model": {}}, root / "init.pt")
+    (root / "cifar").mkdir()
+    init = [f"finetune.init_checkpoint={root / 'init.pt'}"]
+    return {
+        ("data", "npz"): [f"data.path={root / 'a.npz'}"],
+        ("data", "cifar10"): [f"data.path={root / 'cifar'}"],
+        ("finetune", "all_layers"): init,
+        ("finetune", "head_then_all"): init,
+    }
+
+
+FUZZ_COUNTS: dict[str, int] = {}
+
+
+@pytest.mark.parametrize("group", [*FILE_GROUPS, "top"])
+def test_the_fuzz_is_refused_cleanly(group, local_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = TOP_CASES if group == "top" else fuzz_cases(group, local_files)
+    unclear = []
+    for overrides, key in cases:
+        message = run_in_process(overrides)
+        if not message or key not in message:
+            unclear.append((overrides, message[:300]))
+    assert not unclear, f"{len(unclear)} of {len(cases)} not refused by key: {unclear[:5]}"
+    assert os.listdir(tmp_path) == []  # no outputs/, multirun/, lock, mlflow.db, journal
+
+
+def test_the_fuzz_has_at_least_a_hundred_cases(local_files):
+    n = len(TOP_CASES) + sum(len(fuzz_cases(g, local_files)) for g in FILE_GROUPS)
+    assert n >= 100, n
