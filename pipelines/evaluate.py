@@ -58,7 +58,15 @@ def main() -> None:
     fig = confusion_figure(result["confusion"])
     fig.savefig(out / "confusion_matrix.png", dpi=110)
     writer.log_artifact(run_id, out / "confusion_matrix.png")
+    lineage = {
+        "stage": "evaluate",
+        "mlflow_run": run_id,
+        "computed_from": [r["run_id"] for r in confirmed["runs"].values()],
+        "per_seed": {seed: r["run_id"] for seed, r in confirmed["runs"].items()},
+    }
+    write_json(lineage, out / "lineage.json")  # `tunelab trace results/eval/metrics.json`
     writer.log_artifact(run_id, out / "metrics.json")
+    writer.log_artifact(run_id, out / "lineage.json")
     writer.end_run(run_id, "FINISHED")
     print(
         f"test accuracy {metrics['test_acc_mean']:.4f} ± {metrics['test_acc_std']:.4f} over seeds "

@@ -47,7 +47,9 @@ def test_the_run_layer_imports_nothing_from_tuning_reports_or_tracking_internals
         bad = {
             d
             for d in deps
-            if d.startswith(("tunelab.tuning", "tunelab.reports", "tunelab.cli"))
+            if d.startswith(
+                ("tunelab.tuning", "tunelab.reports", "tunelab.cli", "tunelab.commands")
+            )
             or (d.startswith("tunelab.tracking") and d not in allowed_tracking)
         }
         assert not bad, f"{name} imports {sorted(bad)}"
@@ -57,8 +59,8 @@ def test_lower_layers_never_import_upper_ones():
     upper = {
         "tunelab.config": ("tunelab.run", "tunelab.tuning", "tunelab.reports", "tunelab.tracking"),
         "tunelab.tracking": ("tunelab.run", "tunelab.tuning", "tunelab.reports", "tunelab.cli"),
-        "tunelab.reports": ("tunelab.tuning", "tunelab.cli"),
-        "tunelab.tuning": ("tunelab.cli",),
+        "tunelab.reports": ("tunelab.tuning", "tunelab.cli", "tunelab.commands"),
+        "tunelab.tuning": ("tunelab.cli", "tunelab.commands"),
         "tunelab.diagnostics": ("tunelab.run", "tunelab.tuning", "tunelab.reports"),
         "tunelab.startup": ("tunelab.",),
     }

@@ -70,7 +70,8 @@ def _copy_repo(dest: Path) -> None:
 
 
 def _sh(*cmd: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """A command in the clone, with the clone's code (as its own install would give it)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(cwd / "src")}
     proc = subprocess.run(
         list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -128,6 +129,16 @@ def test_dvc_repro_end_to_end_on_a_fresh_clone(tmp_path):
     sha = _sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
     for r in by_stage["confirm"]:
         assert r.data.tags["data_digest"] == digest and r.data.tags["git_sha"] == sha
+    traced = _sh(sys.executable, "-m", "tunelab", "trace", "results/eval/metrics.json",
+                 "test_acc_mean", cwd=repo).stdout  # fmt: skip
+    confirm_ids = {r.info.run_id for r in by_stage["confirm"]}
+    assert (
+        traced.startswith("2 run(s)")
+        and {ln.split()[0] for ln in traced.splitlines()[3:]} == confirm_ids
+    )
+    one = _sh(sys.executable, "-m", "tunelab", "trace", "results/eval/metrics.json",
+              "test_acc_per_seed.1", cwd=repo).stdout  # fmt: skip
+    assert one.startswith("1 run(s)")
     assert "modified" not in _sh("dvc", "status", cwd=repo).stdout
     second = _sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in second.stdout

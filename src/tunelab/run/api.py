@@ -52,6 +52,10 @@ def run(
     return train(cfg, ctx, tracker)
 
 
+class DataChangedError(RuntimeError):
+    """The data is not the data the caller expects (a reproduction of an older run)."""
+
+
 @dataclass
 class Setup:
     """What every run builds first: device, seeded RNGs, data and model."""
@@ -62,17 +66,21 @@ class Setup:
     allow: frozenset[str]  # the targets this config may build
 
 
-def setup(cfg: DictConfig) -> Setup:
+def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
     allow = targets.allowed(cfg)
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), cfg.trainer)
     splits = build.build_data(cfg.data, allow)
+    if ctx.data_digest and splits.digest != ctx.data_digest:
+        raise DataChangedError(
+            f"data changed: expected digest {ctx.data_digest}, the data now has {splits.digest}"
+        )
     model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
     return Setup(device, splits, model, allow)
 
 
 def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
-    s = setup(cfg)
+    s = setup(cfg, ctx)
     model, splits, device = s.model, s.splits, s.device
     ft = cfg.get("finetune") or {}
     if ft.get("init_checkpoint"):
@@ -144,7 +152,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
 def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
     """One diagnostic (cfg.diagnose.name) on the configured data, model and optimizer, recorded
     as one run tagged role=diagnose; a failed check raises DiagnosticFailed."""
-    s = setup(cfg)
+    s = setup(cfg, ctx)
     model = s.model.to(s.device)
     tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking, s.allow)
     start_run(tracker, cfg, ctx.derive(tags={"role": "diagnose"}), s.splits, s.device, None)

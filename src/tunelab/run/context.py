@@ -32,12 +32,13 @@ class TrialRef:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Who asks for a run. Only parent_run_id, tags, log_model and trial cross processes."""
+    """Who asks for a run. All but overrides and reporter cross processes."""
 
     parent_run_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     log_model: bool | None = None  # None: the tracking config decides
     trial: TrialRef | None = None
+    data_digest: str | None = None  # the digest the data must have (a reproduction's check)
     overrides: tuple[str, ...] = ()  # the job's command-line overrides (Hydra's), for the record
     reporter: Reporter | None = field(default=None, compare=False)  # in-process only
 
@@ -55,6 +56,8 @@ class RunContext:
             data["tags"] = dict(self.tags)
         if self.log_model is not None:
             data["log_model"] = self.log_model
+        if self.data_digest:
+            data["data_digest"] = self.data_digest
         if self.trial is not None:
             data["trial"] = {
                 "context_path": self.trial.context_path,
@@ -90,6 +93,7 @@ class RunContext:
             parent_run_id=data.get("parent_run_id") or None,
             tags={str(k): str(v) for k, v in (data.get("tags") or {}).items()},
             log_model=data.get("log_model"),
+            data_digest=data.get("data_digest"),
             trial=TrialRef(str(trial["context_path"]), int(trial["number"]), bool(trial["report"]))
             if trial
             else None,

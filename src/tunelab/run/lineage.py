@@ -20,9 +20,14 @@ def _git(*args: str, cwd: str | Path | None = None) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+CODE = Path(__file__).resolve().parent  # the git state recorded is that of the code that runs
+
+
 @lru_cache(maxsize=4)
 def git_state(cwd: str | None = None) -> dict[str, str]:
-    """Commit SHA, dirty flag and the diff against HEAD (empty when clean or not a repo)."""
+    """Commit SHA, dirty flag and the diff against HEAD of the repository holding this code
+    (or `cwd`); empty when clean or not in a repository."""
+    cwd = cwd or str(CODE)
     sha = _git("rev-parse", "HEAD", cwd=cwd)
     if sha is None:
         return {"git_sha": "unknown", "git_dirty": "unknown", "diff": ""}
@@ -62,6 +67,7 @@ def lineage_tags(device: torch.device) -> dict[str, str]:
         "mlflow.source.git.commit": git["git_sha"],
         "hostname": socket.gethostname(),
         "device": str(device),
+        "threads": str(torch.get_num_threads()),
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",

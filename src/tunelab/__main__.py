@@ -1,0 +1,7 @@
+"""`python -m tunelab`: see tunelab/commands."""
+
+import sys
+
+from tunelab.commands import main
+
+sys.exit(main())

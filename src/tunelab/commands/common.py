@@ -1,0 +1,62 @@
+"""What the tunelab commands share: the store they read, the runs in it, errors for the user."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STORE = "sqlite:///mlflow.db"  # conf/tracking/mlflow.yaml
+
+
+class CommandError(RuntimeError):
+    """What a command cannot do, said for the user (exit status 2, no traceback)."""
+
+
+def store_uri(given: str | None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's default store; a SQLite store
+    must exist (a command never creates one)."""
+    from tunelab.tracking.mlflow_writer import absolute_uri
+
+    uri = absolute_uri(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise CommandError(f"no MLflow store at {uri} (pass --tracking-uri)")
+    return uri
+
+
+def client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def get_run(mlflow: Any, run_id: str, uri: str) -> Any:
+    try:
+        return mlflow.get_run(run_id)
+    except Exception:
+        raise CommandError(f"run {run_id} is not in {uri}") from None
+
+
+def artifact_text(mlflow: Any, run_id: str, path: str) -> str | None:
+    """A text artifact of a run, or None when it has none."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            return Path(mlflow.download_artifacts(run_id, path, d)).read_text()
+    except Exception:
+        return None
+
+
+def run_link(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    return f"{base}/runs/{run_id}" if run_id else f"{base}/runs?workflowType=machine_learning"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table (columns padded to their widest cell)."""
+    cells = [header, *rows]
+    widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,131 @@
+"""List the MLflow runs a number was computed from, or where a run came from.
+
+    tunelab trace results/eval/metrics.json test_acc_mean   a DVC metric: the runs behind it
+    tunelab trace multirun/2026-11-30/10-00-00              a sweep or a study directory
+    tunelab trace RUN_ID                                    a run: its stage, dvc.lock entry,
+                                                            sweep or study, parent and children
+
+Each run is listed with its seed, git commit, data digest and a link into the MLflow UI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.commands import common
+from tunelab.commands.common import CommandError
+
+HELP = "list the runs behind a metric, a sweep or a study, or where a run came from"
+LINEAGE = "lineage.json"  # written beside a stage's metrics: the runs they were computed from
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("target", help="a metrics file, a sweep or study directory, or a run id")
+    p.add_argument("key", nargs="?", help="a metric in the file (e.g. test_acc_per_seed.1)")
+    p.add_argument("--tracking-uri", help="the MLflow store (default: the project's)")
+
+
+def run(args: Any) -> int:
+    uri = common.store_uri(args.tracking_uri)
+    mlflow = common.client(uri)
+    path = Path(args.target)
+    if path.is_file():
+        ids = metric_runs(path, args.key)
+    elif path.is_dir():
+        ids = directory_runs(mlflow, path)
+    else:
+        return describe(mlflow, common.get_run(mlflow, args.target, uri))
+    runs = [common.get_run(mlflow, i, uri) for i in ids]
+    print(listing(runs))
+    return 0
+
+
+def metric_runs(path: Path, key: str | None) -> list[str]:
+    """The runs a DVC metrics file (or one key of it) was computed from, from the lineage its
+    stage wrote beside it."""
+    lineage_file = path.parent / LINEAGE
+    if not lineage_file.is_file():
+        raise CommandError(f"{path}: no {LINEAGE} beside it (not written by a tunelab stage)")
+    lineage = json.loads(lineage_file.read_text())
+    if key is not None:
+        metrics = json.loads(path.read_text())
+        node: Any = metrics
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise CommandError(f"{path} has no metric {key!r}")
+            node = node[part]
+        per_seed = lineage.get("per_seed", {})
+        seed = key.rsplit(".", 1)[-1]
+        if key.startswith("test_acc_per_seed.") and seed in per_seed:
+            return [per_seed[seed]]
+    return list(lineage["computed_from"])
+
+
+def directory_runs(mlflow: Any, path: Path) -> list[str]:
+    """The runs of a sweep (its trials' seed runs) or a study (its confirmation runs)."""
+    for summary in (path / "study" / "summary.json", path / "summary.json"):
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            break
+    else:
+        raise CommandError(f"{path}: no summary.json of a sweep or study there")
+    if "cells" in data:  # a playbook study
+        return [r for c in data["cells"] for r in (c.get("confirm_runs") or {}).values()]
+    runs = mlflow.search_runs(
+        search_all(mlflow), f"tags.sweep = '{data['study_name']}' and tags.role = 'seed'"
+    )
+    return [r.info.run_id for r in runs]
+
+
+def search_all(mlflow: Any) -> list[str]:
+    return [e.experiment_id for e in mlflow.search_experiments(max_results=50000)]
+
+
+def listing(runs: list[Any]) -> str:
+    rows = []
+    for r in runs:
+        t = r.data.tags
+        where = t.get("cell") or t.get("sweep") or t.get("dvc_stage") or ""
+        rows.append([
+            r.info.run_id, t.get("role", ""), where, t.get("seed", ""), t.get("git_sha", "")[:12],
+            t.get("data_digest", "")[:12], common.run_link(r.info.experiment_id, r.info.run_id),
+        ])  # fmt: skip
+    header = ["run", "role", "from", "seed", "git", "data", "link"]
+    return f"{len(runs)} run(s)\n" + common.table(rows, header)
+
+
+def describe(mlflow: Any, run: Any) -> int:
+    """Where one run came from, and what it holds."""
+    t = run.data.tags
+    print(listing([run]))
+    for label, key in (("sweep", "sweep"), ("trial", "trial"), ("study", "study"), ("cell", "cell"),
+                       ("reproduces", "reproduces")):  # fmt: skip
+        if t.get(key):
+            print(f"{label}: {t[key]}")
+    parent = t.get("mlflow.parentRunId")
+    if parent:
+        p = mlflow.get_run(parent)
+        print(f"parent: {parent} ({p.data.tags.get('role', '')} {p.info.run_name})")
+    stage = t.get("dvc_stage")
+    if stage:
+        print(f"DVC stage: {stage}" + (f" (experiment {t['dvc_exp']})" if t.get("dvc_exp") else ""))
+        entry = lock_entry(stage)
+        if entry:
+            print(f"  dvc.lock: {entry['cmd']}")
+            for dep in entry.get("deps", []):
+                print(f"    {dep.get('path')}  {dep.get('md5') or dep.get('hash', '')}")
+    children = mlflow.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+    if children:
+        print("children:\n" + listing(children))
+    return 0
+
+
+def lock_entry(stage: str, lock: Path = Path("dvc.lock")) -> dict | None:
+    if not lock.is_file():
+        return None
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage)
