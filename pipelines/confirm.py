@@ -4,6 +4,7 @@ python pipelines/confirm.py --params params.yaml --best results/tune/best_overri
 """
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tunelab.stages import (
     apply_overrides,
     load_params,
     read_overrides,
-    stage_context,
+    stage_run,
     use_prepared_data,
     write_json,
 )
@@ -31,16 +32,22 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs, histories = {}, {}
-    ctx = stage_context("confirm", role="confirm")
-    for seed in stages.confirm.seeds:
-        cfg.seed = int(seed)
-        result = run(cfg, ctx)
-        shutil.copyfile(result.checkpoint, out / f"seed_{seed}.pt")
-        histories[seed] = result.history
-        write_json(result.history, out / f"seed_{seed}_history.json")
-        runs[str(seed)] = {"run_id": result.run_id, **result.metrics}
-        m = result.metrics
-        print(f"seed {seed}: val/acc={m['val/acc']:.4f} test/acc={m['test/acc']:.4f}", flush=True)
+    tuned = json.loads(Path(args.best).with_name("summary.json").read_text())
+    best = tuned["best"][0]["number"] if tuned["best"] else None
+    tags = {"role": "confirm", "sweep": tuned["study_name"], "trial": str(best)}
+    with stage_run("confirm", args.params, **tags) as stage:
+        for seed in stages.confirm.seeds:
+            cfg.seed = int(seed)
+            # named and tagged by what it trains: the seed and the tuned values
+            result = run(cfg, stage.derive(overrides=(f"seed={seed}", *overrides)))
+            shutil.copyfile(result.checkpoint, out / f"seed_{seed}.pt")
+            histories[seed] = result.history
+            write_json(result.history, out / f"seed_{seed}_history.json")
+            runs[str(seed)] = {"run_id": result.run_id, **result.metrics}
+            m = result.metrics
+            print(
+                f"seed {seed}: val/acc={m['val/acc']:.4f} test/acc={m['test/acc']:.4f}", flush=True
+            )
     write_curves(histories, out / "curves.csv")
     write_json(
         {"overrides": overrides, "seeds": list(stages.confirm.seeds), "runs": runs},

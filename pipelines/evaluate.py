@@ -13,7 +13,7 @@ from tunelab.reports.evaluation import confusion_figure, evaluate_checkpoints, s
 from tunelab.stages import (
     apply_overrides,
     load_params,
-    stage_context,
+    stage_run,
     use_prepared_data,
     write_json,
 )
@@ -51,9 +51,17 @@ def main() -> None:
     _csv(out / "confusion.csv", ["seed", "actual", "predicted"], result["predictions"])
     _csv(out / "per_class.csv", ["class", "test_acc"], list(enumerate(result["per_class_acc"])))
     writer = MlflowWriter(cfg.tracking.tracking_uri, cfg.experiment)
-    ctx = stage_context("evaluate", role="evaluate", data_digest=result["data_digest"])
     confirm_runs = ",".join(r["run_id"] for r in confirmed["runs"].values())
-    run_id = writer.create_run("evaluate", {**ctx.tags, "confirm_runs": confirm_runs})
+    tags = {"role": "evaluate", "data_digest": result["data_digest"], "confirm_runs": confirm_runs}
+    with stage_run("evaluate", args.params, **tags) as ctx:
+        run_id = writer.create_run("evaluate", dict(ctx.tags), ctx.parent_run_id)
+        _record(writer, run_id, metrics, confirmed, out, result)
+    _summary(metrics)
+
+
+def _record(writer: MlflowWriter, run_id: str, metrics: dict, confirmed: dict, out: Path,
+            result: dict) -> None:  # fmt: skip
+    """The evaluate run's metrics, figure and lineage (what `tunelab trace` reads)."""
     writer.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
     fig = confusion_figure(result["confusion"])
     fig.savefig(out / "confusion_matrix.png", dpi=110)
@@ -68,9 +76,13 @@ def main() -> None:
     writer.log_artifact(run_id, out / "metrics.json")
     writer.log_artifact(run_id, out / "lineage.json")
     writer.end_run(run_id, "FINISHED")
+
+
+def _summary(metrics: dict) -> None:
+    seeds = ", ".join(metrics["test_acc_per_seed"])
     print(
-        f"test accuracy {metrics['test_acc_mean']:.4f} ± {metrics['test_acc_std']:.4f} over seeds "
-        f"{list(metrics['test_acc_per_seed'])}"
+        f"test accuracy {metrics['test_acc_mean']:.4f} ± {metrics['test_acc_std']:.4f} "
+        f"over seeds {seeds}"
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunelab.reports.pipeline import build_report
-from tunelab.stages import load_params, stage_context
+from tunelab.stages import load_params, stage_run
 from tunelab.tracking.mlflow_writer import MlflowWriter
 
 
@@ -44,10 +44,10 @@ def main() -> None:
     for w in warnings:
         print("warning:", w)
     writer = MlflowWriter(cfg.tracking.tracking_uri, cfg.experiment)
-    ctx = stage_context("report", role="report", edge_warnings=str(len(warnings)))
-    run_id = writer.create_run("report", dict(ctx.tags))
-    writer.log_artifacts(run_id, path.parent, "report")
-    writer.end_run(run_id, "FINISHED")
+    with stage_run("report", args.params, role="report", edge_warnings=str(len(warnings))) as ctx:
+        run_id = writer.create_run("report", dict(ctx.tags), ctx.parent_run_id)
+        writer.log_artifacts(run_id, path.parent, "report")
+        writer.end_run(run_id, "FINISHED")
     print(f"report: {path}")
 
 

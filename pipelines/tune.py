@@ -20,7 +20,7 @@ from tunelab.config.identity import config_key
 from tunelab.config.space import search_bounds
 from tunelab.stages import (
     load_params,
-    stage_context,
+    stage_run,
     sweep_params_of,
     use_prepared_data,
     write_json,
@@ -47,6 +47,7 @@ def main() -> None:
         "n_trials": int(tune.n_trials),
         "n_jobs": int(tune.n_jobs),
         "sampler": {"seed": int(tune.sampler_seed)},
+        "baseline": True,  # trial 0: the params' own values, so the report can show what tuning gained
     }
     if tune.params:
         sweeper["params"] = OmegaConf.to_container(tune.params)
@@ -79,7 +80,8 @@ def main() -> None:
         *launcher,
     ]
     print("running:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, **stage_context("tune").to_env()})
+    with stage_run("tune", args.params) as ctx:
+        subprocess.run(cmd, check=True, env={**os.environ, **ctx.to_env()})
     write_json(search_bounds(sweep_params_of(out)), out / "space.json")
 
 

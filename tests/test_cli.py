@@ -73,3 +73,48 @@ def test_multirun_puts_jobs_under_one_parent(tmp_path, launcher):
             f"select count(*) from metrics where key in ({','.join('?' * len(keys))})", keys
         ).fetchone()[0]
     assert n == 2 * 2 * len(keys)
+    # the multirun ends with its jobs side by side and the link, readable without the UI
+    table = proc.stdout[proc.stdout.index("job ") :]
+    assert "best val/acc" in table and "optimizer=sgd" in table and "optimizer=adam" in table
+    assert "runs?workflowType=machine_learning" in table
+    threads = {r.data.tags["threads"] for r in children}
+    import os
+
+    if launcher == "joblib":  # the two jobs share the cores instead of each taking all
+        assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
+
+
+def test_epochs_count_from_one_in_the_log_the_metrics_and_the_tags(tmp_path):
+    proc = run_cli(*FAST, "trainer.max_epochs=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert all(f"epoch {e}/3 " in log for e in (1, 2, 3)) and "epoch 0/" not in log
+    (r,) = _runs(tmp_path)
+    from mlflow import MlflowClient
+
+    history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(
+        r.info.run_id, "val/acc"
+    )
+    assert [m.step for m in history] == [1, 2, 3]
+    best = max(history, key=lambda m: (m.value, -m.step))
+    assert r.data.metrics["best_epoch"] == best.step  # the epoch the log calls it
+
+
+def test_help_describes_tunelab(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for needle in ("tunelab: systematic", "== Configuration groups ==", "optimizer: adadelta",
+                   "python src/train.py -m search=tpe", "tunelab reproduce"):  # fmt: skip
+        assert needle in proc.stdout, needle
+
+
+@pytest.mark.slow
+def test_sweeps_and_diagnostics_end_with_a_summary_and_the_link(tmp_path):
+    sweep = run_cli("-m", *FAST, "search=random", "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    out = sweep.stdout + sweep.stderr
+    assert "3 complete, 0 pruned, 0 failed" in out and "trial  val/acc" in out
+    assert "runs?workflowType=machine_learning" in sweep.stdout
+    diagnose = run_cli(*FAST, "diagnose=datacheck", cwd=tmp_path)
+    assert diagnose.returncode == 0, diagnose.stderr[-3000:]
+    assert "runs?workflowType=machine_learning" in diagnose.stdout

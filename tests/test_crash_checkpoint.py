@@ -41,7 +41,7 @@ def crashed_run(root: Path, *overrides: str) -> Path:
     cfg = compose_cfg(*ARGS, *overrides, f"trainer.checkpoint_dir={root}")
 
     def crash(epoch: int, value: float) -> None:
-        if epoch == 1:
+        if epoch == 2:
             raise Crash
 
     with pytest.raises(Crash):

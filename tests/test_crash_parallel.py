@@ -47,7 +47,7 @@ def test_four_parallel_jobs_on_the_default_sqlite_store(tmp_path):
             ).fetchall()
             assert all(n == 1 for _, _, n in rows), rows  # no row twice
             keys = {(k, s) for k, s, _ in rows}
-            assert {(k, e) for k in PER_EPOCH for e in range(EPOCHS)} <= keys
+            assert {(k, e) for k in PER_EPOCH for e in range(1, EPOCHS + 1)} <= keys
             assert {(k, EPOCHS) for k in AT_THE_END} <= keys
             per_class = {k for k, s, _ in rows if k.startswith("val/acc_class_")}
             assert len(rows) == len(PER_EPOCH) * EPOCHS + len(AT_THE_END) + len(per_class)

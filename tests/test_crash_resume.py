@@ -120,18 +120,18 @@ def test_a_resumed_run_never_logs_a_step_twice(workdir):
     uri = f"sqlite:///{workdir}/mlflow.db"
     first = MlflowTracker(uri, "tunelab", log_model=False)
     run_id = first.start("r", tags={})
-    first.log_metrics({"train/loss": 1.0}, step=0)
-    first.log_metrics({"train/loss": 0.5, "val/acc": 0.7}, step=1)  # killed before checkpoint 1
+    first.log_metrics({"train/loss": 1.0}, step=1)
+    first.log_metrics({"train/loss": 0.5, "val/acc": 0.7}, step=2)  # killed before checkpoint 2
     first.flush()  # what the killed process had committed is in the store before the restart
     again = MlflowTracker(uri, "tunelab", log_model=False)
     again.start("r", tags={}, run_id=run_id)
-    relog_history(again, {"train/loss": [1.0], "val/acc": [0.6]})  # checkpoint 0 had val/acc
-    again.log_metrics({"train/loss": 0.5, "val/acc": 0.7}, step=1)  # the replayed epoch
-    again.log_metrics({"train/loss": 0.25, "val/acc": 0.8}, step=2)
+    relog_history(again, {"train/loss": [1.0], "val/acc": [0.6]})  # checkpoint 1 had val/acc
+    again.log_metrics({"train/loss": 0.5, "val/acc": 0.7}, step=2)  # the replayed epoch
+    again.log_metrics({"train/loss": 0.25, "val/acc": 0.8}, step=3)
     again.end("FINISHED")
     assert metric_history(workdir, run_id) == {
-        "train/loss": [(0, 1.0), (1, 0.5), (2, 0.25)],
-        "val/acc": [(0, 0.6), (1, 0.7), (2, 0.8)],
+        "train/loss": [(1, 1.0), (2, 0.5), (3, 0.25)],
+        "val/acc": [(1, 0.6), (2, 0.7), (3, 0.8)],
     }
 
 

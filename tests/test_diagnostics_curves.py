@@ -52,7 +52,7 @@ def test_diverged_on_non_finite_loss(bad):
     h["train/loss"][7] = bad
     findings = diagnose_curves(h)
     assert [f.code for f in findings] == ["diverged"]
-    assert findings[0].since_epoch == 7
+    assert findings[0].since_epoch == 8  # history index 7 is epoch 8: epochs count from 1
 
 
 def test_diverged_on_exploding_loss():
@@ -60,8 +60,11 @@ def test_diverged_on_exploding_loss():
     h["train/loss"] = h["train/loss"][:20] + [3.0, 9.0, 40.0]
     h = {k: v[:23] for k, v in h.items()}
     f = diagnose_curves(h)[0]
-    assert (f.code, f.since_epoch) == ("diverged", 20)
+    assert (f.code, f.since_epoch) == ("diverged", 21)
     assert "momentum" in f.recommendation
+    for name in ("adam", "adamw", "nadam", "radam", "rmsprop"):
+        adaptive = diagnose_curves(h, optimizer=name)[0]
+        assert "momentum" not in adaptive.recommendation and "lr" in adaptive.recommendation
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -76,7 +79,7 @@ def test_overfitting_since_epoch(seed):
     h["train/acc"] = list(1.0 - 0.9 * np.exp(-t / 6))
     findings = diagnose_curves(h)
     assert findings[0].code == "overfitting"
-    assert 11 <= findings[0].since_epoch <= 19
+    assert 12 <= findings[0].since_epoch <= 20
     tags = findings_to_tags(findings)
     assert tags["diagnosis"].startswith("overfitting")
     assert tags["diagnosis.overfitting.since_epoch"] == str(findings[0].since_epoch)
@@ -126,7 +129,7 @@ def test_plateaued_with_lr_still_high():
     h["train/loss"] = noisy(0.7 + 1.5 * np.exp(-flat / 4), 0.005, 4)
     findings = diagnose_curves(h)
     assert [f.code for f in findings] == ["plateaued"]
-    assert 8 <= findings[0].since_epoch <= 16
+    assert 9 <= findings[0].since_epoch <= 17
     assert "ReduceLROnPlateau" in findings[0].recommendation
 
 

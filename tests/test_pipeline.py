@@ -129,6 +129,21 @@ def test_dvc_repro_end_to_end_on_a_fresh_clone(tmp_path):
     sha = _sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
     for r in by_stage["confirm"]:
         assert r.data.tags["data_digest"] == digest and r.data.tags["git_sha"] == sha
+        # named by what it trained, under the pipeline's run with every other stage's runs
+        assert r.info.run_name.startswith(f"seed={r.data.tags['seed']},optimizer.")
+        assert r.data.tags["overrides"] != "(none)" and r.data.tags["sweep"].startswith("pipeline-")
+    (pipeline,) = (
+        by_stage[None]
+        if None in by_stage
+        else [r for r in runs if r.data.tags.get("role") == "pipeline"]
+    )
+    assert pipeline.data.tags["role"] == "pipeline" and pipeline.info.status == "FINISHED"
+    tops = [
+        r for r in runs if r.data.tags.get("role") in ("sweep", "confirm", "evaluate", "report")
+    ]
+    assert {r.data.tags["mlflow.parentRunId"] for r in tops} == {pipeline.info.run_id}
+    report = (repo / "results/report/report.md").read_text()
+    assert "The untuned configuration (trial 0" in report  # what tuning gained, not just the best
     traced = _sh(sys.executable, "-m", "tunelab", "trace", "results/eval/metrics.json",
                  "test_acc_mean", cwd=repo).stdout  # fmt: skip
     confirm_ids = {r.info.run_id for r in by_stage["confirm"]}

@@ -61,10 +61,11 @@ def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
     from tunelab import build
 
     mlflow.set_tracking_uri(f"sqlite:///{in_tmp}/mlflow.db")
-    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
+    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")  # a pt2 graph: no pickle
+    assert r.data.tags["model_format"] == "pt2"
     splits = build.build_data(cfg.data)
     with torch.no_grad():
-        acc = (model.eval()(splits.x_val).argmax(1) == splits.y_val).float().mean().item()
+        acc = (model(splits.x_val).argmax(1) == splits.y_val).float().mean().item()
     assert acc == pytest.approx(summary["val/acc"], abs=1e-6)
 
 
@@ -116,13 +117,13 @@ def test_reporter_sees_every_epoch_and_can_stop_the_run(in_tmp):
 
     def reporter(epoch, value):
         seen.append((epoch, value))
-        if epoch == 1:
+        if epoch == 2:
             raise Stop
 
     with pytest.raises(Stop):
         cfg = compose_cfg(*FAST, "trainer.max_epochs=4")
         run(cfg, RunContext(reporter=reporter), tracker=NullTracker())
-    assert [e for e, _ in seen] == [0, 1]
+    assert [e for e, _ in seen] == [1, 2]  # epochs count from 1
     assert all(0.0 <= v <= 1.0 for _, v in seen)
     assert np.isfinite([v for _, v in seen]).all()
 

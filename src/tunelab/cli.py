@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import ConfigError, validate
 from tunelab.config.sweeps import sweeper_kind, validate_multirun
@@ -46,8 +47,20 @@ def job(cfg: DictConfig) -> RunResult:
         raise SystemExit(128 + sig) from None
     if output_dir:
         Path(output_dir, "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    log.info("result: " + "  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    log.info("result: %s", summary_line(result))
     return result
+
+
+def summary_line(result: RunResult) -> str:
+    """The run's outcome in words: the selected epoch and its scores, or a diagnostic's metrics."""
+    m = result.metrics
+    if "best_epoch" not in m:
+        return "  ".join(f"{k}={v:.4g}" for k, v in m.items())
+    return (
+        f"{result.objective} {result.value:.4f} at epoch {int(m['best_epoch'])} of "
+        f"{int(m['epochs_run'])} (selected), test/acc {m['test/acc']:.4f}, "
+        f"{m['perf/epoch_s']:.2f} s per epoch"
+    )
 
 
 def _hydra_job() -> tuple[list[str], str | None]:
@@ -70,8 +83,23 @@ def _validate_or_exit(config: DictConfig, multirun: bool = False) -> None:
         raise SystemExit(f"error: invalid configuration: {exc}") from None
 
 
+def parallel_threads(config: DictConfig) -> int | None:
+    """Torch threads per job when jobs run side by side: the cores divided between them (unless
+    trainer.num_threads says otherwise). Without this each job takes every core's threads and
+    several on one machine slow each other down many times over."""
+    if OmegaConf.select(config, "trainer.num_threads", default=None):
+        return None
+    jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=1) or 1
+    if sweeper_kind(config):
+        jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=1) or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = cores if int(jobs) < 0 else int(jobs)  # joblib: -1 means one per core
+    return max(1, (cores or 1) // jobs) if jobs > 1 else None
+
+
 class TunelabCallback(Callback):
-    """on_run_start runs before the job's output directory exists, so bad input leaves no trace."""
+    """on_run_start runs before the job's output directory exists, so bad input leaves no trace;
+    a multirun ends with its jobs (or its best trials) side by side and the link to its runs."""
 
     def __init__(self) -> None:
         self.writer: Any = None
@@ -84,7 +112,7 @@ class TunelabCallback(Callback):
 
     def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         completed = job_return is not None and job_return.status == JobStatus.COMPLETED
-        if completed and config.tracking.get("tracking_uri") and not config.get("diagnose"):
+        if completed and config.tracking.get("tracking_uri"):
             from tunelab.tracking.mlflow_writer import MlflowWriter, runs_link
 
             writer = MlflowWriter(config.tracking.tracking_uri, config.tracking.experiment)
@@ -94,17 +122,19 @@ class TunelabCallback(Callback):
         _validate_or_exit(config, multirun=True)
         uri = config.tracking.get("tracking_uri")
         ctx = RunContext.from_env()
-        if not uri or sweeper_kind(config) or ctx.parent_run_id:
-            return
-        from tunelab.tracking.mlflow_writer import MlflowWriter
+        if threads := parallel_threads(config):
+            ctx = ctx.derive(threads=threads)
+        if uri and not sweeper_kind(config) and not ctx.parent_run_id:
+            from tunelab.tracking.mlflow_writer import MlflowWriter
 
-        self.writer = MlflowWriter(uri, config.tracking.experiment)
-        overrides = " ".join(config.hydra.overrides.task)
-        self.parent_id = self.writer.create_run(
-            f"multirun: {overrides}",
-            {**ctx.tags, "role": "multirun", "overrides": overrides},
-        )
-        self.restore_env = ctx.derive(parent_run_id=self.parent_id).export()
+            self.writer = MlflowWriter(uri, config.tracking.experiment)
+            overrides = " ".join(config.hydra.overrides.task)
+            self.parent_id = self.writer.create_run(
+                f"multirun: {overrides}",
+                {**ctx.tags, "role": "multirun", "overrides": overrides},
+            )
+            ctx = ctx.derive(parent_run_id=self.parent_id)
+        self.restore_env = ctx.export()
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         """A failed job fails its multirun's parent run (Hydra raises before on_multirun_end)."""
@@ -116,10 +146,24 @@ class TunelabCallback(Callback):
             self.writer.end_run(self.parent_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent_id is None or self.failed:
+        if self.restore_env is not None:
+            self.restore_env()
+        uri = config.tracking.get("tracking_uri")
+        if not uri or self.failed:
             return
-        from tunelab.tracking.mlflow_writer import runs_link
+        from tunelab.tracking.mlflow_writer import MlflowWriter, runs_link
 
-        self.writer.end_run(self.parent_id, "FINISHED")
-        self.restore_env()
-        print(runs_link(config.tracking.tracking_uri, self.writer.experiment_id))
+        if self.parent_id is not None:
+            from tunelab.reports.runs_table import jobs_table
+
+            self.writer.end_run(self.parent_id, "FINISHED")
+            jobs = self.writer.search(f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
+            print(jobs_table(jobs, config.objective.metric, config.objective.direction))
+            writer = self.writer
+        else:  # a tunelab sweep or study: its own experiment; it printed its best trials
+            from tunelab.tuning.settings import tracking_target
+
+            sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+            uri, experiment = tracking_target(sweeper, config)
+            writer = MlflowWriter(uri, experiment)
+        print(runs_link(uri, writer.experiment_id))

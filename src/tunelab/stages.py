@@ -1,15 +1,19 @@
-"""Helpers shared by the DVC stage scripts in pipelines/: params, lineage tags, best overrides."""
+"""Helpers shared by the DVC stage scripts in pipelines/: params, the pipeline's MLflow run and
+its stages' context, best overrides."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.config.identity import digest
 from tunelab.run.context import RunContext
 
 PIPELINE_KEY = "pipeline"
@@ -37,14 +41,40 @@ def use_prepared_data(cfg: DictConfig, prepared_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def stage_context(stage: str, **tags: str) -> RunContext:
-    """The context of a stage's runs: the enclosing one (if any) plus tags tying them to the DVC
-    stage and, under `dvc exp run`, to the experiment."""
-    extra = {"dvc_stage": stage, **tags}
-    for env, tag in (("DVC_EXP_NAME", "dvc_exp"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline")):
-        if os.environ.get(env):
-            extra[tag] = os.environ[env]
-    return RunContext.from_env().derive(tags=extra)
+def _dvc_tags() -> dict[str, str]:
+    """Tags tying a run, under `dvc exp run`, to the experiment."""
+    names = (("DVC_EXP_NAME", "dvc_exp"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline"))
+    return {tag: os.environ[env] for env, tag in names if os.environ.get(env)}
+
+
+@contextmanager
+def stage_run(stage: str, params: str | Path, **tags: str) -> Iterator[RunContext]:
+    """The context of a stage's runs: nested under the pipeline's MLflow run (one per params file
+    content, so the stages of one `dvc repro` share it), tagged with the stage and any DVC
+    experiment. The pipeline run is RUNNING while a stage works and ends with it."""
+    cfg, _ = load_params(params)
+    ctx = RunContext.from_env()
+    extra = {"dvc_stage": stage, **_dvc_tags(), **tags}
+    uri = OmegaConf.select(cfg, "tracking.tracking_uri", default=None)
+    if not uri:
+        yield ctx.derive(tags=extra)
+        return
+    from tunelab.tracking.mlflow_writer import MlflowWriter
+
+    writer = MlflowWriter(uri, str(cfg.experiment))
+    key = digest(OmegaConf.to_container(OmegaConf.load(params), resolve=True))
+    pipeline = writer.keyed_run(
+        f"pipeline {key[:8]}", {"run_key": f"pipeline:{key}"},
+        {"role": "pipeline", **_dvc_tags(), "params_digest": key}, ctx.parent_run_id,
+    )  # fmt: skip
+    try:
+        yield ctx.derive(parent_run_id=pipeline, tags=extra)
+    except BaseException:
+        writer.set_tags(pipeline, {"failure_reason": f"stage {stage} failed"})
+        writer.end_run(pipeline, "FAILED")
+        raise
+    writer.delete_tags(pipeline, ["failure_reason"])
+    writer.end_run(pipeline, "FINISHED")
 
 
 def read_overrides(path: str | Path) -> list[str]:

@@ -192,3 +192,12 @@ def search_bounds(params: dict[str, str]) -> dict[str, dict[str, Any]]:
     """bounds() of a `hydra.sweeper.params` mapping (key -> sweep expression)."""
     space, _ = build_space(params, [])
     return bounds(space)
+
+
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether a distribution can propose `value` (a config's own value, say)."""
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return dist.low <= value <= dist.high

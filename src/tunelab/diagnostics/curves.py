@@ -1,12 +1,12 @@
 """Diagnosis of a finished run from its per-epoch history: what went wrong and what to try next.
 
-Epoch numbers are 0-based history indices, like the training loop's `epoch` and MLflow `step`.
+Epochs are numbered from 1, as in the training log and the MLflow steps (history index + 1).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,6 +23,20 @@ RECOMMENDATIONS = {
     "still_improving": "validation is still improving: train longer (more epochs)",
 }
 SEVERITY = list(RECOMMENDATIONS)  # most severe first
+# Adaptive optimizers (Adam and its kin) have no momentum knob to raise: their advice differs.
+ADAPTIVE = ("adam", "adamw", "nadam", "radam", "adamax", "adagrad", "adadelta", "rmsprop")
+ADAPTIVE_RECOMMENDATIONS = {
+    "diverged": "lower the lr or add warm-up (adaptive optimizers spike early); clip gradients",
+    "unstable_val": "lower the lr or decay it (cosine or ReduceLROnPlateau); a larger batch "
+    "also steadies the updates",
+}
+
+
+def recommendation(code: str, optimizer: str | None = None) -> str:
+    """What to try next for a finding, in terms of the optimizer the run used."""
+    if optimizer in ADAPTIVE and code in ADAPTIVE_RECOMMENDATIONS:
+        return ADAPTIVE_RECOMMENDATIONS[code]
+    return RECOMMENDATIONS[code]
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,7 @@ class Finding:
 def diagnose_curves(
     history: dict[str, list[float]],
     *,
+    optimizer: str | None = None,
     window: int | None = None,
     explode_factor: float = 3.0,
     overfit_rise: float = 0.05,
@@ -58,7 +73,7 @@ def diagnose_curves(
     w = window or max(3, min(10, n // 6))
     diverged = _diverged(train_loss, val_loss, explode_factor)
     if diverged:
-        return [diverged]
+        return [replace(diverged, recommendation=recommendation("diverged", optimizer))]
     train_acc, val_acc = _series(history, "train/acc"), _series(history, "val/acc")
     lr = _series(history, "opt/lr")
     checks = [
@@ -68,7 +83,8 @@ def diagnose_curves(
         _plateaued(val_loss, val_acc, lr, patience, min_improvement, lr_floor_ratio),
         _still_improving(val_loss, val_acc, max(4, min(10, n // 4)), improving_tol),
     ]
-    return sorted((f for f in checks if f), key=lambda f: SEVERITY.index(f.code))
+    found = sorted((f for f in checks if f), key=lambda f: SEVERITY.index(f.code))
+    return [replace(f, recommendation=recommendation(f.code, optimizer)) for f in found]
 
 
 def findings_to_tags(findings: list[Finding]) -> dict[str, str]:
@@ -85,7 +101,8 @@ def findings_to_tags(findings: list[Finding]) -> dict[str, str]:
 
 
 def _finding(code: str, since: int | None, message: str) -> Finding:
-    return Finding(code, since, message, RECOMMENDATIONS[code])
+    """`since`: a history index (the epoch number is one more)."""
+    return Finding(code, None if since is None else since + 1, message, RECOMMENDATIONS[code])
 
 
 def _series(history: dict[str, list[float]], key: str) -> np.ndarray:
@@ -119,7 +136,9 @@ def _diverged(train_loss: np.ndarray, val_loss: np.ndarray, factor: float) -> Fi
     for name, s in (("train/loss", train_loss), ("val/loss", val_loss)):
         bad = np.flatnonzero(~np.isfinite(s))
         if bad.size:
-            return _finding("diverged", int(bad[0]), f"{name} became non-finite at epoch {bad[0]}")
+            return _finding(
+                "diverged", int(bad[0]), f"{name} became non-finite at epoch {bad[0] + 1}"
+            )
     if len(train_loss) >= 2:
         running_min = np.minimum.accumulate(train_loss)
         exploding = (train_loss > factor * running_min) & (train_loss > train_loss[0])
@@ -129,7 +148,8 @@ def _diverged(train_loss: np.ndarray, val_loss: np.ndarray, factor: float) -> Fi
             return _finding(
                 "diverged",
                 k,
-                f"train/loss exploded to {train_loss[k]:.3g} at epoch {k} (best so far {running_min[k]:.3g})",
+                f"train/loss exploded to {train_loss[k]:.3g} at epoch {k + 1} "
+                f"(best so far {running_min[k]:.3g})",
             )
     return None
 
@@ -154,7 +174,7 @@ def _overfitting(
     return _finding(
         "overfitting",
         since,
-        f"val/loss rose from {va[k]:.3g} to {va[-1]:.3g} since epoch {since} "
+        f"val/loss rose from {va[k]:.3g} to {va[-1]:.3g} since epoch {since + 1} "
         f"while train/loss fell to {tr[-1]:.3g}",
     )
 
@@ -174,7 +194,8 @@ def _underfitting(
             return _finding(
                 "underfitting",
                 None,
-                f"train/acc {tr:.3f} is far below 1 and close to val/acc {va:.3f}",
+                f"over the last {min(w, len(train_acc))} epochs train/acc averages {tr:.3f}, far "
+                f"below 1 and close to val/acc's {va:.3f}",
             )
         return None
     if len(train_loss) >= 2 * w and np.mean(train_loss[-w:]) > 0.5 * train_loss[0]:

@@ -89,7 +89,7 @@ def build_report(
     lines += [
         "## Result",
         "",
-        f"Test accuracy over seeds {list(metrics['test_acc_per_seed'])}: "
+        f"Test accuracy over seeds {', '.join(metrics['test_acc_per_seed'])}: "
         f"**{metrics['test_acc_mean']:.4f} ± {metrics['test_acc_std']:.4f}** "
         f"(min {metrics['test_acc_min']:.4f}, max {metrics['test_acc_max']:.4f}). "
         "The test split was not used for any choice.",
@@ -109,6 +109,7 @@ def build_report(
             "python src/train.py " + " ".join(confirm["overrides"]),
             "```",
             "",
+            *_best_caveats(trials, best, objective),
         ]
     warnings = []
     if best is not None and len(trials):
@@ -140,14 +141,41 @@ def build_report(
             close(fig)
             plots += [f"![{param}]({name})", ""]
         lines += ["", *plots]
-    lines += _figure_section(out, figures_dir, confusion_png)
+    n_complete = int((trials["state"] == "COMPLETE").sum()) if len(trials) else 0
+    lines += _figure_section(out, figures_dir, confusion_png, n_complete)
     lines += _curves_section(out, histories)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path, warnings
 
 
-def _figure_section(out: Path, figures_dir: Path | None, confusion_png: Path | None) -> list[str]:
+def _best_caveats(trials: pd.DataFrame, best: dict, objective: str) -> list[str]:
+    """What the best trial's value does not say: a tie, and how it compares with the untuned
+    baseline trial (the config's own values), when the study ran one."""
+    done = trials[trials["state"] == "COMPLETE"]
+    value = next(iter(best["values"].values()))
+    out = []
+    ties = done[done["value"] == value]
+    if len(ties) > 1:
+        numbers = ", ".join(str(n) for n in ties["number"])
+        out.append(
+            f"Trials {numbers} tie for the best {objective} ({value:.4f}); on a finite validation "
+            "split a tie is common, and the first of them was confirmed."
+        )
+    flags = trials.get("user_attrs_baseline")
+    baseline = trials[flags.astype(str) == "True"] if flags is not None else trials.iloc[0:0]
+    if len(baseline) and baseline.iloc[0]["state"] == "COMPLETE":
+        b = float(baseline.iloc[0]["value"])
+        out.append(
+            f"The untuned configuration (trial {int(baseline.iloc[0]['number'])}, the config's own "
+            f"values) reached {objective} = {b:.4f}: tuning changed it by {value - b:+.4f}."
+        )
+    return [*(f"- {line}" for line in out), ""] if out else []
+
+
+def _figure_section(
+    out: Path, figures_dir: Path | None, confusion_png: Path | None, n_complete: int = 0
+) -> list[str]:
     lines = []
     for name, title in (
         ("history.png", "Optimisation history"),
@@ -158,6 +186,12 @@ def _figure_section(out: Path, figures_dir: Path | None, confusion_png: Path | N
         if src is not None and src.exists():
             shutil.copyfile(src, out / name)
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
+            if name == "importances.png" and n_complete < 10:
+                lines += [
+                    f"⚠ Importances from {n_complete} complete trials: with fewer than about 10 "
+                    "their ranking is mostly noise.",
+                    "",
+                ]
     if confusion_png is not None and confusion_png.exists():
         shutil.copyfile(confusion_png, out / "confusion_matrix.png")
         lines += [
@@ -174,9 +208,10 @@ def _curves_section(out: Path, histories: dict[str, dict]) -> list[str]:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for seed, h in histories.items():
-        axes[0].plot(h["train/loss"], label=f"train seed {seed}", alpha=0.8)
-        axes[0].plot(h["val/loss"], ls="--", label=f"val seed {seed}", alpha=0.8)
-        axes[1].plot(h["val/acc"], label=f"seed {seed}")
+        epochs = range(1, len(h["val/acc"]) + 1)  # epochs count from 1, as in the log and MLflow
+        axes[0].plot(epochs, h["train/loss"], label=f"train seed {seed}", alpha=0.8)
+        axes[0].plot(epochs, h["val/loss"], ls="--", label=f"val seed {seed}", alpha=0.8)
+        axes[1].plot(epochs, h["val/acc"], label=f"seed {seed}")
     axes[0].set_title("loss")
     axes[1].set_title("validation accuracy")
     for ax in axes:

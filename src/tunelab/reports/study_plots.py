@@ -126,10 +126,12 @@ def curves(
         flags[label] = codes
         color = f"C{i % 10}"
         tag = f"{label} [{', '.join(codes) or 'healthy'}]"
-        axes[0].plot(h.get("train/loss", []), color=color, label=f"{tag} train")
-        axes[0].plot(h.get("val/loss", []), color=color, ls="--", label="val")
-        axes[1].plot(h.get("train/acc", []), color=color, alpha=0.5)
-        axes[1].plot(h.get("val/acc", []), color=color, ls="--", label=tag)
+        for ax, key, style in ((axes[0], "train/loss", {"label": f"{tag} train"}),
+                               (axes[0], "val/loss", {"ls": "--", "label": "val"}),
+                               (axes[1], "train/acc", {"alpha": 0.5}),
+                               (axes[1], "val/acc", {"ls": "--", "label": tag})):  # fmt: skip
+            values = h.get(key, [])
+            ax.plot(range(1, len(values) + 1), values, color=color, **style)
     axes[0].set_title(f"{cell}: loss (solid train, dashed val)", fontsize=9)
     axes[1].set_title(f"{cell}: accuracy (faint train, dashed val)", fontsize=9)
     for ax in axes:

@@ -69,7 +69,7 @@ class Setup:
 def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
     allow = targets.allowed(cfg)
     device = resolve_device(cfg.trainer.device)
-    seed_everything(int(cfg.seed), cfg.trainer)
+    seed_everything(int(cfg.seed), cfg.trainer, ctx.threads)
     splits = build.build_data(cfg.data, allow)
     if ctx.data_digest and splits.digest != ctx.data_digest:
         raise DataChangedError(
@@ -131,7 +131,10 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
                 autocast=autocast,
                 freeze_backbone_epochs=int(ft.get("freeze_backbone_epochs", 0)),
             )
-            summary = finish_run(tracker, ctx, model, data, state, splits, store, autocast)
+            optimizer_name = str(cfg.optimizer.get("name", ""))
+            summary = finish_run(
+                tracker, ctx, optimizer_name, model, data, state, splits, store, autocast
+            )
         except BaseException as exc:
             exc.run_id = tracker.run_id  # which run (if any) records why it stopped
             end_failed(tracker, exc, state)
@@ -172,12 +175,14 @@ def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -
     return RunResult(tracker.run_id, "FINISHED", next(iter(metrics)), metrics)
 
 
-def seed_everything(seed: int, trainer: DictConfig) -> None:
+def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) -> None:
+    """Seed every RNG; set torch's CPU threads (trainer.num_threads, else the share of the cores
+    a parallel launcher gave this job)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if trainer.num_threads:
-        torch.set_num_threads(int(trainer.num_threads))
+    if trainer.num_threads or threads:
+        torch.set_num_threads(int(trainer.num_threads or threads))
     if trainer.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -39,6 +39,7 @@ class RunContext:
     log_model: bool | None = None  # None: the tracking config decides
     trial: TrialRef | None = None
     data_digest: str | None = None  # the digest the data must have (a reproduction's check)
+    threads: int | None = None  # CPU threads for a job that shares the cores with others
     overrides: tuple[str, ...] = ()  # the job's command-line overrides (Hydra's), for the record
     reporter: Reporter | None = field(default=None, compare=False)  # in-process only
 
@@ -58,6 +59,8 @@ class RunContext:
             data["log_model"] = self.log_model
         if self.data_digest:
             data["data_digest"] = self.data_digest
+        if self.threads:
+            data["threads"] = self.threads
         if self.trial is not None:
             data["trial"] = {
                 "context_path": self.trial.context_path,
@@ -94,6 +97,7 @@ class RunContext:
             tags={str(k): str(v) for k, v in (data.get("tags") or {}).items()},
             log_model=data.get("log_model"),
             data_digest=data.get("data_digest"),
+            threads=data.get("threads"),
             trial=TrialRef(str(trial["context_path"]), int(trial["number"]), bool(trial["report"]))
             if trial
             else None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -42,7 +41,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     history: dict[str, list[float]] = field(default_factory=dict)
     best_value: float | None = None
-    best_epoch: int = -1
+    best_epoch: int = 0  # epochs count from 1; 0: none selected yet
     bad_epochs: int = 0  # epochs without improvement of the early-stopping metric
     stop_best: float | None = None  # best early-stopping metric seen
     stopped_early: bool = False
@@ -111,11 +110,10 @@ def fit(
     smoothing, on_cpu = float(trainer.label_smoothing), x.device.type == "cpu"
     stop = trainer.early_stopping
     params = [p for p in model.parameters()]
-    bar = _progress(trainer.max_epochs, state.epoch)
     while state.epoch < trainer.max_epochs and not state.stopped_early:
-        epoch = state.epoch
+        epoch = state.epoch + 1  # epochs are numbered from 1 everywhere: log, MLflow step, tags
         if freeze_backbone_epochs:
-            _freeze_backbone(model, frozen=epoch < freeze_backbone_epochs)
+            _freeze_backbone(model, frozen=epoch <= freeze_backbone_epochs)
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(x.device)
@@ -169,11 +167,9 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(state, improved)  # checkpoint first: what is reported can be resumed
         tracker.log_metrics(metrics, step=epoch)
-        _show(bar, epoch, trainer.max_epochs, metrics)
+        _show(epoch, trainer.max_epochs, metrics)
         if reporter is not None:
             reporter(epoch, value)
-    if bar is not None:
-        bar.close()
     return state
 
 
@@ -214,24 +210,10 @@ def _freeze_backbone(model: nn.Module, frozen: bool) -> None:
             p.requires_grad_(not frozen)
 
 
-def _progress(total: int, start: int) -> Any:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=start, desc="epochs", unit="ep", leave=False, dynamic_ncols=True
-    )
-
-
-def _show(bar: Any, epoch: int, total: int, m: dict[str, float]) -> None:
-    line = (
-        f"epoch {epoch + 1}/{total} train/loss={m['train/loss']:.4f} val/loss={m['val/loss']:.4f} "
+def _show(epoch: int, total: int, m: dict[str, float]) -> None:
+    """One line per epoch, on the console and in the job's train.log: the run's progress and
+    its history, kept."""
+    log.info(
+        f"epoch {epoch}/{total} train/loss={m['train/loss']:.4f} val/loss={m['val/loss']:.4f} "
         f"val/acc={m['val/acc']:.4f} lr={m['opt/lr']:.3g} ({m['perf/epoch_s']:.2f}s)"
     )
-    if bar is None:
-        log.info(line)
-    else:
-        bar.set_postfix_str(f"val/acc={m['val/acc']:.4f} loss={m['train/loss']:.4f}")
-        bar.update(1)
-        log.debug(line)

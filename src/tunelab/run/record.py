@@ -86,14 +86,16 @@ def start_run(
 
 
 def relog_history(tracker: Tracker, history: dict[str, list[float]]) -> None:
-    """Per-epoch metrics of checkpointed epochs; a resumed tracker skips the steps it already has."""
-    for epoch in range(len(next(iter(history.values()), []))):
-        tracker.log_metrics({k: v[epoch] for k, v in history.items()}, step=epoch)
+    """Per-epoch metrics of checkpointed epochs (step = epoch number, from 1); a resumed tracker
+    skips the steps it already has."""
+    for i in range(len(next(iter(history.values()), []))):
+        tracker.log_metrics({k: v[i] for k, v in history.items()}, step=i + 1)
 
 
 def finish_run(
     tracker: Tracker,
     ctx: RunContext,
+    optimizer: str,
     model: torch.nn.Module,
     data: dict,
     state: TrainState,
@@ -101,7 +103,8 @@ def finish_run(
     store: Any,
     autocast: Any,
 ) -> dict[str, float]:
-    """Restore the selected (best-validation) weights, report test metrics, log artifacts."""
+    """Restore the selected (best-validation) weights, report test metrics, log artifacts.
+    `optimizer` names the optimizer (the diagnosis's advice depends on its family)."""
     h = state.history
     store.load_best(model)
     val_loss, val_acc, val_pred = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
@@ -125,7 +128,7 @@ def finish_run(
     accs = per_class_accuracy(val_pred, data["y_val"], splits.num_classes)
     tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
     tracker.set_tags(
-        {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits)}
+        {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits, optimizer)}
     )
     tracker.log_dict(h, "history.json")
     if store.best_path.exists():
@@ -136,12 +139,12 @@ def finish_run(
     return summary
 
 
-def _diagnosis_tags(history: dict[str, list[float]], splits: Any) -> dict[str, str]:
+def _diagnosis_tags(history: dict[str, list[float]], splits: Any, optimizer: str) -> dict[str, str]:
     """Curve diagnosis (overfitting, unstable, ...) and data check, as flat tags."""
     from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
     from tunelab.diagnostics.datacheck import check_data, datacheck_tags
 
-    findings = diagnose_curves(history)
+    findings = diagnose_curves(history, optimizer=optimizer)
     for f in findings:
         log.info("diagnosis: %s — %s", f.message, f.recommendation)
     report = check_data(splits)

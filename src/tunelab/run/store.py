@@ -132,7 +132,7 @@ class RunStore:
             ckpt = load_safe(self.last_path)
             self._restore(ckpt, model, optimizer, schedule, generator)
             state = TrainState(**ckpt["state"])
-            if state.best_epoch >= 0:
+            if state.best_epoch > 0:
                 load_safe(self.best_path)  # the selected weights must survive too
         except FileNotFoundError as exc:
             raise CheckpointError(f"cannot resume: {exc}; {START_OVER}") from exc
@@ -193,7 +193,7 @@ class RunStore:
     ) -> None:
         if improved:
             self._best = clone_state(model.state_dict())
-            self._write_later({"model": self._best, "epoch": state.epoch - 1}, self.best_path)
+            self._write_later({"model": self._best, "epoch": state.best_epoch}, self.best_path)
         if every and (state.epoch % every == 0 or state.stopped_early):
             self._write_later(
                 {

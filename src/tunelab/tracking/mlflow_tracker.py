@@ -8,12 +8,15 @@ in order; `flush`, `end` and every file artifact send what is pending first.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.policy import retry
+
+log = logging.getLogger(__name__)
 
 
 class MlflowTracker:
@@ -122,18 +125,33 @@ class MlflowTracker:
         self._later(lambda rid: retry(lambda: client.log_inputs(rid, datasets=[inp])))
 
     def log_model(self, model: Any, input_example: Any) -> None:
-        """MLflow's PyTorch flavour (signature inferred from the input example)."""
+        """MLflow's PyTorch flavour as a `pt2` graph (torch.export): loading it runs no pickled
+        code and needs no tunelab import. A model torch.export cannot capture is logged pickled,
+        tagged model_format=pickle. Requirements are given, not inferred (seconds saved)."""
         self.flush()
         if not self.log_model_enabled or self._has_model():
             return  # logged before this run was interrupted and resumed
         import mlflow
         import mlflow.pytorch
+        import torch
 
+        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(
-                model, name="model", input_example=input_example, serialization_format="pickle"
-            )
+            try:
+                mlflow.pytorch.log_model(
+                    model, name="model", input_example=input_example,
+                    serialization_format="pt2", pip_requirements=requirements,
+                )  # fmt: skip
+                self.set_tags({"model_format": "pt2"})
+            except Exception as exc:  # e.g. data-dependent control flow torch.export refuses
+                log.warning("model not exportable (%s): logged pickled", str(exc).splitlines()[0])
+                mlflow.pytorch.log_model(
+                    model, name="model", input_example=input_example,
+                    serialization_format="pickle", pip_requirements=requirements,
+                )  # fmt: skip
+                self.set_tags({"model_format": "pickle"})
+        self.flush()
 
     def _has_model(self) -> bool:
         """Whether the run has a complete logged model; incomplete ones (a process killed while

@@ -81,6 +81,7 @@ class MlflowWriter:
         self.experiment = experiment
         self._client: Any = None
         self._queue: BackgroundWriter | None = None
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter
         with file_lock(schema_lock(self.tracking_uri)):
             self.experiment_id = self._experiment_id(experiment)
         if self.tracking_uri not in _swept:

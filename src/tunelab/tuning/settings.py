@@ -81,6 +81,8 @@ class TunelabSweeperConf(SweepSettings):
     seeds: list[int] | None = None
     # extra flat tags for the sweep's MLflow runs (parent, trials, seeds)
     tags: dict[str, str] = field(default_factory=dict)
+    # the first trial runs the config's own values of the searched keys: the untuned reference
+    baseline: bool = False
 
 
 @dataclass

@@ -1,26 +1,27 @@
 """Optuna storages: journal file (default), SQLite or any RDB URL; opening studies, locks between
-sweep processes on one file storage, the budget, and trials left RUNNING by a dead sweep.
+sweep processes on one file storage, the budget, the untuned baseline trial, and trials left
+RUNNING by a dead sweep.
 
 Everything goes through Optuna's public Study and BaseStorage APIs: the storage object is
 opened here and kept by its caller."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from tunelab import ownership
+from tunelab.config.space import Param, contains
 from tunelab.tuning.samplers import make_pruner
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX
-    fcntl = None
-
+log = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "optuna.journal"
 OWNER = "tunelab:owner"  # system attr: the owner stamp of the sweep process running a trial
 
@@ -121,3 +122,19 @@ def claim(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> Non
     """Record which process runs the trial (for stale detection on restart)."""
     tid = trial_id(storage, study.study_name, trial.number)
     storage.set_trial_system_attr(tid, OWNER, ownership.me())
+
+
+def enqueue_baseline(study: optuna.Study, space: list[Param], config: Any) -> bool:
+    """Queue the config's own values of the searched keys as the study's next trial (the untuned
+    reference, user attr baseline=true); False when one of them lies outside the space."""
+    values = {}
+    for p in space:
+        value = OmegaConf.select(config, p.name, default=None)
+        if p.condition is not None or value is None or not contains(p.dist, value):
+            log.info("no baseline trial: %s=%r is outside the searched space", p.name, value)
+            study.set_user_attr("baseline_enqueued", False)
+            return False
+        values[p.name] = value
+    study.enqueue_trial(values, user_attrs={"baseline": True})
+    study.set_user_attr("baseline_enqueued", True)
+    return True

@@ -8,7 +8,6 @@ seed and Optuna is told the mean (per-seed values in the trial's user attrs, the
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -27,6 +26,7 @@ from optuna.trial import TrialState
 from tunelab.config.space import build_space, describe, grid_values, suggest
 from tunelab.ownership import file_lock
 from tunelab.reports import sweep as results
+from tunelab.reports.runs_table import trials_table
 from tunelab.run.context import RunContext, TrialRef
 from tunelab.tuning import pruning
 from tunelab.tuning import storage as studies
@@ -114,6 +114,8 @@ class Sweep:
             seed = self.sampler_spec.get("seed")
             if seed is None:
                 seed = attrs.get("sampler_seed", random.SystemRandom().randrange(2**31))
+            if self.conf.get("baseline") and "baseline_enqueued" not in attrs:
+                studies.enqueue_baseline(self.study, self.space, self.config)
             for key, value in {
                 "sampler_seed": seed,
                 "sampler": self.sampler_name,
@@ -289,6 +291,7 @@ def run_sweep(
     conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
 ) -> dict:
     """Entry point used by the Hydra plugin."""
-    result = Sweep(conf, config, launcher, arguments).run()
-    log.info("sweep summary: %s", json.dumps(result, default=str))
+    sweep = Sweep(conf, config, launcher, arguments)
+    result = sweep.run()
+    log.info("%s", trials_table(sweep.study, sweep.metrics))
     return result
