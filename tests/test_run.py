@@ -174,3 +174,23 @@ def test_grad_norm_is_the_total_norm_before_clipping():
     for p in mixed:
         p.grad = torch.full_like(p, 2.0)
     assert math.isclose(float(_grad_norm(mixed, math.inf)), math.sqrt(7 * 4.0), rel_tol=1e-6)
+
+
+def test_a_pruned_run_names_the_same_epoch_in_its_message_and_its_tag(in_tmp):
+    from tunelab.tuning.pruning import TrialPruned
+
+    def reporter(epoch, value):
+        if epoch == 2:
+            raise TrialPruned(f"pruned at epoch {epoch} (value {value:.6g})")
+
+    tracker = NullTracker()
+    with pytest.raises(TrialPruned, match="pruned at epoch 2 "):
+        run(
+            compose_cfg(*FAST, "trainer.max_epochs=4"),
+            RunContext(reporter=reporter),
+            tracker=tracker,
+        )
+    tags = next(
+        args[0] for name, args in tracker.calls if name == "set_tags" and "pruned" in args[0]
+    )
+    assert tags == {"pruned": "true", "pruned_at_epoch": "2"}
