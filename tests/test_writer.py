@@ -12,6 +12,7 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from tunelab.tracking import policy
 from tunelab.tracking.mlflow_writer import MlflowWriter
+from tunelab.tracking.owners import keyed_run
 
 
 def test_transient_errors_are_retried_and_others_are_not(monkeypatch):
@@ -65,7 +66,7 @@ def test_two_writers_starting_together_share_one_keyed_run(tmp_path):
     def start() -> None:
         writer = MlflowWriter(uri, "race")
         barrier.wait()
-        ids.append(writer.keyed_run("sweep-a", {"run_key": "sweep:a"}, {"role": "sweep"}))
+        ids.append(keyed_run(writer, "sweep-a", {"run_key": "sweep:a"}, {"role": "sweep"}))
 
     threads = [threading.Thread(target=start) for _ in range(4)]
     for t in threads:
@@ -77,7 +78,7 @@ def test_two_writers_starting_together_share_one_keyed_run(tmp_path):
     exp = client.get_experiment_by_name("race")
     live = client.search_runs([exp.experiment_id], "tags.run_key = 'sweep:a'")
     assert [r.info.run_id for r in live] == ids[:1]
-    again = MlflowWriter(uri, "race").keyed_run("sweep-a", {"run_key": "sweep:a"}, {})
+    again = keyed_run(MlflowWriter(uri, "race"), "sweep-a", {"run_key": "sweep:a"}, {})
     assert again == ids[0]  # a resumed sweep finds it
 
 

@@ -60,11 +60,12 @@ def stage_run(stage: str, params: str | Path, **tags: str) -> Iterator[RunContex
         yield ctx.derive(tags=extra)
         return
     from tunelab.tracking.mlflow_writer import MlflowWriter
+    from tunelab.tracking.owners import keyed_run
 
     writer = MlflowWriter(uri, str(cfg.experiment))
     key = digest(OmegaConf.to_container(OmegaConf.load(params), resolve=True))
-    pipeline = writer.keyed_run(
-        f"pipeline {key[:8]}", {"run_key": f"pipeline:{key}"},
+    pipeline = keyed_run(
+        writer, f"pipeline {key[:8]}", {"run_key": f"pipeline:{key}"},
         {"role": "pipeline", **_dvc_tags(), "params_digest": key}, ctx.parent_run_id,
     )  # fmt: skip
     try:

@@ -145,17 +145,6 @@ class MlflowWriter:
         self.set_tags(run_id, {**(tags or {}), owners.OWNER_TAG: ownership.me()})
         return True
 
-    def keyed_run(
-        self,
-        name: str,
-        key: dict[str, str],
-        tags: dict[str, Any],
-        parent_run_id: str | None = None,
-        settle_s: float = 0.5,
-    ) -> str:
-        """The one run carrying the `key` tags, shared by every process that asks (see owners)."""
-        return owners.keyed_run(self, name, key, tags, parent_run_id, settle_s)
-
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         retry(lambda: self.client.set_terminated(run_id, status=status))
 

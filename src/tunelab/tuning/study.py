@@ -24,6 +24,7 @@ from tunelab.config.space import Param, build_space, quote
 from tunelab.ownership import file_lock
 from tunelab.run.context import RunContext
 from tunelab.tracking.mlflow_writer import MlflowWriter
+from tunelab.tracking.owners import keyed_run
 from tunelab.tracking.policy import tag_filter
 from tunelab.tuning import storage as studies
 from tunelab.tuning.compat import runs_in_process
@@ -106,7 +107,7 @@ class StudyRun:
             tags = {**self.ctx.tags, "study": spec.name, "role": "study"}
             tags.update(scientific=spec.scientific, goal=spec.goal)
             key = {"run_key": f"study:{spec.name}"}
-            self.run_id = self.writer.keyed_run(spec.name, key, tags, self.ctx.parent_run_id)
+            self.run_id = keyed_run(self.writer, spec.name, key, tags, self.ctx.parent_run_id)
 
     def _open(self, name: str, pruner: dict | None) -> optuna.Study:
         direction = [self.spec.direction]
@@ -156,7 +157,7 @@ class StudyRun:
         if self.writer:
             key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
             tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
-            run_id = self.writer.keyed_run(name, key, tags, parent_run_id=self.run_id)
+            run_id = keyed_run(self.writer, name, key, tags, parent_run_id=self.run_id)
             if space:
                 self._tag_sweep(name, self._cell_tags(cell))
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from tunelab.tracking.mlflow_writer import MlflowWriter
+from tunelab.tracking.owners import keyed_run
 
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "fail": "FAILED"}
 
@@ -22,7 +23,7 @@ class SweepRuns:
     def open_parent(self, tags: dict[str, Any], parent_run_id: str | None) -> str:
         key = {"run_key": f"sweep:{self.study_name}"}
         tags = {**tags, "sweep": self.study_name, "role": "sweep"}
-        self.parent_id = self.writer.keyed_run(self.study_name, key, tags, parent_run_id)
+        self.parent_id = keyed_run(self.writer, self.study_name, key, tags, parent_run_id)
         return self.parent_id
 
     def start_trial(self, number: int, tags: dict[str, Any]) -> str:
