@@ -4,8 +4,8 @@ through `MlflowWriter`, so they share:
 - one retry policy for what concurrent writers cause and a retry resolves: SQLite's single-writer
   lock, a dataset registration that lost an insert race, and a tracking server that is briefly
   unreachable or overloaded;
-- race-safe get-or-create of experiments and of keyed runs (a sweep's or a study's parent run:
-  two processes starting together end up with one);
+- race-safe get-or-create of experiments (and, in tracking/owners.py, of keyed runs such as a
+  sweep's or a study's parent: two processes starting together end up with one);
 - one place for MLflow's limits: value length, entities per batch, finite metric values;
 - one ordered background thread for writes the caller does not wait for.
 
