@@ -45,6 +45,12 @@ def compose_cfg(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_store(monkeypatch):
+    """Tests never write to a store the environment names (a team's server, say)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run inside an empty directory so mlflow.db, mlruns/ and checkpoints/ land there."""

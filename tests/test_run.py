@@ -58,10 +58,14 @@ def test_a_short_mnist1d_run_is_fully_recorded(in_tmp):
         "checkpoints",
     } <= names
     # the logged model loads back and reproduces the logged validation accuracy
-    from tunelab import build
+    import os
 
-    mlflow.set_tracking_uri(f"sqlite:///{in_tmp}/mlflow.db")
-    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")  # a pt2 graph: no pickle
+    from tunelab import build
+    from tunelab.tracking.mlflow_tracker import fluent_store
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model left no global behind
+    with fluent_store(f"sqlite:///{in_tmp}/mlflow.db"):
+        model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")  # a pt2 graph
     assert r.data.tags["model_format"] == "pt2"
     splits = build.build_data(cfg.data)
     with torch.no_grad():

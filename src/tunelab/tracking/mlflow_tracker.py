@@ -7,9 +7,12 @@ in order; `flush`, `end` and every file artifact send what is pending first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,20 @@ from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.policy import retry
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (log_model needs it) pointed at `uri`, then put back as it was: its
+    set_tracking_uri also exports MLFLOW_TRACKING_URI, which every later subprocess would inherit."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets the variable
 
 
 class MlflowTracker:
@@ -136,8 +153,7 @@ class MlflowTracker:
         import torch
 
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-        mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with fluent_store(self.tracking_uri), mlflow.start_run(run_id=self.run_id):
             try:
                 mlflow.pytorch.log_model(
                     model, name="model", input_example=input_example,
