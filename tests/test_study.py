@@ -78,35 +78,6 @@ def test_describe_matches_scipy_t_interval():
     assert math.isnan(stats.describe([0.9])["std"])
 
 
-def test_paired_comparison_and_verdicts():
-    best = {1: 0.950, 2: 0.960, 3: 0.940, 4: 0.955}
-    noise = {1: 0.952, 2: 0.955, 3: 0.941, 4: 0.951}
-    c = stats.paired("adam", "momentum", "val/acc", noise, best)
-    assert c.p_t == pytest.approx(sps.ttest_rel(list(noise.values()), list(best.values())).pvalue)
-    assert c.verdict.startswith("adam vs momentum: −0.15 ± ")
-    assert "points val/acc, within seed noise (p = " in c.verdict
-    worse = {s: v - 0.05 + 0.001 * s for s, v in best.items()}
-    assert (
-        "lower beyond seed noise" in stats.paired("sgd", "momentum", "val/acc", worse, best).verdict
-    )
-    assert "one seed only" in stats.paired("a", "b", "val/acc", {1: 0.5}, {1: 0.6}).verdict
-    assert stats.paired("a", "b", "val/loss", {1: 0.5, 2: 0.4}, {1: 0.5, 2: 0.4}).p_t == 1.0
-
-
-def test_holm_adjustment_restates_verdicts():
-    best = {s: 0.95 + 0.001 * s for s in range(1, 5)}
-    comps = [
-        stats.paired(
-            name, "best", "val/acc", {s: v - shift + 0.002 * (s % 2) for s, v in best.items()}, best
-        )
-        for name, shift in (("a", 0.01), ("b", 0.0005))
-    ]
-    raw = sorted(c.p_t for c in comps)
-    stats.holm(comps)
-    assert sorted(c.p_holm for c in comps) == pytest.approx([2 * raw[0], max(2 * raw[0], raw[1])])
-    assert all("Holm-adjusted over 2 pairs" in c.verdict for c in comps)
-
-
 def test_seed_audit_gap_between_best_seed_and_median():
     a = stats.audit([0.90, 0.92, 0.91, 0.97], "maximize")
     assert a["best"] == 0.97 and a["best_minus_median"] == pytest.approx(0.97 - 0.915)

@@ -60,6 +60,8 @@ STUDY: dict[str, r.Check] = {
     "top_k_curves": r.NON_NEGATIVE_INT,
     "bootstrap": r.POSITIVE_INT,
     "alpha": r.OPEN_UNIT,
+    "min_effect": r.POSITIVE,
+    "vary_split": r.boolean,
 }
 
 

@@ -14,18 +14,22 @@ from optuna.trial import TrialState
 
 from tunelab.config.space import build_space, to_overrides
 from tunelab.reports import study_plots as checks
-from tunelab.reports.stats import audit, describe, doubling_gain, holm, paired
+from tunelab.reports import study_verdicts as sv
+from tunelab.reports.stats import audit, describe, doubling_gain
 
 log = logging.getLogger(__name__)
 TEST = "test/acc"
 
 
-def _per_seed(result: Any, metric: str) -> dict[int, float]:
-    return {
-        s: float(r["values"][metric])
-        for s, r in result.confirm.items()
-        if r.get("kind") == "complete" and metric in r.get("values", {})
-    }
+def _direction(spec: Any, metric: str) -> str:
+    return spec.direction if metric == spec.metric else "maximize"
+
+
+def _n_split(result: Any, metric: str) -> float | None:
+    """Examples behind an accuracy: the split it was measured on (from the confirmation runs)."""
+    key = "data/n_test" if metric.startswith("test/") else "data/n_val"
+    sizes = [r["values"][key] for r in result.confirm.values() if key in r.get("values", {})]
+    return float(sizes[0]) if sizes and metric.endswith("acc") else None
 
 
 def _picked(per_seed: dict[str, dict[int, float]], metric: str, direction: str) -> dict | None:
@@ -73,10 +77,10 @@ def _confirm_run(result: Any, seed: int) -> str | None:
     return record.get("run_id") if record.get("kind") == "complete" else None
 
 
-def _cell_summary(run: Any, result: Any, out: Path) -> dict[str, Any]:
+def _cell_summary(
+    run: Any, result: Any, out: Path, per_seed: dict[str, dict[int, float]]
+) -> dict[str, Any]:
     spec, cell = run.spec, result.cell
-    metrics = [spec.metric] + ([TEST] if spec.metric != TEST else [])
-    per_seed = {m: _per_seed(result, m) for m in metrics}
     info: dict[str, Any] = {
         "cell": cell.name,
         "overrides": list(cell.overrides),
@@ -104,10 +108,18 @@ def _cell_summary(run: Any, result: Any, out: Path) -> dict[str, Any]:
         "confirm_runs": {
             str(s): _confirm_run(result, s) for s in spec.seeds if _confirm_run(result, s)
         },
+        "failure_rate": sum(r.get("kind") != "complete" for r in result.confirm.values())
+        / max(1, len(result.confirm)),
         "rerun": rerun_command(spec, result, spec.seeds[0]) if result.feasible else None,
         "edge_warnings": [],
         "axis_figures": [],
+        "budget": sv.budget_check(spec.n_trials, dict(cell.space)) if result.space else None,
+        "inert": sv.inert_settings(result.config),
+        "one_run": {
+            m: sv.one_run(list(v.values()), _n_split(result, m)) for m, v in per_seed.items()
+        },  # fmt: skip
     }
+    info["bias"] = sv.bias_checks(info, spec.metric)
     if result.best is not None and result.space:
         names, warns = checks.axis_checks(
             cell.name, result.trials, result.space, result.best, spec.metric,
@@ -124,30 +136,16 @@ def _cell_summary(run: Any, result: Any, out: Path) -> dict[str, Any]:
 def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
     """Everything the report shows, as JSON-able data; figures are written into `out`."""
     spec = run.spec
-    cells = [_cell_summary(run, r, out) for r in results]
     metrics = [spec.metric] + ([TEST] if spec.metric != TEST else [])
-    sign = 1.0 if spec.direction == "maximize" else -1.0
-    ranked = sorted(
-        (c for c in cells if math.isfinite(c["stats"][spec.metric]["mean"])),
-        key=lambda c: -sign * c["stats"][spec.metric]["mean"],
-    )
-    best = ranked[0] if ranked else None
-    comparisons = []
-    if best is not None:
-        for m in metrics:
-            comps = [
-                paired(
-                    c["cell"],
-                    best["cell"],
-                    m,
-                    c["per_seed"][m],
-                    best["per_seed"][m],
-                    spec.checks["alpha"],
-                )  # fmt: skip
-                for c in ranked[1:]
-            ]
-            holm(comps, spec.checks["alpha"])
-            comparisons += [c.as_dict() for c in comps]
+    confirm = {r.cell.name: r.confirm for r in results}
+    judged = sv.verdicts(spec, confirm, len(getattr(run, "looks", [1])))
+    per_metric = {m: sv.with_failures(confirm, m, _direction(spec, m))[0] for m in metrics}
+    cells = [
+        _cell_summary(run, r, out, {m: per_metric[m][r.cell.name] for m in metrics})
+        for r in results
+    ]
+    primary = judged.get(judged["primary"]) or {}
+    comparisons = [p for m in metrics for p in (judged.get(m) or {}).get("pairs", [])]
     series = {
         r.cell.name: [t.value for t in r.trials if t.state == TrialState.COMPLETE]
         for r in results
@@ -161,7 +159,8 @@ def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
             gain = doubling_gain(bands[c["cell"]], spec.direction)
             noise = c["stats"][spec.metric]["std"]
             c["doubling_gain"] = gain
-            c["enough_trials"] = bool(gain <= noise) if math.isfinite(noise) else None
+            judgeable = math.isfinite(noise) and c["budget"] is None  # >= 10 trials per dimension
+            c["enough_trials"] = bool(gain <= noise) if judgeable else None
     names = [c["cell"] for c in cells]
     per_seed = {c["cell"]: c["per_seed"] for c in cells}
     figures = {"best_so_far": bso_fig}
@@ -190,11 +189,16 @@ def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
         "arguments": spec.arguments,
         "storage": run.storage_url,
         "mlflow_run_id": run.run_id,
-        "best_cell": best["cell"] if best else None,
-        "ranking": [c["cell"] for c in ranked],
+        "primary": judged["primary"],
+        "leader": primary.get("leader"),
+        "top_set": primary.get("top_set", []),
+        "judged": {m: judged[m] for m in metrics if m in judged},
+        "looks": judged["looks"],
+        "baseline": spec.baseline,
+        "few_seeds": len(spec.seeds) < sv.MIN_SEEDS,
         "cells": cells,
         "comparisons": comparisons,
-        "verdicts": [c["verdict"] for c in comparisons if c["metric"] == spec.metric],
+        "verdicts": primary.get("lines", []),
         "figures": {k: v for k, v in figures.items() if v},
     }
 
@@ -238,7 +242,7 @@ def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
         **{f"fixed.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in spec.fixed},
         **{f"nuisance.{c.name}": json.dumps(c.space) for c in spec.cells},
     }
-    tags = {"best_cell": str(summary["best_cell"]), "n_cells": str(len(spec.cells))}
+    tags = {"top_set": ",".join(summary["top_set"]), "n_cells": str(len(spec.cells))}
     writer.log(run.run_id, metrics=study_metrics, params=params, tags=tags, keep_existing=True)
     writer.log_artifacts(run.run_id, out)
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tunelab.reports import study_words as words
 from tunelab.reports.stats import scale_for
 
 _CSS = (
@@ -54,64 +55,13 @@ def _results(summary: dict[str, Any]) -> list[str]:
     for c in summary["cells"]:
         cols = [f"{_pm(c['stats'][x], x)} | {_ci(c['stats'][x], x)}" for x in metrics]
         a = c["audit"]
-        best = " **(best)**" if c["cell"] == summary["best_cell"] else ""
+        best = " **(top set)**" if c["cell"] in summary["top_set"] else ""
         lines.append(
             f"| `{c['cell']}`{best} | " + " | ".join(cols)
             + f" | {_v(a['min'], m)} | {_v(a['max'], m)} | {_v(a['best_minus_median'], m)}"
             + f" | {_v(c['search_value'], m)} | {int(c['stats'][m]['n'])} |"
         )  # fmt: skip
     return [*lines, ""]
-
-
-def _comparisons(summary: dict[str, Any]) -> list[str]:
-    if not summary["comparisons"]:
-        return []
-    lines = [
-        "## Paired comparisons against the best cell",
-        "",
-        "Difference = cell − best on the same seeds; ± is the 95% t-interval of the mean "
-        "difference; p from a paired t-test, Holm-adjusted over the comparisons of one metric "
-        "(raw p and the Wilcoxon signed-rank p beside it: with fewer than 6 seeds Wilcoxon cannot "
-        "go below 0.05).",
-        "",
-    ]
-    lines += [f"- {c['verdict']}" for c in summary["comparisons"]]
-    lines += [
-        "",
-        "| cell | metric | difference | ± 95% | p (Holm) | p (t) | p (Wilcoxon) | seeds |",
-    ]
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    for c in summary["comparisons"]:
-        m = c["metric"]
-        lines.append(
-            f"| `{c['cell']}` | {m} | {_v(c['diff'], m)} | {_v(c['ci_half'], m)} | "
-            f"{c['p_holm']:.3g} | {c['p_t']:.3g} | {c['p_wilcoxon']:.3g} | {c['n']} |"
-        )
-    return [*lines, ""]
-
-
-def _audit(summary: dict[str, Any]) -> list[str]:
-    lines = ["## How much is one seed worth?", ""]
-    for c in summary["cells"]:
-        if c["audit"]["n"] < 2:
-            continue
-        for m, a in c["audit_by_metric"].items():
-            unit = " points" if scale_for(m)[1] else ""
-            lines.append(
-                f"- `{c['cell']}`, {m} over {int(a['n'])} seeds: {_v(a['mean'], m)} ± "
-                f"{_v(a['std'], m)} (95% interval {_ci(a, m)}), min {_v(a['min'], m)}, max "
-                f"{_v(a['max'], m)}, range {_v(a['range'], m)}{unit}; the best single seed sits "
-                f"{_v(a['best_minus_median'], m)}{unit} above the median run."
-            )
-        pick, m = c.get("picked_seed"), summary["metric"]
-        if pick and pick.get("test/acc") is not None:
-            med = c["audit_by_metric"]["test/acc"]["median"]
-            lines.append(
-                f"- Reporting only the seed with the best {m} (seed {pick['seed']}, "
-                f"{_v(pick[m], m)}) would claim test/acc {_v(pick['test/acc'], 'test/acc')}; "
-                f"the median seed gets {_v(med, 'test/acc')}."
-            )
-    return [*lines, "", "![seed spread](figures/seed_spread.png)", ""] if len(lines) > 2 else []
 
 
 def _checks(summary: dict[str, Any]) -> list[str]:
@@ -153,6 +103,10 @@ def _checks(summary: dict[str, Any]) -> list[str]:
             lines.append(f"- ⚠ {w}")
         if c["best_trial"] is not None and not c["edge_warnings"]:
             lines.append("- Boundary check: the best trial is inside every searched range.")
+        if c.get("budget"):
+            lines.append(f"- ⚠ {c['budget']}.")
+        for inert in c.get("inert") or []:
+            lines.append(f"- ⚠ a fixed setting cannot act: {inert}.")
         if c.get("enough_trials") is not None:
             verdict = "enough trials" if c["enough_trials"] else "⚠ more trials would likely help"
             lines.append(
@@ -201,59 +155,51 @@ def _setup(summary: dict[str, Any]) -> list[str]:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    m = summary["metric"]
     lines = [f"# Study `{summary['study']}`", ""]
     if summary["goal"]:
         lines += [f"> {summary['goal']}", ""]
     cells = ", ".join(f"`{c['cell']}`" for c in summary["cells"])
     single = len(summary["cells"]) == 1
-    if not single:
-        lines += [f"Scientific hyperparameter **{summary['scientific']}** ∈ {{{cells}}}.", ""]
-    best = next((c for c in summary["cells"] if c["cell"] == summary["best_cell"]), None)
-    if best is not None and single:
-        a = best["audit"]
-        lines += [
-            f"**One configuration under {int(a['n'])} seeds**: {m} {_pm(a, m)}{_unit(m)}, "
-            f"range {_v(a['range'], m)}; the best seed sits {_v(a['best_minus_median'], m)} above "
-            "the median run.",
-            "",
-        ]
-    elif best is not None:
-        s = best["stats"][m]
-        lines += [
-            f"**Best: `{best['cell']}`**, {m} {_pm(s, m)}{_unit(m)} over {int(s['n'])} seeds.",
-            "",
-        ]
-        beyond = [c["cell"] for c in summary["comparisons"]
-                  if c["metric"] == m and "beyond seed noise" in c["verdict"]]  # fmt: skip
-        others = len(summary["ranking"]) - 1
-        left_out = [c["cell"] for c in summary["cells"] if c["cell"] not in summary["ranking"]]
-        if left_out:
-            names = ", ".join(f"`{x}`" for x in left_out)
-            lines += [f"⚠ Not compared (no confirmed seed): {names}.", ""]
-        if others and not beyond:
-            lines += [
-                f"No other value of `{summary['scientific']}` differs from it beyond seed noise: "
-                "with this budget the study cannot rank them.",
-                "",
-            ]
-        elif beyond:
-            names = ", ".join(f"`{b}`" for b in beyond)
-            lines += [f"Differing from it beyond seed noise: {names}.", ""]
-        lines += [f"- {v}" for v in summary["verdicts"]] + [""]
-    else:
-        lines += ["**No cell finished a confirmation seed.**", ""]
-    lines += _results(summary)
     if single:
-        lines += _audit(summary)
-    elif summary["figures"].get("isolation"):
+        lines += words.audit(summary) + words.caveats(summary, _primary(summary))
+    else:
+        lines += [f"Scientific hyperparameter **{summary['scientific']}** ∈ {{{cells}}}.", ""]
+        lines += words.headline(summary)
+    lines += _results(summary)
+    if not single and summary["figures"].get("isolation"):
         lines += ["## Isolation plot", "",
                   "Best over the nuisance parameters for each value of the scientific one; bars: "
                   "95% interval over seeds, dots: seeds, diamond: the search's best (one seed).",
                   "", "![isolation](figures/isolation.png)", ""]  # fmt: skip
-    lines += _comparisons(summary) + ([] if single else _audit(summary))
-    lines += _checks(summary) + _setup(summary)
+    if not single:
+        lines += words.pairs_table(summary) + words.audit(summary)
+    lines += _bias(summary) + _checks(summary) + _setup(summary)
     return "\n".join(lines) + "\n"
+
+
+def _primary(summary: dict[str, Any]) -> dict[str, Any]:
+    return summary["judged"].get(summary["primary"]) or {"failures": {}}
+
+
+def _bias(summary: dict[str, Any]) -> list[str]:
+    """Selection bias, measured: validation against held-out, the search against confirmation."""
+    m = summary["metric"]
+    rows = [
+        f"| `{c['cell']}` | {words.v(c['bias'].get('validation_minus_test'), m)} | "
+        f"{words.v(c['bias'].get('search_minus_confirmed'), m)} | {c['failure_rate']:.0%} |"
+        for c in summary["cells"]
+    ]
+    return [
+        "## Bias checks",
+        "",
+        f"{m} chose the configurations, so it flatters them: the gap to the held-out split, and "
+        "from the search's best (one seed, the best of many tries) to the confirmed mean.",
+        "",
+        f"| cell | {m} − test/acc | search − confirmed | seeds that failed |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def html(md: str, base: Path) -> str:

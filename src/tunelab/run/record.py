@@ -119,6 +119,8 @@ def finish_run(
         "train/loss": h["train/loss"][-1],
         "perf/epoch_s": float(np.mean(h["perf/epoch_s"])),
         "perf/samples_per_s": float(np.mean(h["perf/samples_per_s"])),
+        "data/n_val": float(len(data["y_val"])),  # what an accuracy's sampling error rests on
+        "data/n_test": float(len(data["y_test"])),
     }
     tracker.log_metrics(
         {f"best/{k}": v for k, v in summary.items() if k.startswith("val/")}

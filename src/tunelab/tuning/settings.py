@@ -91,6 +91,8 @@ class ScientificConf:
     name: str = "optimizer"
     # a list of values of `name`, or {cell name: [overrides]} for values that need several keys
     values: Any = None
+    # null: every pair of cells is compared; a cell name: every cell against it
+    baseline: str | None = None
 
 
 @dataclass
@@ -120,7 +122,12 @@ class StudySweeperConf(SweepSettings):
     # seed replicates of every nuisance trial (null: the config's seed)
     search_seeds: list[int] | None = None
     # confirmation seeds per cell, the same for every cell: N (seed_start..) or an explicit list
-    seeds: Any = 3
+    seeds: Any = 5
+    # each confirmation seed also draws its own validation split (data.split_seed), paired across
+    # cells: the verdict covers that source of variance too
+    vary_split: bool = True
+    # the smallest difference worth resolving (metric units): the report says how many seeds it takes
+    min_effect: float = 0.005
     seed_start: int = 1
     # report: boundary zone of the edge check, curves of the top-k trials, bootstrap draws, test level
     edge_fraction: float = 0.1

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
+from tunelab.config.identity import digest
 from tunelab.config.space import Param, build_space, quote
 from tunelab.ownership import file_lock
 from tunelab.run.context import RunContext
@@ -48,6 +49,7 @@ class CellResult:
     best: FrozenTrial | None
     stopped: str = ""
     confirm: dict[int, dict[str, Any]] = field(default_factory=dict)
+    config: Any = None  # the cell's composed config (None when it cannot be composed here)
 
     @property
     def best_params(self) -> dict[str, Any]:
@@ -117,6 +119,11 @@ class StudyRun:
         from tunelab.reports.study_analysis import finalize
 
         self.open()
+        looks = [int(n) for n in self.index.user_attrs.get("study:looks", [])]
+        if not looks or looks[-1] != len(self.spec.seeds):
+            looks.append(len(self.spec.seeds))  # seeds added after a report: another look
+            self.index.set_user_attr("study:looks", looks)
+        self.looks = looks
         try:
             results = [self.run_cell(cell) for cell in self.spec.cells]
             summary = finalize(self, results)
@@ -164,6 +171,7 @@ class StudyRun:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = study.best_trial if complete else None
         result = CellResult(cell, name, run_id, space, trials, best, stopped)
+        result.config = self._compose(args)
         if result.feasible:
             self._confirm(study, result, fixed)
         else:
@@ -171,6 +179,15 @@ class StudyRun:
         if self.writer and run_id:
             self.writer.end_run(run_id, "FINISHED")
         return result
+
+    def _compose(self, args: list[str]) -> Any:
+        """The config a cell's jobs start from (for the checks of settings that cannot act)."""
+        loader = getattr(getattr(self.launcher, "hydra_context", None), "config_loader", None)
+        try:
+            return loader.load_sweep_config(self.config, [a for a in args if "=" in a])
+        except Exception as exc:  # e.g. a sweep expression among the arguments
+            log.info("cell config not composed for the checks: %s", str(exc).splitlines()[0])
+            return None
 
     def _tag_sweep(self, sweep: str, tags: dict[str, str]) -> None:
         """Give every trial and seed run of one cell's nuisance sweep the cell's tags."""
@@ -180,8 +197,12 @@ class StudyRun:
                 self.writer.set_tags(r.info.run_id, missing)
 
     def _search(self, cell: Cell, name: str, args: list[str]) -> str:
+        sampler = dict(self.spec.sweep_conf.get("sampler") or {"name": "qmc"})
+        if sampler.get("seed") is None:  # cells searching the same space try the same points
+            sampler["seed"] = int(digest(cell.space), 16) % 2**31
         conf = {
             **self.spec.sweep_conf,
+            "sampler": sampler,
             "study_name": name,
             "n_trials": self.spec.n_trials,
             "params": dict(cell.space),
@@ -226,7 +247,12 @@ class StudyRun:
         }
         seed_key = str(spec.sweep_conf.get("seed_key") or "seed")
         ctx = self.ctx.derive(parent_run_id=result.run_id, tags=tags, log_model=False)
-        jobs = [job_overrides(fixed, result.best_params, s, seed_key, ctx) for s in todo]
+        split = spec.vary_split and OmegaConf.select(self.config, "data.split_seed") is not None
+        jobs = [
+            job_overrides([*fixed, *([f"data.split_seed={s}"] if split else [])],
+                          result.best_params, s, seed_key, ctx)
+            for s in todo
+        ]  # fmt: skip
         log.info("cell %s: confirming %s under seeds %s", cell.name, key, todo)
         runner, batch = self._runner(len(fixed))
         for start in range(0, len(jobs), batch):
@@ -262,5 +288,4 @@ def run_study(
 ) -> dict[str, Any]:
     """Entry point used by the Hydra plugin."""
     summary = StudyRun(conf, config, launcher, arguments).run()
-    log.info("study summary: %s", json.dumps(summary.get("verdicts", []), ensure_ascii=False))
     return summary

@@ -46,6 +46,8 @@ class StudySpec:
     sweep_conf: dict[str, Any]
     checks: dict[str, Any]
     base: list[str] = field(default_factory=list)
+    baseline: str | None = None  # the cell every other is compared with (None: all pairs)
+    vary_split: bool = True
 
     def cell_arguments(self, cell: Cell) -> list[str]:
         """Overrides every job of this cell starts from (fixed < command line < scientific value)."""
@@ -116,7 +118,7 @@ def _cells(scientific: dict[str, Any], nuisance: dict[str, Any]) -> list[Cell]:
 
 
 def _seeds(conf: dict[str, Any]) -> list[int]:
-    seeds = conf.get("seeds", 3)
+    seeds = conf.get("seeds", 5)
     if isinstance(seeds, int):
         if seeds < 1:
             raise ValueError("hydra.sweeper.seeds must be >= 1 (confirmation seeds per cell)")
@@ -157,6 +159,19 @@ def parse(conf: dict[str, Any], config: DictConfig, arguments: list[str]) -> Stu
             "top_k": int(conf.get("top_k_curves", 3)),
             "bootstrap": int(conf.get("bootstrap", 500)),
             "alpha": float(conf.get("alpha", 0.05)),
+            "min_effect": float(conf.get("min_effect", 0.005)),
         },
         base=base,
+        baseline=_baseline(conf),
+        vary_split=bool(conf.get("vary_split", True)),
     )
+
+
+def _baseline(conf: dict[str, Any]) -> str | None:
+    name = (conf.get("scientific") or {}).get("baseline")
+    if name is None:
+        return None
+    cells = [c.name for c in _cells(conf.get("scientific") or {}, conf.get("nuisance") or {})]
+    if cell_name(name) not in cells:
+        raise ValueError(f"hydra.sweeper.scientific.baseline={name!r} is not a cell: {cells}")
+    return cell_name(name)

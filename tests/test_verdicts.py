@@ -1,0 +1,107 @@
+"""Verdicts a statistician would sign: simulated under no true difference they resolve nothing
+more often than the level allows; the power line predicts how often a true one is resolved; the
+words, the p-values and the intervals never disagree."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from tunelab.reports import verdicts as vd
+from tunelab.reports.study_verdicts import one_run, with_failures
+
+STUDIES = 5000
+MC = 3 * math.sqrt(0.05 * 0.95 / STUDIES)  # three Monte Carlo standard errors
+
+
+@pytest.mark.parametrize(("k", "n"), list(itertools.product((2, 4, 5), (2, 3, 5, 10))))
+def test_no_true_difference_rarely_gets_a_verdict(k, n):
+    """5,000 studies per cell count and seed count, values quantised to 1/400 (400 validation
+    examples), seed-to-seed spread of half a point: any resolved pair is a false verdict."""
+    rate = vd.null_rate(k, n, STUDIES, step=1 / 400, sd=0.005, seed=k * 100 + n)
+    assert rate <= 0.05 + MC, rate
+
+
+@pytest.mark.parametrize(("n", "effect"), [(5, 1.0), (5, 1.5), (10, 0.8), (3, 2.0)])
+def test_the_power_line_predicts_how_often_a_true_difference_is_resolved(n, effect):
+    d = np.random.default_rng(n).normal(effect, 1.0, size=(STUDIES, n))
+    p, _ = vd.paired_p(d, resolution=0.0)
+    simulated = float((p <= 0.05).mean())
+    assert abs(vd.power(effect, 1.0, n, 0.05) - simulated) <= 0.03, simulated
+
+
+def test_zero_spread_never_gives_p_zero():
+    """Every seed one validation example apart: the t statistic is infinite, the exact test
+    says what two or three seeds can say."""
+    for n in (2, 3, 5, 8):
+        d = np.full((1, n), 1 / 400)
+        p, exact = vd.paired_p(d, resolution=1 / 400)
+        assert exact[0] and p[0] == pytest.approx(2 / 2**n) and p[0] > 0
+
+
+def test_the_momentum_case_is_not_called_within_noise():
+    """All three per-seed differences negative, an unadjusted interval that excludes zero: the
+    report must not say the cells are the same."""
+    values = {  # momentum - adam: -8.9, -6.9, -4.9 points (t = 6, unadjusted p = 0.03)
+        "momentum": {1: 0.811, 2: 0.851, 3: 0.891},
+        "adam": {1: 0.90, 2: 0.92, 3: 0.94},
+        "adamw": {1: 0.895, 2: 0.925, 3: 0.93},
+        "nadam": {1: 0.89, 2: 0.915, 3: 0.935},
+    }
+    v = vd.compare(values, "val/acc", "maximize")
+    line = next(p.verdict for p in v.pairs if {p.a, p.b} == {"momentum", "adam"})
+    assert "within seed noise" not in line and "not resolved with 3 seeds" in line
+    assert "compatible with" in line and v.top_set[0] == "adam" and "adamw" in v.top_set
+
+
+def test_words_p_and_interval_agree():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n, k = int(rng.integers(2, 9)), int(rng.integers(2, 5))
+        base = rng.normal(0.9, 0.02, n)
+        values = {
+            f"c{i}": {s: float(np.round((base[s] + rng.normal(0.01 * i, 0.01)) * 400) / 400)
+                      for s in range(n)}
+            for i in range(k)
+        }  # fmt: skip
+        for p in vd.compare(values, "test/acc", "maximize").pairs:
+            excluded = not (p.low <= 0.0 <= p.high)
+            assert p.resolved == (p.p_adj <= 0.05) == excluded, p
+            assert ("resolved (" in p.verdict) == p.resolved
+
+
+def test_a_declared_baseline_compares_every_cell_with_it_only():
+    values = {c: {s: 0.9 + 0.01 * i + 0.001 * s for s in range(6)} for i, c in enumerate("abc")}
+    v = vd.compare(values, "test/acc", "maximize", baseline="a")
+    assert {(p.a, p.b) for p in v.pairs} == {("b", "a"), ("c", "a")} and v.family == "against a"
+    with pytest.raises(ValueError, match="baseline"):
+        vd.compare(values, "test/acc", "maximize", baseline="z")
+
+
+def test_failed_seeds_count_at_the_worst_value():
+    confirm = {
+        "stable": {1: {"kind": "complete", "values": {"test/acc": 0.9}},
+                   2: {"kind": "complete", "values": {"test/acc": 0.92}}},
+        "unstable": {1: {"kind": "complete", "values": {"test/acc": 0.95}},
+                     2: {"kind": "diverged", "values": {}}},
+    }  # fmt: skip
+    values, failures = with_failures(confirm, "test/acc", "maximize")
+    assert values["unstable"] == {1: 0.95, 2: 0.9} and failures == {"stable": 0, "unstable": 1}
+
+
+def test_more_looks_cost_level():
+    values = {c: {s: 0.9 + 0.004 * i + 0.001 * ((s * 7) % 3) for s in range(8)}
+              for i, c in enumerate("ab")}  # fmt: skip
+    once, twice = (vd.compare(values, "test/acc", "maximize", looks=k) for k in (1, 2))
+    assert twice.level == once.level / 2 and twice.pairs[0].p_adj >= once.pairs[0].p_adj
+
+
+def test_one_more_run_is_predicted_wider_than_the_mean():
+    values = [0.90, 0.92, 0.91, 0.95, 0.93]
+    out = one_run(values, n_split=1000)
+    half = (out["high"] - out["low"]) / 2
+    sem = np.std(values, ddof=1) / math.sqrt(len(values))
+    assert half > 2.5 * sem and out["split_se"] == pytest.approx(math.sqrt(0.922 * 0.078 / 1000))
