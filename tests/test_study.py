@@ -90,3 +90,24 @@ def test_best_so_far_band_is_monotone_and_brackets_the_median():
     assert np.all(np.diff(band["observed"]) >= 0) and np.all(np.diff(band["median"]) >= 0)
     assert np.all(band["low"] <= band["median"]) and np.all(band["median"] <= band["high"])
     assert stats.doubling_gain(band, "maximize") >= 0
+
+
+def test_axis_plots_place_numeric_choices_as_labels(caplog):
+    """`trainer.max_epochs=choice(20, 40, 60)`: three labelled positions, the best trial on its own,
+    and no matplotlib notice about strings that parse as numbers."""
+    import pandas as pd
+
+    from tunelab.reports.pipeline import axis_plot
+
+    trials = pd.DataFrame({
+        "number": [0, 1, 2, 3], "state": ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"],
+        "value": [0.7, 0.8, 0.5, 0.6], "params_trainer.max_epochs": [40, 60, 20, 40],
+    })  # fmt: skip
+    best = trials.iloc[1]
+    with caplog.at_level("INFO"):
+        fig = axis_plot(trials, "trainer.max_epochs", {"choices": [20, 40, 60]}, "val/acc", best)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["20", "40", "60"]
+    assert not [r for r in caplog.records if "categorical units" in r.getMessage()]
+    best_marker = ax.collections[-1].get_offsets()[0]
+    assert tuple(best_marker) == (2.0, 0.8)

@@ -34,16 +34,23 @@ def axis_plot(
 ) -> Any:
     """Objective against one parameter over all finished trials; the best trial and the range marked."""
     col = f"params_{param}"
-    done = trials[trials["state"] == "COMPLETE"]
+    x = trials[col]
+    # choices sit at fixed positions: "40" and "60" are labels, not numbers
+    if "low" not in bounds:
+        labels = [str(c) for c in bounds["choices"]]
+        x = x.astype(str).map({c: i for i, c in enumerate(labels)})
+    done, pruned = (trials["state"] == "COMPLETE"), (trials["state"] == "PRUNED")
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.scatter(done[col], done["value"], s=18, alpha=0.7, label="complete")
-    pruned = trials[trials["state"] == "PRUNED"]
-    if len(pruned) and pruned["value"].notna().any():
+    ax.scatter(x[done], trials["value"][done], s=18, alpha=0.7, label="complete")
+    if pruned.any() and trials["value"][pruned].notna().any():
         ax.scatter(
-            pruned[col], pruned["value"], s=14, marker="x", alpha=0.5, label="pruned (last value)"
-        )
+            x[pruned], trials["value"][pruned], s=14, marker="x", alpha=0.5,
+            label="pruned (last value)",
+        )  # fmt: skip
+    if "low" not in bounds:
+        ax.set_xticks(range(len(labels)), labels)
     ax.scatter(
-        [best_row[col]],
+        [x[best_row.name]],
         [best_row["value"]],
         s=80,
         facecolors="none",

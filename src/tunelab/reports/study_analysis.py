@@ -113,7 +113,9 @@ def _cell_summary(
         "rerun": rerun_command(spec, result, spec.seeds[0]) if result.feasible else None,
         "edge_warnings": [],
         "axis_figures": [],
-        "budget": sv.budget_check(spec.n_trials, dict(cell.space)) if result.space else None,
+        "budget": sv.budget_check(_tried(result.trials), dict(cell.space))
+        if result.space
+        else None,
         "inert": sv.inert_settings(result.config),
         "one_run": {
             m: sv.one_run(list(v.values()), _n_split(result, m)) for m, v in per_seed.items()
@@ -262,3 +264,9 @@ def finalize(run: Any, results: list[Any]) -> dict[str, Any]:
         log.info("verdict: %s", line)
     log.info("study report: %s", out / "report.md")
     return summary
+
+
+def _tried(trials: list) -> int:
+    """Trials the search finished (complete or pruned): what the budget check judges, whatever
+    n_trials says now (a study resumed with a smaller or larger n_trials keeps its trials)."""
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
