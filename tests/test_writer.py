@@ -102,3 +102,21 @@ def test_background_writes_keep_order_and_surface_failures(tmp_path):
     writer.later(writer.set_tags, "no-such-run", {"x": "1"})
     with pytest.raises(MlflowException):
         writer.flush()
+
+
+def test_experiments_open_in_the_runs_table_of_the_mlflow_ui(tmp_path):
+    """The MLflow 3 UI opens an experiment in its GenAI view unless the experiment's kind says
+    model development: new experiments carry it, older ones get it, a user's own choice stays."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    old = client.create_experiment("made-before")
+    mine = client.create_experiment(
+        "users-own", tags={"mlflow.experimentKind": "genai_development"}
+    )
+    for name in ("fresh", "made-before", "users-own"):
+        MlflowWriter(uri, name)
+    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in client.search_experiments()}
+    assert kinds["fresh"] == kinds["made-before"] == "custom_model_development"
+    assert kinds["users-own"] == "genai_development"
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"

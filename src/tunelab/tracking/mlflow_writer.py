@@ -53,6 +53,11 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+# The experiment tag the MLflow 3 UI reads to choose its view: classic model development.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+_KIND = (EXPERIMENT_KIND, "custom_model_development")
+
+
 def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
     """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
     link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -114,12 +119,16 @@ class MlflowWriter:
 
     # ---- experiments and runs -----------------------------------------------------------------
     def _experiment_id(self, name: str) -> str:
-        """Get or create; a concurrent creator's experiment is found and used."""
+        """Get or create; a concurrent creator's experiment is found and used. Every experiment
+        carries the kind that makes the MLflow UI open it in its runs table (not the GenAI view);
+        one created without it gets it, one a user set otherwise keeps theirs."""
         exp = retry(lambda: self.client.get_experiment_by_name(name))
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:
+                retry(lambda: self.client.set_experiment_tag(exp.experiment_id, *_KIND))
             return exp.experiment_id
         try:
-            return retry(lambda: self.client.create_experiment(name))
+            return retry(lambda: self.client.create_experiment(name, tags=dict([_KIND])))
         except Exception:
             exp = retry(lambda: self.client.get_experiment_by_name(name))
             if exp is None:
