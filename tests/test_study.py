@@ -32,12 +32,26 @@ def test_every_preset_composes_and_parses(name):
     conf = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
     spec = parse(conf, cfg, [f"study={name}"])
     assert spec.cells and spec.seeds and spec.goal
+    recipes = {}
     for cell in spec.cells:
         args = spec.cell_arguments(cell)
         assert f"study={name}" in args and f"experiment={spec.experiment}" in args
         # the cell's jobs compose (its overrides and a point of its nuisance space)
         job = _config(*[a for a in args if not a.startswith("hydra.")])
-        assert job.trainer.max_epochs <= 15
+        assert job.trainer.max_epochs <= max(15, _recipe_epochs(job))
+        recipe = job.hydra.runtime.choices.get("recipe")
+        applied = recipe is not None and (CONF / "recipe" / f"{recipe}.yaml").exists()
+        recipes[(job.model.name, job.optimizer.name)] = recipe if applied else None
+    if len(recipes) > 1:  # cells on different models or optimizers: no recipe may differ by cell
+        assert set(recipes.values()) == {None}, recipes
+
+
+def _recipe_epochs(job) -> int:
+    """The epochs of the model's own recipe (conf/recipe/), which a preset may keep."""
+    import yaml
+
+    path = CONF / "recipe" / f"{job.model.name}_{job.optimizer.name}.yaml"
+    return yaml.safe_load(path.read_text())["trainer"]["max_epochs"] if path.exists() else 0
 
 
 def test_list_values_become_cells_with_conditional_nuisance():
