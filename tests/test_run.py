@@ -198,3 +198,17 @@ def test_a_pruned_run_names_the_same_epoch_in_its_message_and_its_tag(in_tmp):
         args[0] for name, args in tracker.calls if name == "set_tags" and "pruned" in args[0]
     )
     assert tags == {"pruned": "true", "pruned_at_epoch": "2"}
+
+
+def test_system_metrics_on_request(in_tmp):
+    """tracking.system_metrics=true: MLflow samples CPU and memory into the run while it trains
+    (and GPU use on CUDA); off by default, and a run without it has none."""
+    on = run(compose_cfg(*FAST, "trainer.max_epochs=6", "data.num_samples=2000",
+                         "tracking.system_metrics=true", "tracking.system_metrics_every_s=0.2"))  # fmt: skip
+    off = run(compose_cfg(*FAST, "seed=3"))
+    client = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    sampled = client.get_run(on.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in sampled, sorted(sampled)
+    assert "system/system_memory_usage_megabytes" in sampled
+    assert not [k for k in client.get_run(off.run_id).data.metrics if k.startswith("system/")]
+    assert client.get_run(on.run_id).info.status == "FINISHED"

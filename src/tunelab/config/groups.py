@@ -143,7 +143,8 @@ SCHEDULER = {
 TRACKING: dict[str, dict[str, r.Check]] = {
     "tunelab.tracking.mlflow_tracker.MlflowTracker": {
         "tracking_uri": r.tracking_uri, "experiment": r.experiment_name, "log_model": r.boolean,
-        "metrics_every_s": r.NON_NEGATIVE,
+        "metrics_every_s": r.NON_NEGATIVE, "system_metrics": r.boolean,
+        "system_metrics_every_s": r.number(0.1),
     },
     "tunelab.tracking.base.NullTracker": {},
 }  # fmt: skip

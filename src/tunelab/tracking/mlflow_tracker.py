@@ -43,6 +43,8 @@ class MlflowTracker:
         experiment: str,
         log_model: bool = True,
         metrics_every_s: float = 2.0,
+        system_metrics: bool = False,
+        system_metrics_every_s: float = 10.0,
     ) -> None:
         self.writer = MlflowWriter(tracking_uri, experiment)
         self.tracking_uri, self.experiment_id = self.writer.tracking_uri, self.writer.experiment_id
@@ -53,11 +55,14 @@ class MlflowTracker:
         self._sent_at = time.monotonic()
         self.run_id: str | None = None
         self._logged: set[tuple[str, int]] = set()  # (key, step) already in a resumed run
+        # MLflow's own CPU, memory, disk, network and (CUDA) GPU sampling, on request
+        self.system_metrics_every_s = float(system_metrics_every_s) if system_metrics else None
+        self._monitor: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (Hydra callbacks travel to joblib workers): pending writes are sent first."""
         self.flush()
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "_monitor"} | {"_monitor": None}
 
     def start(
         self,
@@ -72,9 +77,21 @@ class MlflowTracker:
                 raise LookupError(f"run {run_id} is not in {self.tracking_uri}")
             self.run_id = run_id
             self._logged = self.writer.logged_pairs(run_id)
-            return run_id
-        self.run_id = self.writer.create_run(run_name, tags, parent_run_id)
+        else:
+            self.run_id = self.writer.create_run(run_name, tags, parent_run_id)
+        self._watch_system(resumed=run_id is not None)
         return self.run_id
+
+    def _watch_system(self, resumed: bool) -> None:
+        if self.system_metrics_every_s is None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=self.system_metrics_every_s, resume_logging=resumed,
+            tracking_uri=self.tracking_uri,
+        )  # fmt: skip
+        self._monitor.start()
 
     def flush(self) -> None:
         """Wait until every queued write is recorded (re-raising the first that failed)."""
@@ -188,6 +205,9 @@ class MlflowTracker:
 
     def end(self, status: str) -> None:
         try:
+            if self._monitor is not None:
+                self._monitor.finish()  # its last samples are logged before the run ends
+                self._monitor = None
             self.flush()
         finally:
             if self.run_id is not None:
