@@ -65,6 +65,10 @@ def test_multirun_puts_jobs_under_one_parent(tmp_path, launcher):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.data.params["optimizer.name"] for r in children} == {"sgd", "adam"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # what differs is easy to find: a swept tag and each job's value in its description
+    assert {r.data.tags.get("swept") for r in runs} == {"optimizer"}
+    notes = {r.data.tags.get("mlflow.note.content") for r in children}
+    assert notes == {"swept: optimizer=sgd", "swept: optimizer=adam"}
     keys = EPOCH_METRICS
     with sqlite3.connect(
         tmp_path / "mlflow.db"

@@ -52,6 +52,11 @@ def test_tpe_sweep_records_mlflow_and_best_overrides_reproduce(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in roles["trial"])
     assert all(r.data.tags["mlflow.parentRunId"] in trial_ids for r in roles["seed"])
     assert all(r.data.tags["sweep"] == "e2e" for r in roles["seed"] + roles["trial"])
+    # the searched keys on every trial, and each seed run's values in its description
+    assert {r.data.tags["swept"] for r in roles["trial"]} == {"optimizer.lr,optimizer.weight_decay"}
+    for r in roles["seed"]:
+        note = r.data.tags["mlflow.note.content"]
+        assert note.startswith("swept: optimizer.lr=") and "optimizer.weight_decay=" in note, note
     # the winner, re-run as a single job from the overrides file
     best = study.best_trial
     overrides = (tmp_path / "multirun" / "best_overrides.txt").read_text().split()

@@ -83,6 +83,14 @@ def _validate_or_exit(config: DictConfig, multirun: bool = False) -> None:
         raise SystemExit(f"error: invalid configuration: {exc}") from None
 
 
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a multirun's command line sweeps (`optimizer=sgd,adam` -> optimizer)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.get_key_element() for o in parsed if o.is_sweep_override()]
+
+
 def parallel_threads(config: DictConfig) -> int | None:
     """Torch threads per job when jobs run side by side: the cores divided between them (unless
     trainer.num_threads says otherwise). Without this each job takes every core's threads and
@@ -129,11 +137,12 @@ class TunelabCallback(Callback):
 
             self.writer = MlflowWriter(uri, config.tracking.experiment)
             overrides = " ".join(config.hydra.overrides.task)
+            swept = {"swept": ",".join(swept_keys(list(config.hydra.overrides.task)))}
             self.parent_id = self.writer.create_run(
                 f"multirun: {overrides}",
-                {**ctx.tags, "role": "multirun", "overrides": overrides},
+                {**ctx.tags, "role": "multirun", "overrides": overrides, **swept},
             )
-            ctx = ctx.derive(parent_run_id=self.parent_id)
+            ctx = ctx.derive(parent_run_id=self.parent_id, tags=swept)
         self.restore_env = ctx.export()
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:

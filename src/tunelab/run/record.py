@@ -50,6 +50,10 @@ def start_run(
         "objective": cfg.objective.metric,
         **ambient,
     }
+    if swept := ambient.get("swept"):  # the MLflow UI shows the description over the run
+        keys = set(swept.split(","))
+        values = [o for o in shown if o.split("=", 1)[0].lstrip("+~") in keys]
+        tags["mlflow.note.content"] = f"swept: {' '.join(values) or swept}"
     parent = ctx.parent_run_id
     name = ",".join(shown) or "default"
     history = state.history if state is not None else {}

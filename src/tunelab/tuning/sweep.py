@@ -182,7 +182,8 @@ class Sweep:
     # ---- one trial -------------------------------------------------------------------------
     def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         start = time.time()
-        tags = {"sweep": self.study_name, "trial": str(trial.number), "sampler": self.sampler_name}
+        tags = {"sweep": self.study_name, "trial": str(trial.number), "sampler": self.sampler_name,
+                "swept": ",".join(p.name for p in self.space)}  # fmt: skip
         run_id = None
         if self.runs:
             run_id = self.runs.start_trial(trial.number, {**self.ctx.tags, **tags})
