@@ -102,6 +102,9 @@ def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     arts = {a.path for a in client.list_artifacts(runs["study"][0].info.run_id)}
     assert {"report.md", "report.html", "summary.json", "figures"} <= arts
+    note = runs["study"][0].data.tags["mlflow.note.content"]  # shown above the study run
+    assert note.startswith("Top set on test/acc: ") and summary["verdicts"][0] in note
+    assert "report.html" in note
     # the same command again: nothing is searched or confirmed again
     again = run_cli(*_args(workdir, "second"), cwd=workdir, env=NO_MODEL)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -52,6 +52,11 @@ def test_tpe_sweep_records_mlflow_and_best_overrides_reproduce(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in roles["trial"])
     assert all(r.data.tags["mlflow.parentRunId"] in trial_ids for r in roles["seed"])
     assert all(r.data.tags["sweep"] == "e2e" for r in roles["seed"] + roles["trial"])
+    note = parent.data.tags["mlflow.note.content"]  # the parent's summary, shown in the UI
+    assert note.startswith(
+        f"Best: val/acc {study.best_value:.4g} at trial {study.best_trial.number}"
+    )
+    assert "trials.csv" in note and "best_overrides.txt" in note
     # the searched keys on every trial, and each seed run's values in its description
     assert {r.data.tags["swept"] for r in roles["trial"]} == {"optimizer.lr,optimizer.weight_decay"}
     for r in roles["seed"]:

@@ -244,9 +244,19 @@ def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
         **{f"fixed.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in spec.fixed},
         **{f"nuisance.{c.name}": json.dumps(c.space) for c in spec.cells},
     }
-    tags = {"top_set": ",".join(summary["top_set"]), "n_cells": str(len(spec.cells))}
+    tags = {"top_set": ",".join(summary["top_set"]), "n_cells": str(len(spec.cells)),
+            "mlflow.note.content": _description(summary)}  # fmt: skip
     writer.log(run.run_id, metrics=study_metrics, params=params, tags=tags, keep_existing=True)
     writer.log_artifacts(run.run_id, out)
+
+
+def _description(summary: dict[str, Any]) -> str:
+    """What the MLflow UI shows above the study run: the top set, the verdicts, where the report is."""
+    head = f"Top set on {summary['primary']}: {', '.join(summary['top_set'])}"
+    lines = [head + f" (leader {summary['leader']}).", "", *[f"- {v}" for v in summary["verdicts"]]]
+    return "\n".join(
+        [*lines, "", "Report: report.html (and report.md, figures/) in the artifacts."]
+    )
 
 
 def finalize(run: Any, results: list[Any]) -> dict[str, Any]:

@@ -178,8 +178,22 @@ def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -
         )
         tags.update({f"best.{k}": str(v) for k, v in best[0].params.items()})
         tags["best.trial"] = str(best[0].number)
+        values = ", ".join(
+            f"{m} {v:.4g}" for m, v in zip(sweep.metrics, best[0].values, strict=False)
+        )
+        chosen = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in best[0].params.items())  # fmt: skip
+        head = f"Best: {values} at trial {best[0].number}: {chosen}"
     elif best:
         tags["pareto.trials"] = ",".join(str(t.number) for t in best)
+        head = f"Pareto front: trials {tags['pareto.trials']} (pareto_front.csv)"
+    else:
+        head = "No trial finished."
+    counts = ", ".join(f"{v} {k}" for k, v in result["counts"].items() if v)
+    tags["mlflow.note.content"] = (
+        f"{head}\n\nTrials: {counts}. In the artifacts: trials.csv, best_overrides.txt "
+        "(`python src/train.py $(cat best_overrides.txt)`) and Optuna's figures."
+    )
     params = {
         "n_trials": sweep.n_trials,
         "sampler": sweep.sampler_name,
