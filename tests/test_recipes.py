@@ -12,22 +12,13 @@ from omegaconf import OmegaConf
 from tunelab.config import validate
 from tunelab.run.api import run
 from tunelab.run.context import RunContext
+from tunelab.run.record import flatten
 
 RECIPES = sorted((CONF / "recipe").glob("*.yaml"))
 
 
-def flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def recipe_values(path) -> dict:
-    return flat(yaml.safe_load(path.read_text()))
+    return flatten(yaml.safe_load(path.read_text()))
 
 
 def test_there_is_a_recipe_for_each_tuned_family():

@@ -33,6 +33,11 @@ def is_volatile(key: str) -> bool:
     return any(key == v or key.startswith(f"{v}.") for v in VOLATILE)
 
 
+def override_key(line: str) -> str:
+    """The dotted key of a command-line override (`+a.b=1`, `~a.b`, `a.b=1` -> a.b)."""
+    return line.split("=", 1)[0].lstrip("+~")
+
+
 def config_key(cfg: DictConfig) -> str:
     """The digest of the resolved config without its VOLATILE settings."""
     plain = OmegaConf.to_container(cfg, resolve=True)

@@ -4,7 +4,6 @@ artifact view renders with its figures inline."""
 from __future__ import annotations
 
 import base64
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,12 @@ _CSS = (
 )
 
 
-def _v(value: float | None, metric: str) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    scale, _ = scale_for(metric)
-    return f"{value * scale:.2f}" if scale != 1.0 else f"{value:.4g}"
-
-
 def _pm(s: dict[str, float], metric: str) -> str:
-    return f"{_v(s['mean'], metric)} ± {_v(s['std'], metric)}"
+    return f"{words.v(s['mean'], metric)} ± {words.v(s['std'], metric)}"
 
 
 def _ci(s: dict[str, float], metric: str) -> str:
-    return f"[{_v(s['ci_low'], metric)}, {_v(s['ci_high'], metric)}]"
+    return f"[{words.v(s['ci_low'], metric)}, {words.v(s['ci_high'], metric)}]"
 
 
 def _unit(metric: str) -> str:
@@ -58,8 +50,8 @@ def _results(summary: dict[str, Any]) -> list[str]:
         best = " **(top set)**" if c["cell"] in summary["top_set"] else ""
         lines.append(
             f"| `{c['cell']}`{best} | " + " | ".join(cols)
-            + f" | {_v(a['min'], m)} | {_v(a['max'], m)} | {_v(a['best_minus_median'], m)}"
-            + f" | {_v(c['search_value'], m)} | {int(c['stats'][m]['n'])} |"
+            + f" | {words.v(a['min'], m)} | {words.v(a['max'], m)} | {words.v(a['best_minus_median'], m)}"
+            + f" | {words.v(c['search_value'], m)} | {int(c['stats'][m]['n'])} |"
         )  # fmt: skip
     return [*lines, ""]
 
@@ -88,7 +80,7 @@ def _checks(summary: dict[str, Any]) -> list[str]:
                                for k, v in c["best_params"].items())  # fmt: skip
             if c["best_trial"] is not None:
                 lines.append(
-                    f"- Best trial {c['best_trial']}: {params} ({m} {_v(c['search_value'], m)})."
+                    f"- Best trial {c['best_trial']}: {params} ({m} {words.v(c['search_value'], m)})."
                 )
             else:
                 lines.append(
@@ -110,8 +102,8 @@ def _checks(summary: dict[str, Any]) -> list[str]:
         if c.get("enough_trials") is not None:
             verdict = "enough trials" if c["enough_trials"] else "⚠ more trials would likely help"
             lines.append(
-                f"- {verdict}: doubling the trials gained {_v(c['doubling_gain'], m)} (bootstrap "
-                f"median) against a seed std of {_v(c['stats'][m]['std'], m)}."
+                f"- {verdict}: doubling the trials gained {words.v(c['doubling_gain'], m)} (bootstrap "
+                f"median) against a seed std of {words.v(c['stats'][m]['std'], m)}."
             )
         for label, codes in (c.get("curve_flags") or {}).items():
             lines.append(f"- Curves of {label}: {', '.join(codes) or 'healthy'}.")

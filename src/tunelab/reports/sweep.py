@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tunelab.config.identity import override_key
 from tunelab.config.space import describe, to_overrides
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def write_best_overrides(
     trial: optuna.trial.FrozenTrial, fixed: list[str], out_dir: Path
 ) -> list[Path]:
     """`best_overrides.txt` (one override a line: `python src/train.py $(cat …)`) and a YAML twin."""
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in fixed]
+    keys = [override_key(o) for o in fixed]
     keep = [o for o, k in zip(fixed, keys, strict=True) if k not in _SWEEP_ONLY and not _hydra(k)]
     lines = keep + to_overrides(dict(trial.params))
     txt = out_dir / "best_overrides.txt"

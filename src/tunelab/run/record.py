@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.config.identity import override_key
 from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
@@ -52,7 +53,7 @@ def start_run(
     }
     if swept := ambient.get("swept"):  # the MLflow UI shows the description over the run
         keys = set(swept.split(","))
-        values = [o for o in shown if o.split("=", 1)[0].lstrip("+~") in keys]
+        values = [o for o in shown if override_key(o) in keys]
         tags["mlflow.note.content"] = f"swept: {' '.join(values) or swept}"
     parent = ctx.parent_run_id
     name = ",".join(shown) or "default"

@@ -62,7 +62,7 @@ class MlflowTracker:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (Hydra callbacks travel to joblib workers): pending writes are sent first."""
         self.flush()
-        return {k: v for k, v in self.__dict__.items() if k != "_monitor"} | {"_monitor": None}
+        return {**self.__dict__, "_monitor": None}  # a sampling thread stays with its process
 
     def start(
         self,

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config.identity import digest, is_volatile
+from tunelab.config.identity import digest, is_volatile, override_key
 from tunelab.config.space import to_overrides
 from tunelab.tuning.settings import SWEEP_KEYS
 
@@ -63,10 +63,6 @@ class StudySpec:
             "objective": [self.metric, self.direction],
         }
         return digest(plain)
-
-
-def override_key(line: str) -> str:
-    return line.split("=", 1)[0].lstrip("+~")
 
 
 def merge_overrides(*groups: list[str]) -> list[str]:
