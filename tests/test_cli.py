@@ -42,7 +42,7 @@ def test_bad_input_fails_fast_with_a_clear_message_and_no_side_effects(tmp_path,
 def test_single_run_prints_where_to_look(tmp_path):
     proc = run_cli(*FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in proc.stdout
+    assert "mlflow ui --app-name tunelab --backend-store-uri sqlite:///mlflow.db" in proc.stdout
     assert "runs?workflowType=machine_learning" in proc.stdout
     (r,) = _runs(tmp_path)
     assert r.info.run_name == ",".join(FAST)

@@ -1,5 +1,6 @@
 """Start the MLflow UI on the project's store (a local file or a tracking server's database) on a
-free port, and print the link to the experiment's runs table."""
+free port, as tunelab serves it (experiments open in the runs table), and print the link to the
+experiment's runs table."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def run(args: Any) -> int:
     if exp is None:
         raise CommandError(f"no experiment {args.experiment!r} in {uri} (pass --experiment)")
     port = args.port or free_port()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--app-name", "tunelab", "--backend-store-uri",
+           uri, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until_up(server, f"http://127.0.0.1:{port}/health")

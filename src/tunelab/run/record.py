@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config.identity import override_key
 from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
 from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate
+from tunelab.run.names import job_name, swept_values
 from tunelab.run.signals import Terminated
 from tunelab.tracking import Tracker
 
@@ -52,11 +52,10 @@ def start_run(
         **ambient,
     }
     if swept := ambient.get("swept"):  # the MLflow UI shows the description over the run
-        keys = set(swept.split(","))
-        values = [o for o in shown if override_key(o) in keys]
+        values = swept_values(shown, swept)
         tags["mlflow.note.content"] = f"swept: {' '.join(values) or swept}"
     parent = ctx.parent_run_id
-    name = ",".join(shown) or "default"
+    name = job_name(shown, ambient, cfg.seed)
     history = state.history if state is not None else {}
     if run_id is not None:
         try:

@@ -53,7 +53,8 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-# The experiment tag the MLflow 3 UI reads to choose its view: classic model development.
+# The experiment tag that marks classic model development (MLflow 3.17's UI chooses its view from a
+# browser setting instead, which `mlflow ui --app-name tunelab` defaults to the runs table).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 _KIND = (EXPERIMENT_KIND, "custom_model_development")
 
@@ -61,7 +62,8 @@ _KIND = (EXPERIMENT_KIND, "custom_model_development")
 def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
     """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
     link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return f"see the runs: mlflow ui --backend-store-uri {tracking_uri}  then open {link}"
+    ui = f"mlflow ui --app-name tunelab --backend-store-uri {tracking_uri}"
+    return f"see the runs: {ui}  then open {link}"
 
 
 _swept: set[str] = set()  # stores whose dead runs this process has already closed

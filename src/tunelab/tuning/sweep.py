@@ -186,7 +186,7 @@ class Sweep:
                 "swept": ",".join(p.name for p in self.space)}  # fmt: skip
         run_id = None
         if self.runs:
-            run_id = self.runs.start_trial(trial.number, {**self.ctx.tags, **tags})
+            run_id = self.runs.start_trial(trial.number, params, {**self.ctx.tags, **tags})
             trial.set_user_attr("mlflow_run_id", run_id)
         pruning.register(self.context_path, trial)
         out = Outcome("complete")

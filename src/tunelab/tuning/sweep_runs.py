@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.owners import keyed_run
 
@@ -26,9 +27,9 @@ class SweepRuns:
         self.parent_id = keyed_run(self.writer, self.study_name, key, tags, parent_run_id)
         return self.parent_id
 
-    def start_trial(self, number: int, tags: dict[str, Any]) -> str:
+    def start_trial(self, number: int, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run_id = self.writer.create_run(
-            f"{self.study_name}-t{number}",
+            trial_name(number, params),
             {**tags, "role": "trial", "optuna_state": "RUNNING"},
             parent_run_id=self.parent_id,
         )

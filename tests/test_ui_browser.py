@@ -1,0 +1,191 @@
+"""What a user sees in the MLflow UI, checked in a real (headless) Chromium: the experiment opens in
+the runs table, a multirun's children are named by what they change, the compare view shows the
+differing parameter and the val/acc curves, and a sweep parent lists its reports.
+
+Chromium comes from the system (`apt-get install -y chromium`); Playwright drives it. Without it
+these tests skip on a workstation and fail in CI. Screenshots of every page land in
+$TUNELAB_TEST_ARTIFACTS (default: test-artifacts/ in the repository)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TRAIN
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+SHOTS = Path(os.environ.get("TUNELAB_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "ui"
+
+
+def _chromium() -> str:
+    """The browser to drive, or a skip (a failure in CI, where it must be installed)."""
+    exe = (
+        os.environ.get("TUNELAB_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        exe, why = None, "the playwright package is not installed (pip install -e '.[dev]')"
+    else:
+        why = "Chromium is not installed (apt-get install -y chromium)"
+    if exe:
+        return exe
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests cannot run: {why}")
+    pytest.skip(why)
+
+
+def _train(cwd: Path, *args: str) -> None:
+    proc = subprocess.run([sys.executable, str(TRAIN), "-m", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """An MLflow server (tunelab's app) on a store made by a multirun and a small sweep."""
+    exe = _chromium()
+    store = tmp_path_factory.mktemp("ui_store")
+    _train(store, "optimizer=sgd,adam", "trainer.max_epochs=2")
+    _train(store, "search=random", "hydra.sweeper.n_trials=3", "trainer.max_epochs=2",
+           "data=synthetic", "hydra.sweeper.study_name=lr-sweep")  # fmt: skip
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--app-name", "tunelab", "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise AssertionError(f"mlflow server exited: {server.stderr.read()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not answer in 120 s"
+                time.sleep(0.5)
+        yield url, exe
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def page(ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, exe = ui
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=exe, args=CHROMIUM_FLAGS, headless=True,
+            viewport={"width": 1600, "height": 1000},
+        )  # fmt: skip
+        browser.set_default_timeout(60_000)
+        pg = browser.new_page()
+        pg.base = url
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def _shot(page, name: str) -> None:
+    page.wait_for_timeout(500)  # charts draw after their data arrives
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def _open_runs_table(page) -> None:
+    """From the experiments list, click into the experiment, as a user would."""
+    page.goto(f"{page.base}/#/experiments")
+    page.get_by_role("link", name="tunelab", exact=True).click()
+    page.locator(".ag-row").first.wait_for()
+
+
+def _row(page, name: str):
+    link = page.get_by_role("link", name=name, exact=True)
+    return page.locator(".ag-row").filter(has=link)
+
+
+def _expand(page, parent: str) -> None:
+    cell = page.locator("[col-id='attributes.`Run Name`']").filter(has_text=parent)
+    cell.get_by_role("button").click()
+
+
+def test_the_experiment_opens_in_the_runs_table_with_children_named_by_their_overrides(page):
+    _open_runs_table(page)
+    assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
+    assert page.get_by_text("Token Usage").count() == 0  # not the GenAI overview
+    multirun = "multirun: optimizer=sgd,adam trainer.max_epochs=2"
+    assert _row(page, multirun).count() == 1 and _row(page, "lr-sweep").count() == 1
+    _expand(page, multirun)
+    for child in ("optimizer=sgd", "optimizer=adam"):
+        _row(page, child).wait_for()
+    _expand(page, "lr-sweep")
+    trials = page.get_by_role("link", name=re.compile(r"^trial \d+ lr=\S+ weight_decay=\S+$"))
+    trials.first.wait_for()
+    assert trials.count() == 3
+    _shot(page, "01-runs-table.png")
+
+
+def test_the_compare_view_shows_the_differing_parameter_and_the_val_acc_curves(page):
+    _open_runs_table(page)
+    _expand(page, "multirun: optimizer=sgd,adam trainer.max_epochs=2")
+    for child in ("optimizer=sgd", "optimizer=adam"):
+        _row(page, child).locator("input.ag-checkbox-input").check()
+    page.get_by_role("button", name=re.compile("^Compare")).click()
+    page.get_by_text("Comparing 2 Runs").first.wait_for()
+    row = page.locator("tr").filter(has=page.get_by_text("optimizer.name", exact=True))
+    assert re.search(r"optimizer\.name\s+sgd\s+adam", row.first.inner_text()), row.inner_text()
+    _shot(page, "02-compare-runs.png")
+    page.get_by_role("link", name="val/acc", exact=True).first.click()
+    for child in ("optimizer=sgd", "optimizer=adam"):  # the chart's legend, one line per run
+        page.get_by_text(f"{child} (val/acc)").first.wait_for()
+    assert page.locator("svg .trace, svg .scatterlayer path").count() >= 2
+    _shot(page, "03-compare-val-acc.png")
+
+
+def test_the_sweep_parent_lists_its_reports_as_artifacts(page):
+    _open_runs_table(page)
+    page.get_by_role("link", name="lr-sweep", exact=True).click()
+    page.get_by_role("tab", name="Artifacts").or_(
+        page.get_by_role("link", name="Artifacts")
+    ).first.click()  # noqa: E501
+    for name in ("trials.csv", "best_overrides.txt", "best_overrides.yaml", "figures"):
+        page.get_by_text(name, exact=True).first.wait_for()
+    page.get_by_text("trials.csv", exact=True).first.click()
+    page.get_by_text(re.compile("optimizer.lr")).first.wait_for()  # the preview of the table
+    _shot(page, "04-sweep-artifacts.png")
+    page.get_by_text("figures", exact=True).first.click()
+    for fig in ("history.png", "importances.png", "slice.png"):
+        page.get_by_text(fig, exact=True).first.wait_for()
+    page.get_by_text("history.png", exact=True).first.click()
+    # the figure itself, previewed (a decoded image wider than any icon)
+    page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 300)")
+    _shot(page, "05-sweep-figures.png")
