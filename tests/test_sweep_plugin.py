@@ -417,3 +417,44 @@ def test_cached_composition_equals_hydra_composition(app):
                 cfg.hydra.runtime.output_dir = "x"
             assert OmegaConf.to_container(fast) == OmegaConf.to_container(slow)
         assert len(composer._templates) == 2  # one per optimizer choice
+
+
+@pytest.mark.slow
+def test_a_200_trial_sweep_reports_every_trial_and_the_right_best(app):
+    """Reports written at the end of a long sweep drop no trial: trials.csv has every one, the best
+    overrides name the best, the parent run's counts and trial runs add up."""
+    import csv
+
+    from tunelab.config.space import to_overrides
+
+    uri = f"sqlite:///{app / 'mlflow.db'}"
+    multirun(app, "search=random", "hydra.sweeper.n_trials=200", "hydra.sweeper.study_name=long",
+             f"tracking.tracking_uri={uri}", "hydra.sweeper.figures=false",
+             "trainer.max_epochs=1", "diverge_above=0.05")  # fmt: skip
+    study = load(app, "long")
+    assert len(study.trials) == 200
+    with open(app / "multirun" / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["number"]) for r in rows] == list(range(200))
+    for row, trial in zip(rows, study.trials, strict=True):
+        assert row["state"] == trial.state.name
+        if trial.value is not None:
+            assert float(row["value"]) == pytest.approx(trial.value)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best = min(done, key=lambda t: t.value)
+    assert study.best_trial.number == best.number
+    chosen = (app / "multirun" / "best_overrides.txt").read_text().split()
+    assert set(to_overrides(best.params)) <= set(chosen)
+    summary = json.loads((app / "multirun" / "summary.json").read_text())
+    assert summary["best"][0]["number"] == best.number
+    assert sum(summary["counts"].values()) == 200 and summary["counts"]["fail"] > 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("toy")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert sorted(int(r.data.tags["trial"]) for r in trials) == list(range(200))
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    assert parent.data.tags["best.trial"] == str(best.number)
+    assert sum(int(v) for k, v in parent.data.tags.items() if k.startswith("trials.")) == 200

@@ -26,7 +26,6 @@ from tunelab.ownership import file_lock
 from tunelab.run.context import RunContext
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.owners import keyed_run
-from tunelab.tracking.policy import tag_filter
 from tunelab.tuning import storage as studies
 from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import runner_for
@@ -165,8 +164,6 @@ class StudyRun:
             key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
             tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
             run_id = keyed_run(self.writer, name, key, tags, parent_run_id=self.run_id)
-            if space:
-                self._tag_sweep(name, self._cell_tags(cell))
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = study.best_trial if complete else None
@@ -188,13 +185,6 @@ class StudyRun:
         except Exception as exc:  # e.g. a sweep expression among the arguments
             log.info("cell config not composed for the checks: %s", str(exc).splitlines()[0])
             return None
-
-    def _tag_sweep(self, sweep: str, tags: dict[str, str]) -> None:
-        """Give every trial and seed run of one cell's nuisance sweep the cell's tags."""
-        for r in self.writer.search(tag_filter({"sweep": sweep})):
-            missing = {k: v for k, v in tags.items() if r.data.tags.get(k) != v}
-            if missing and r.data.tags.get("role") in ("trial", "seed"):
-                self.writer.set_tags(r.info.run_id, missing)
 
     def _search(self, cell: Cell, name: str, args: list[str]) -> str:
         sampler = dict(self.spec.sweep_conf.get("sampler") or {"name": "qmc"})
