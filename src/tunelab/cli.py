@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import ConfigError, validate
+from tunelab.config.secrets import mask
 from tunelab.config.sweeps import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
 
@@ -136,7 +137,7 @@ class TunelabCallback(Callback):
             from tunelab.tracking.mlflow_writer import MlflowWriter
 
             self.writer = MlflowWriter(uri, config.tracking.experiment)
-            overrides = " ".join(config.hydra.overrides.task)
+            overrides = mask(" ".join(config.hydra.overrides.task))
             swept = {"swept": ",".join(swept_keys(list(config.hydra.overrides.task)))}
             self.parent_id = self.writer.create_run(
                 f"multirun: {overrides}",
@@ -150,7 +151,7 @@ class TunelabCallback(Callback):
         failed = job_return is not None and job_return.status == JobStatus.FAILED
         if failed and self.parent_id is not None and not self.failed:
             self.failed = True
-            overrides = " ".join(job_return.overrides or [])
+            overrides = mask(" ".join(job_return.overrides or []))
             self.writer.set_tags(self.parent_id, {"failure_reason": f"job failed: {overrides}"})
             self.writer.end_run(self.parent_id, "FAILED")
 

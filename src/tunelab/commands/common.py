@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tunelab.config.secrets import mask
+
 DEFAULT_STORE = "sqlite:///mlflow.db"  # conf/tracking/mlflow.yaml
 
 
@@ -21,7 +23,7 @@ def store_uri(given: str | None) -> str:
 
     uri = absolute_uri(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise CommandError(f"no MLflow store at {uri} (pass --tracking-uri)")
+        raise CommandError(f"no MLflow store at {mask(uri)} (pass --tracking-uri)")
     return uri
 
 
@@ -35,7 +37,7 @@ def get_run(mlflow: Any, run_id: str, uri: str) -> Any:
     try:
         return mlflow.get_run(run_id)
     except Exception:
-        raise CommandError(f"run {run_id} is not in {uri}") from None
+        raise CommandError(f"run {run_id} is not in {mask(uri)}") from None
 
 
 def artifact_text(mlflow: Any, run_id: str, path: str) -> str | None:

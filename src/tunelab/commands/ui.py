@@ -13,6 +13,7 @@ from typing import Any
 
 from tunelab.commands import common
 from tunelab.commands.common import CommandError
+from tunelab.config.secrets import mask
 
 HELP = "the MLflow UI on the project's store, with the link to its runs"
 
@@ -36,7 +37,7 @@ def run(args: Any) -> int:
     uri = common.store_uri(args.tracking_uri)
     exp = common.client(uri).get_experiment_by_name(args.experiment)
     if exp is None:
-        raise CommandError(f"no experiment {args.experiment!r} in {uri} (pass --experiment)")
+        raise CommandError(f"no experiment {args.experiment!r} in {mask(uri)} (pass --experiment)")
     port = args.port or free_port()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--app-name", "tunelab", "--backend-store-uri",
            uri, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -44,7 +45,7 @@ def run(args: Any) -> int:
     try:
         wait_until_up(server, f"http://127.0.0.1:{port}/health")
         link = common.run_link(exp.experiment_id, port=port)
-        print(f"MLflow UI on {uri}: {link}", flush=True)
+        print(f"MLflow UI on {mask(uri)}: {link}", flush=True)
         if args.check:
             return 0
         print("Ctrl-C stops it", flush=True)

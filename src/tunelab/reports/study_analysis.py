@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from optuna.trial import TrialState
 
+from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, to_overrides
 from tunelab.reports import study_plots as checks
 from tunelab.reports import study_verdicts as sv
@@ -189,7 +190,7 @@ def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
         "pruner": spec.sweep_conf.get("pruner"),
         "fixed": spec.fixed,
         "arguments": spec.arguments,
-        "storage": run.storage_url,
+        "storage": mask(run.storage_url),
         "mlflow_run_id": run.run_id,
         "primary": judged["primary"],
         "leader": primary.get("leader"),

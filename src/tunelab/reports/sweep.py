@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunelab.config.identity import override_key
+from tunelab.config.secrets import mask
 from tunelab.config.space import describe, to_overrides
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def finalize(sweep: Any, utilisation: float, n_run: int) -> dict[str, Any]:
     result = summary(study, sweep.metrics)
     result.update(
         study_name=study.study_name,
-        storage=sweep.storage_url,
+        storage=mask(sweep.storage_url),
         n_run_here=n_run,
         worker_utilisation=round(utilisation, 3),
         n_jobs=sweep.n_jobs,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.config.secrets import masked
 from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
@@ -38,7 +39,7 @@ def start_run(
     state: TrainState | None = None,
 ) -> None:
     """Open the run (or continue `run_id`, re-logging checkpointed epochs the run is missing)."""
-    overrides = list(ctx.overrides)
+    overrides = masked(list(ctx.overrides))  # no password of a URL reaches the record
     shown = [o for o in overrides if not o.startswith("hydra.")]
     ambient = dict(ctx.tags)
     tags = {
@@ -70,7 +71,8 @@ def start_run(
             relog_history(tracker, history)
             return
     tracker.start(run_name=name, tags=tags, parent_run_id=parent)
-    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    resolved = masked(OmegaConf.to_container(cfg, resolve=True))
+    tracker.log_params(flatten(resolved))
     tracker.log_dataset(
         splits.name,
         splits.digest,
@@ -81,7 +83,7 @@ def start_run(
             "input_shape": list(splits.input_shape),
         },
     )
-    tracker.log_dict(OmegaConf.to_container(cfg, resolve=True), "config.yaml")
+    tracker.log_dict(resolved, "config.yaml")
     tracker.log_dict({"overrides": overrides}, "overrides.yaml")
     diff = git_state()["diff"]
     if diff:

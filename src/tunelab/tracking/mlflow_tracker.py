@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunelab.config.secrets import mask
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.policy import retry
 
@@ -74,7 +75,7 @@ class MlflowTracker:
         """A new run, or (run_id) the continuation of one: its logged epochs are not re-sent."""
         if run_id is not None:
             if not self.writer.reopen_run(run_id):
-                raise LookupError(f"run {run_id} is not in {self.tracking_uri}")
+                raise LookupError(f"run {run_id} is not in {mask(self.tracking_uri)}")
             self.run_id = run_id
             self._logged = self.writer.logged_pairs(run_id)
         else:

@@ -30,6 +30,7 @@ from typing import Any
 
 from tunelab import ownership
 from tunelab.background import BackgroundWriter
+from tunelab.config.secrets import mask
 from tunelab.ownership import file_lock
 from tunelab.tracking import owners
 from tunelab.tracking.policy import (
@@ -62,7 +63,7 @@ _KIND = (EXPERIMENT_KIND, "custom_model_development")
 def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
     """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
     link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    ui = f"mlflow ui --app-name tunelab --backend-store-uri {tracking_uri}"
+    ui = f"mlflow ui --app-name tunelab --backend-store-uri {mask(tracking_uri)}"
     return f"see the runs: {ui}  then open {link}"
 
 

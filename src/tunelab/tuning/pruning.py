@@ -39,9 +39,10 @@ def unregister(context_path: str, trial: optuna.Trial) -> None:
 
 
 def write_context(path: str, context: dict[str, Any]) -> None:
-    """Write the sweep context file that jobs in other processes read."""
+    """Write the sweep context file that jobs in other processes read (only this user may: it
+    holds the storage URL, which may carry a database password)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         json.dump(context, fh, indent=1)
     os.replace(tmp, path)
 

@@ -39,8 +39,8 @@ class SweepSettings:
 
     # null: derived from the experiment; same name + storage = resume
     study_name: str | None = None
-    # null: journal file optuna.journal next to the MLflow sqlite store; or journal:PATH, a path,
-    # sqlite:///file.db, postgresql://…
+    # null: $TUNELAB_OPTUNA_STORAGE, else the journal file optuna.journal next to the MLflow sqlite
+    # store; or journal:PATH, a path, sqlite:///file.db, postgresql://user@host:port/db
     storage: str | None = None
     # total trials of the study (a resumed study runs only the remainder)
     n_trials: int = 20
@@ -52,8 +52,11 @@ class SweepSettings:
     seed_key: str = "seed"
     # abort when failed trials exceed this fraction of n_trials
     max_failure_rate: float = 0.5
-    # re-runs of a trial interrupted by a killed sweep
+    # re-runs of a trial interrupted by a killed sweep (or, on a database server, a lost heartbeat)
     max_retries: int = 1
+    # database servers: a running trial's heartbeat interval, and how long without one makes it stale
+    heartbeat_interval_s: int = 60
+    grace_period_s: int | None = None  # null: twice the interval
     # values per interval for the grid sampler
     grid_points: int = 5
     # Optuna's figures on the sweep run

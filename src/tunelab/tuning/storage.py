@@ -7,7 +7,9 @@ opened here and kept by its caller."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,22 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from tunelab import ownership
+from tunelab.config.secrets import mask
 from tunelab.config.space import Param, contains
+from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
 
 log = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "optuna.journal"
 OWNER = "tunelab:owner"  # system attr: the owner stamp of the sweep process running a trial
+ENV_STORAGE = "TUNELAB_OPTUNA_STORAGE"  # a team's study database, e.g. postgresql://…
 
 
 def default_storage(tracking_uri: str | None) -> str:
-    """A journal file next to the MLflow sqlite store (or in the working directory)."""
+    """$TUNELAB_OPTUNA_STORAGE, else a journal file next to the MLflow sqlite store (or in the
+    working directory)."""
+    if os.environ.get(ENV_STORAGE):
+        return os.environ[ENV_STORAGE]
     if tracking_uri and tracking_uri.startswith("sqlite:///"):
         return str(Path(tracking_uri[len("sqlite:///") :]).resolve().parent / DEFAULT_JOURNAL)
     return str(Path(DEFAULT_JOURNAL).resolve())
@@ -41,7 +49,12 @@ def normalize_storage(url: str) -> str:
         return "journal:" + str(Path(url).resolve())
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(url[len("sqlite:///") :]).resolve())
-    return url
+    if url.startswith("sqlite:///") or rdb.scheme(url) in rdb.SERVER_SCHEMES:
+        return url
+    raise ValueError(
+        f"unknown Optuna storage {mask(url)!r}: use journal:PATH (or a path), sqlite:///FILE, "
+        "or a database server URL (postgresql://user@host:port/db)"
+    )
 
 
 def lock_path(url: str) -> Path | None:
@@ -53,15 +66,38 @@ def lock_path(url: str) -> Path | None:
     return None
 
 
-def make_storage(url: str) -> BaseStorage:
-    """Open a storage; sqlite gets a long busy timeout so several processes can share it."""
+def make_storage(
+    url: str,
+    heartbeat_interval_s: int = 60,
+    grace_period_s: int | None = None,
+    max_retries: int = 1,
+) -> BaseStorage:
+    """Open a storage; sqlite gets a long busy timeout so several processes can share it; a
+    database server gets heartbeats, so trials of a machine that died are failed and retried."""
     if url.startswith("journal:"):
         path = url[len("journal:") :]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     if url.startswith("sqlite:"):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    return RDBStorage(url)
+    grace = grace_period_s or 2 * heartbeat_interval_s
+    return rdb.open_server_storage(url, heartbeat_interval_s, grace, max_retries)
+
+
+def open_storage(url: str, conf: Any) -> BaseStorage:
+    """The storage a sweep's settings (hydra.sweeper) ask for; the first process to arrive at a
+    file storage creates its tables while the others wait."""
+    with ownership.file_lock(lock_path(url)):
+        return make_storage(url, int(conf.get("heartbeat_interval_s") or 60),
+                            conf.get("grace_period_s"), int(conf.get("max_retries", 1)))  # fmt: skip
+
+
+def ask_lock(storage: BaseStorage, url: str, name: str) -> contextlib.AbstractContextManager:
+    """Serialises ask() and the budget check between every process working on a study: a file
+    lock beside a file storage, a database lock on a server."""
+    if url.startswith("postgresql"):
+        return rdb.advisory_lock(storage, f"tunelab:ask:{name}")
+    return ownership.file_lock(lock_path(url))
 
 
 def open_study(
@@ -80,7 +116,7 @@ def open_study(
     except Exception as e:
         if "database is locked" in str(e):
             raise RuntimeError(
-                f"sqlite storage {url or name} is locked by another process; for several processes "
+                f"sqlite storage {mask(url) or name} is locked by another process; for several processes "
                 "use a journal file (hydra.sweeper.storage=journal:./optuna.journal) or PostgreSQL"
             ) from e
         raise
@@ -93,8 +129,10 @@ def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
-    """Trials that use up the budget: all but interrupted (stale) ones, whose retry replaces them."""
-    return sum(1 for t in trials if not t.user_attrs.get("stale"))
+    """Trials that use up the budget: all but interrupted (stale) ones, whose retry replaces them
+    (a dead sweep's trial on this host, or a trial whose heartbeat stopped)."""
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if not t.user_attrs.get("stale") and t.number not in retried)
 
 
 def fail_stale(storage: BaseStorage, study: optuna.Study, max_retries: int) -> list[int]:
@@ -137,4 +175,21 @@ def enqueue_baseline(study: optuna.Study, space: list[Param], config: Any) -> bo
         values[p.name] = value
     study.enqueue_trial(values, user_attrs={"baseline": True})
     study.set_user_attr("baseline_enqueued", True)
+    return True
+
+
+def reports_due(storage: BaseStorage, url: str, study: optuna.Study, ran_here: int) -> bool:
+    """Whether this process writes the study's reports: the one that ends it. With trials still
+    running elsewhere, their process will; a state another worker has already reported is not
+    reported again (a process that ran no trial, a user regenerating them, always reports)."""
+    with ask_lock(storage, url, study.study_name):
+        rdb.fail_stale(storage, study)
+        trials = study.get_trials(deepcopy=False)
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if running:
+            log.info("trials %s still run in another process: it writes the reports", running)
+            return False
+        if ran_here and study.user_attrs.get("reported_trials") == len(trials):
+            return False
+        study.set_user_attr("reported_trials", len(trials))
     return True

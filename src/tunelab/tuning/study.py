@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.config.identity import digest
+from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, quote
 from tunelab.ownership import file_lock
 from tunelab.run.context import RunContext
@@ -99,7 +100,7 @@ class StudyRun:
         sig = self.index.user_attrs.get("signature")
         if sig is not None and sig != spec.signature():
             raise ValueError(
-                f"study '{spec.name}' in {self.storage_url} was run with other cells, nuisance "
+                f"study '{spec.name}' in {mask(self.storage_url)} was run with other cells, nuisance "
                 "spaces, fixed values or overrides; resume it with the same settings or pass "
                 "hydra.sweeper.study_name=<new name>"
             )

@@ -23,12 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, describe, grid_values, suggest
-from tunelab.ownership import file_lock
 from tunelab.reports import sweep as results
 from tunelab.reports.runs_table import trials_table
 from tunelab.run.context import RunContext, TrialRef
-from tunelab.tuning import pruning
+from tunelab.tuning import pruning, rdb
 from tunelab.tuning import storage as studies
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Outcome, aggregate, job_overrides, read_job
@@ -80,7 +80,6 @@ class Sweep:
         self.storage_url = studies.normalize_storage(
             conf.get("storage") or studies.default_storage(self.tracking_uri)
         )
-        self.lock_file = studies.lock_path(self.storage_url)
         self.seeds: list[int | None] = list(conf.get("seeds") or [None])
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.context_path = str(self.sweep_dir / "sweep_context.json")
@@ -101,8 +100,8 @@ class Sweep:
     # ---- study -----------------------------------------------------------------------------
     def open(self) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.lock_file):  # the first process to arrive creates the storage's tables
-            self.storage = studies.make_storage(self.storage_url)
+        self.storage = studies.open_storage(self.storage_url, self.conf)
+        with studies.ask_lock(self.storage, self.storage_url, self.study_name):  # one at a time
             self.study = studies.open_study(
                 self.study_name, self.storage, self.directions, self.conf.get("pruner"),
                 self.storage_url,
@@ -136,15 +135,9 @@ class Sweep:
         if self.sampler_name == "grid":
             self.grid = grid_values(self.space, int(self.conf.get("grid_points") or 5))
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in self.grid.values()))
-        pruning.write_context(
-            self.context_path,
-            {
-                "study_name": self.study_name,
-                "storage": self.storage_url,
-                "pruner": self.conf.get("pruner"),
-                "directions": self.directions,
-            },
-        )
+        context = {"study_name": self.study_name, "storage": self.storage_url,
+                   "pruner": self.conf.get("pruner"), "directions": self.directions}  # fmt: skip
+        pruning.write_context(self.context_path, context)  # readable by this user only
 
     def _open_records(self, seed: int) -> None:
         """The sweep's MLflow run: one per study, found again by its `run_key` tag on resume and
@@ -156,16 +149,17 @@ class Sweep:
             **self.ctx.tags,
             "sampler": self.sampler_name,
             "pruner": (self.conf.get("pruner") or {}).get("name", "none"),
-            "optuna_storage": self.storage_url,
+            "optuna_storage": mask(self.storage_url),
             "sampler_seed": str(seed),
         }
         self.runs.open_parent(tags, self.ctx.parent_run_id)
 
     def _ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
         """Next trial within the study-wide budget (atomic across processes on a file storage)."""
-        with self.state.lock, file_lock(self.lock_file):
+        with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
             if self.state.stop or (self.deadline and time.time() > self.deadline):
                 return None
+            rdb.fail_stale(self.storage, self.study)
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and studies.counted(trials) >= self.n_trials:
@@ -190,6 +184,7 @@ class Sweep:
             trial.set_user_attr("mlflow_run_id", run_id)
         pruning.register(self.context_path, trial)
         out = Outcome("complete")
+        beat = rdb.Heartbeat(self.storage, self.study_name, trial.number).start()
         try:
             for i, seed in enumerate(self.seeds):
                 ctx = self.ctx.derive(
@@ -216,6 +211,7 @@ class Sweep:
                 out.per_seed.append(values)
                 out.run_ids.append(job_run or "")
         finally:
+            beat.stop()
             pruning.unregister(self.context_path, trial)
         self._tell(trial, out, run_id, params)
         with self.state.lock:
@@ -282,7 +278,11 @@ class Sweep:
         wall = time.time() - t0
         busy = sum(e - s for s, e in self.state.spans)
         util = busy / (self.n_jobs * wall) if wall > 0 and self.state.spans else 0.0
-        result = results.finalize(self, util, len(self.state.spans))
+        ran_here = len(self.state.spans)
+        if studies.reports_due(self.storage, self.storage_url, self.study, ran_here):
+            result = results.finalize(self, util, ran_here)
+        else:
+            result = {**results.summary(self.study, self.metrics), "reported_here": False}
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result

@@ -1,0 +1,254 @@
+"""The team backend against the real thing: many sweep processes sharing one PostgreSQL study and
+one MLflow tracking server (itself on PostgreSQL), heartbeats, and errors that name the server but
+never its password."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from test_sweep_plugin import app  # noqa: F401  (the toy Hydra app whose objective is known)
+
+from tunelab.config.secrets import mask, masked
+from tunelab.tuning import rdb
+from tunelab.tuning.storage import counted, make_storage
+
+QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+
+def _workers(app_dir: Path, n: int, env: dict, *overrides: str) -> list[str]:
+    """n sweep processes of the toy app started together; their outputs (all must succeed)."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "app.py",
+                "-m",
+                "search=random",
+                *overrides,
+                f"hydra.sweep.dir=multirun/w{i}",
+            ],
+            cwd=app_dir,
+            env={**os.environ, **QUIET, **env},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n=====\n".join(o[-3000:] for o in outs)
+    return outs
+
+
+def test_password_masking():
+    assert mask("postgresql://team:s3cret@db:5432/optuna") == "postgresql://team:***@db:5432/optuna"
+    assert (
+        mask("x http://u:p%40ss@h:5000/ y sqlite:///a.db")
+        == "x http://u:***@h:5000/ y sqlite:///a.db"
+    )
+    assert mask("journal:/tmp/optuna.journal") == "journal:/tmp/optuna.journal"
+    assert rdb.scheme("postgresql+psycopg://a@b/c") == "postgresql+psycopg"
+    # what a run logs (params, config.yaml, overrides.yaml) goes through masked()
+    cfg = {
+        "tracking": {"tracking_uri": "http://ana:pw1@mlflow:5000"},
+        "ov": ["a=1", "s=mysql+pymysql://r:pw2@h/d"],
+    }
+    assert masked(cfg) == {"tracking": {"tracking_uri": "http://ana:***@mlflow:5000"},
+                           "ov": ["a=1", "s=mysql+pymysql://r:***@h/d"]}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_workers", [2, 4])
+def test_workers_share_one_postgres_study_and_one_tracking_server(
+    app,  # noqa: F811
+    postgres,
+    mlflow_server,
+    n_workers,
+):
+    from mlflow.tracking import MlflowClient
+
+    study_name, n_trials = f"team-{n_workers}", 12
+    storage = postgres.url("optuna")
+    env = {"TUNELAB_OPTUNA_STORAGE": storage}
+    outs = _workers(app, n_workers, env, f"hydra.sweeper.n_trials={n_trials}",
+                    f"hydra.sweeper.study_name={study_name}", "sleep_s=0.2",
+                    f"tracking.tracking_uri={mlflow_server}", "hydra.sweeper.figures=false",
+                    f"experiment=team-{n_workers}")  # fmt: skip
+    assert not any(postgres.password in o for o in outs)  # no log line carries the password
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(n_trials))  # none lost, none extra
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    owners = {t.system_attrs["tunelab:owner"] for t in trials}
+    assert len(owners) > 1, "the workers did not share the work"
+    # one parent, one child run per trial, all on the server
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(f"team-{n_workers}")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert sorted(int(r.data.tags["trial"]) for r in children) == list(range(n_trials))
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert "***" in parent.data.tags["optuna_storage"]
+    assert postgres.password not in json.dumps(parent.data.tags)
+    # the reports: written once, by the worker that ended the study, complete
+    reported = [i for i in range(n_workers) if (app / f"multirun/w{i}/summary.json").exists()]
+    assert len(reported) == 1, reported
+    summary = json.loads((app / f"multirun/w{reported[0]}/summary.json").read_text())
+    assert sum(summary["counts"].values()) == n_trials and "***" in summary["storage"]
+    local = client.download_artifacts(parent.info.run_id, "trials.csv", str(app))
+    rows = list(csv.DictReader(io.StringIO(Path(local).read_text())))
+    assert sorted(int(r["number"]) for r in rows) == list(range(n_trials))
+
+
+@pytest.mark.slow
+def test_a_trial_whose_heartbeat_stops_is_failed_and_run_again(postgres):
+    url = postgres.url("heartbeat")
+    storage = make_storage(url, heartbeat_interval_s=1, grace_period_s=2, max_retries=1)
+    study = optuna.create_study(study_name="hb", storage=storage)
+    trial = study.ask()
+    study.tell(study.ask(), 1.0)  # a finished one beside it
+    beat = rdb.Heartbeat(storage, "hb", trial.number).start()
+    time.sleep(1.5)
+    rdb.fail_stale(storage, study)
+    assert study.trials[trial.number].state == TrialState.RUNNING  # still beating: alive
+    beat.stop()  # its machine died
+    time.sleep(3)
+    rdb.fail_stale(storage, study)
+    trials = study.get_trials()
+    assert trials[trial.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert retry.params == trial.params and retry.system_attrs["failed_trial"] == trial.number
+    assert counted(trials) == 2  # the retry replaces the stale trial in the budget
+
+
+def _fails_fast(app_dir: Path, env: dict, *overrides: str) -> str:
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "app.py", "-m", "search=random", "hydra.sweeper.n_trials=2", *overrides],
+        cwd=app_dir, env={**os.environ, **QUIET, **env}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert time.monotonic() - t0 < 60
+    assert not (app_dir / "multirun" / "0").exists(), "a job ran before the storage was checked"
+    return out
+
+
+@pytest.mark.slow
+def test_an_unreachable_database_stops_the_sweep_before_training_naming_the_host(app):  # noqa: F811
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    url = f"postgresql://team:TopSecret42@127.0.0.1:{port}/optuna"
+    out = _fails_fast(app, {"TUNELAB_OPTUNA_STORAGE": url})
+    assert f"cannot open the Optuna storage at 127.0.0.1:{port}/optuna" in out, out[-2000:]
+    assert "TopSecret42" not in out
+
+
+@pytest.mark.slow
+def test_wrong_credentials_and_unknown_schemes_are_refused_without_the_password(app, postgres):  # noqa: F811
+    wrong = f"postgresql://{postgres.user}:WrongPass99@127.0.0.1:{postgres.port}/optuna"
+    out = _fails_fast(app, {"TUNELAB_OPTUNA_STORAGE": wrong})
+    assert "password authentication failed" in out and "WrongPass99" not in out, out[-2000:]
+    out = _fails_fast(app, {}, "hydra.sweeper.storage=redis://u:Hidden77@cache:6379/0")
+    assert "unknown Optuna storage" in out and "Hidden77" not in out, out[-2000:]
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "team-server.sh"
+
+
+def test_the_team_server_refuses_to_start_without_its_secrets():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run(
+        ["bash", str(DEPLOY)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2 and "set MLFLOW_BACKEND_URI" in proc.stderr
+    env.update(MLFLOW_BACKEND_URI="postgresql://a@b/c", MLFLOW_AUTH_DB_URI="postgresql://a@b/d")
+    proc = subprocess.run(
+        ["bash", str(DEPLOY)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_path):
+    import base64
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from conftest import FAST, run_cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    admin_pw = "Admin-Pass-31415"
+    env = {**os.environ, **QUIET, "MLFLOW_BACKEND_URI": postgres.url("team_mlflow"),
+           "MLFLOW_AUTH_DB_URI": postgres.url("team_auth"), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_pw,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "0123456789abcdef" * 4, "PORT": str(port),
+           "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "WORKERS": "1"}  # fmt: skip
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(["bash", str(DEPLOY)], env=env, cwd=tmp_path,
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+
+    def status(auth: str | None) -> int:
+        req = urllib.request.Request(search)
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        assert status(None) == 401
+        assert status("admin:wrong") == 401
+        assert status(f"admin:{admin_pw}") == 200
+        creds = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
+                 "MLFLOW_TRACKING_PASSWORD": admin_pw}  # fmt: skip
+        proc = run_cli(*FAST, "tracking.log_model=false", cwd=tmp_path, env=creds)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert admin_pw not in proc.stdout + proc.stderr
+        from mlflow.tracking import MlflowClient
+
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_pw)
+        try:
+            client = MlflowClient(url)
+            exp = client.get_experiment_by_name("tunelab")
+            (run,) = client.search_runs([exp.experiment_id])
+        finally:
+            for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(k, None)
+        assert run.info.status == "FINISHED" and run.data.params["tracking.tracking_uri"] == url
+        assert "test/acc" in run.data.metrics
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
