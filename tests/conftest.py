@@ -182,39 +182,50 @@ def postgres():
         pg.stop()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgres, tmp_path_factory):
-    """`mlflow server` on that PostgreSQL, serving artifacts, on a free loopback port; its URL."""
+def free_port() -> int:
     import socket
-    import time
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def wait_for_health(server: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+    """Block until an HTTP server answers `url/health`; fail with its log if it exits first."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, (
+                f"no answer in {timeout:.0f} s: {log.read_text()[-2000:]}"
+            )
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres, tmp_path_factory):
+    """`mlflow server` on that PostgreSQL, serving artifacts, on a free loopback port; its URL."""
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("mlflow_artifacts")
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", postgres.url("mlflow"), "--serve-artifacts",
            "--artifacts-destination", str(artifacts), "--workers", "2"]  # fmt: skip
-    log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **NO_TELEMETRY}
-    )
+    log = artifacts.parent / f"mlflow-server-{port}.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **NO_TELEMETRY}
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                tail = Path(log.name).read_text()[-2000:]
-                raise AssertionError(f"mlflow server exited: {tail}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow server did not answer in 180 s"
-                time.sleep(0.5)
+        wait_for_health(server, url, log)
         yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
-        log.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import FAST, free_port, run_cli, wait_for_health
 from optuna.trial import TrialState
 from test_sweep_plugin import app  # noqa: F401  (the toy Hydra app whose objective is known)
 
@@ -149,11 +150,7 @@ def _fails_fast(app_dir: Path, env: dict, *overrides: str) -> str:
 
 @pytest.mark.slow
 def test_an_unreachable_database_stops_the_sweep_before_training_naming_the_host(app):  # noqa: F811
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there
+    port = free_port()  # nothing listens there
     url = f"postgresql://team:TopSecret42@127.0.0.1:{port}/optuna"
     out = _fails_fast(app, {"TUNELAB_OPTUNA_STORAGE": url})
     assert f"cannot open the Optuna storage at 127.0.0.1:{port}/optuna" in out, out[-2000:]
@@ -188,23 +185,19 @@ def test_the_team_server_refuses_to_start_without_its_secrets():
 @pytest.mark.slow
 def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_path):
     import base64
-    import socket
     import urllib.error
     import urllib.request
 
-    from conftest import FAST, run_cli
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     admin_pw = "Admin-Pass-31415"
     env = {**os.environ, **QUIET, "MLFLOW_BACKEND_URI": postgres.url("team_mlflow"),
            "MLFLOW_AUTH_DB_URI": postgres.url("team_auth"), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_pw,
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "0123456789abcdef" * 4, "PORT": str(port),
            "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "WORKERS": "1"}  # fmt: skip
     log = tmp_path / "server.log"
-    server = subprocess.Popen(["bash", str(DEPLOY)], env=env, cwd=tmp_path,
-                              stdout=log.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    with log.open("w") as out:
+        server = subprocess.Popen(["bash", str(DEPLOY)], env=env, cwd=tmp_path, stdout=out,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
 
@@ -219,15 +212,7 @@ def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_pa
             return exc.code
 
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
+        wait_for_health(server, url, log)
         assert status(None) == 401
         assert status("admin:wrong") == 401
         assert status(f"admin:{admin_pw}") == 200

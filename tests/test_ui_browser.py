@@ -13,12 +13,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAIN
+from conftest import ROOT, TRAIN, free_port, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +53,6 @@ def _train(cwd: Path, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """An MLflow server (tunelab's app) on a store made by a multirun and a small sweep."""
@@ -71,25 +61,18 @@ def ui(tmp_path_factory):
     _train(store, "optimizer=sgd,adam", "trainer.max_epochs=2")
     _train(store, "search=random", "hydra.sweeper.n_trials=3", "trainer.max_epochs=2",
            "data=synthetic", "hydra.sweeper.study_name=lr-sweep")  # fmt: skip
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "tunelab", "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    port = free_port()
+    log = store / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--app-name", "tunelab", "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=store, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise AssertionError(f"mlflow server exited: {server.stderr.read()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow server did not answer in 120 s"
-                time.sleep(0.5)
+        wait_for_health(server, url, log, timeout=120)
         yield url, exe
     finally:
         server.terminate()

@@ -1,0 +1,299 @@
+"""Many seeds in one pass: K replicas of one config trained as one batched computation.
+
+Parameters and buffers are stacked [K, ...] and the model runs under torch.func.vmap. The loss is
+the sum of the replicas' mean losses, so each gets its own gradient, and an elementwise optimizer
+over the stacked tensors is K independent optimizers sharing one lr schedule. Replica k is the
+sequential run `seed=seeds[k]`: its initial weights, its batch order (its own generator), losses,
+metrics, best epoch and early stop as loop.fit has them. A replica whose loss becomes non-finite
+fails with fit's reason, one that stops early finishes; both leave the stack and the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.func import functional_call, vmap
+
+from tunelab import build
+from tunelab.optim.lr_schedule import build_schedule
+from tunelab.run.loop import DivergedError, Objective, TrainState, _update_early_stopping
+
+# Leaf layers whose forward is a pure function of (parameters, buffers, input) under vmap; and
+# BatchNorm, whose running statistics are batched buffers it updates in place.
+PURE_LAYERS = (
+    *(nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, nn.Flatten, nn.Identity),
+    *(nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
+    *(nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU),
+)
+# torch.optim classes whose update of a tensor is elementwise (no norms over a whole tensor)
+ELEMENTWISE = ("SGD", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop")
+
+
+def can_batch(model: nn.Module) -> str | None:
+    """None when `model` can train as vmapped replicas matching its sequential runs, else why not."""
+    for name, module in model.named_modules():
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if next(module.children(), None) is not None and not own:
+            continue  # a container: its forward composes its children, which are checked
+        reason = _layer_reason(module)
+        if reason:
+            return f"{name or 'the model'} ({type(module).__name__}): {reason}"
+    return None
+
+
+def _layer_reason(m: nn.Module) -> str | None:
+    if isinstance(m, nn.Dropout) and m.p > 0:
+        return (
+            f"dropout p={m.p} draws its masks from the global RNG; the replicas' masks could "
+            "not match their sequential runs (set model.dropout=0)"
+        )
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+        return None if m.momentum is not None else "BatchNorm momentum=None reads its step count"
+    ok = isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm, *PURE_LAYERS))
+    return None if ok else "not a layer known to run under vmap"
+
+
+def config_reason(cfg: DictConfig) -> str | None:
+    """None when the run config (optimizer, scheduler, fine-tuning) can train as replicas."""
+    target = str(cfg.optimizer.get("_target_", ""))
+    if not (target.startswith("torch.optim.") and target.rsplit(".", 1)[-1] in ELEMENTWISE):
+        return f"optimizer {target} is not elementwise ({'|'.join(ELEMENTWISE)})"
+    if cfg.scheduler.get("monitor"):
+        return (
+            f"scheduler {cfg.scheduler.get('name')} follows each run's own {cfg.scheduler.monitor}:"
+            " the replicas' learning rates would differ, and they share one"
+        )
+    ft = cfg.get("finetune") or {}
+    tuned = ft.get("init_checkpoint") or ft.get("freeze_backbone_epochs")
+    if tuned or ft.get("backbone_lr_mult", 1.0) != 1.0:
+        return "fine-tuning (a checkpoint, a frozen backbone, backbone_lr_mult) is not supported"
+    return None
+
+
+def build_replicas(
+    cfg: DictConfig,
+    seeds: Sequence[int],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    allow: frozenset[str] | None = None,
+) -> list[nn.Module]:
+    """The initial model of each sequential run `seed=s`: api.setup seeds python, numpy and torch
+    (seed_everything), builds the data (which draws from none of their global RNGs) and the model."""
+    models = []
+    for seed in seeds:
+        for seed_rng in (random.seed, np.random.seed, torch.manual_seed):  # seed_everything's
+            seed_rng(int(seed))
+        models.append(build.build_model(cfg.model, input_shape, num_classes, allow))
+    return models
+
+
+@dataclass
+class Replica:
+    """One seed's run: its TrainState, outcome and final (and best-epoch) weights, unstacked."""
+
+    seed: int
+    state: TrainState = field(default_factory=TrainState)
+    status: str = "RUNNING"  # FINISHED | FAILED
+    reason: str | None = None
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _Stack:
+    """The replicas still training as one computation. Row i of the parameters [K, ...] (what the
+    optimizer steps), of the buffers [K, ...] (BatchNorm's running statistics, updated in place
+    under vmap) and of this epoch's permutations and running sums is self.replicas[i]."""
+
+    def __init__(self, models: list[nn.Module], replicas: list[Replica]) -> None:
+        states = [m.state_dict() for m in models]
+        self.keys = list(states[0])
+        self.module = copy.deepcopy(models[0])  # names, groups and the forward of one replica
+        for name, p in self.module.named_parameters():
+            p.data = torch.stack([s[name] for s in states])
+        self.params = dict(self.module.named_parameters())
+        self.buffers = {
+            n: torch.stack([s[n] for s in states]) for n, _ in models[0].named_buffers()
+        }
+        self.replicas, self.optimizer = list(replicas), None
+        self.gens = [torch.Generator().manual_seed(r.seed) for r in replicas]
+        self.perms = self.sums = torch.empty(0)
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """(K, B, ...) inputs, or (B, ...) shared by all replicas -> (K, B, classes)."""
+        one = partial(functional_call, self.module)  # one replica: its own (params, buffers)
+        return vmap(lambda p, b, xb: one((p, b), (xb,)), in_dims=(0, 0, None if shared else 0))(
+            self.params, self.buffers, x
+        )
+
+    def weights(self, i: int) -> dict[str, torch.Tensor]:
+        both = {**self.params, **self.buffers}
+        return {k: both[k][i].detach().clone() for k in self.keys}
+
+    def fail_nonfinite(self, values: torch.Tensor, epoch: int) -> None:
+        for r, v in zip(self.replicas, values.tolist(), strict=True):
+            if not math.isfinite(v) and r.status == "RUNNING":  # fit's DivergedError, as a status
+                r.status, r.reason = "FAILED", str(DivergedError(epoch, v))
+
+    def retire(self) -> int:
+        """Take the replicas that failed or stopped early out: re-stack parameters, gradients,
+        optimizer state and buffers without them. How many go on."""
+        keep = [r.status == "RUNNING" for r in self.replicas]
+        if all(keep):
+            return len(keep)
+        for i, r in enumerate(self.replicas):
+            r.weights = r.weights if keep[i] else self.weights(i)
+        rows = torch.tensor(keep, device=self.sums.device)
+        for name, p in self.params.items():  # new leaves: autograd caches the old shapes
+            new = self.params[name] = nn.Parameter(p.detach()[rows])
+            new.grad = None if p.grad is None else p.grad[rows]  # left between micro-batches
+            state = self.optimizer.state.pop(p, {})  # per-element state (moments) is per replica
+            self.optimizer.state[new] = {
+                k: v[rows] if torch.is_tensor(v) and v.shape == p.shape else v
+                for k, v in state.items()
+            }
+            for group in self.optimizer.param_groups:
+                group["params"] = [new if q is p else q for q in group["params"]]
+            owner, _, attr = name.rpartition(".")
+            setattr(self.module.get_submodule(owner), attr, new)
+        self.buffers = {k: v[rows] for k, v in self.buffers.items()}
+        self.perms, self.sums = self.perms[rows], self.sums[rows]
+        self.replicas = [r for r, k in zip(self.replicas, keep, strict=True) if k]
+        self.gens = [g for g, k in zip(self.gens, keep, strict=True) if k]
+        return len(self.replicas)
+
+
+def fit_replicas(
+    models: list[nn.Module],
+    seeds: Sequence[int],
+    cfg: DictConfig,
+    data: dict[str, torch.Tensor],
+    *,
+    allow: frozenset[str] | None = None,
+    on_epoch: Callable[[Replica, dict[str, float]], None] | None = None,
+    autocast: Any = nullcontext,
+) -> list[Replica]:
+    """Train `models` (build_replicas(cfg, seeds, ...)) as loop.fit trains each run `seed=s`
+    with cfg's optimizer, schedule and trainer; one Replica per seed, in order. data holds
+    x_train/y_train/x_val/y_val on the device; on_epoch(replica, metrics) follows every epoch."""
+    trainer, x, y = cfg.trainer, data["x_train"], data["y_train"]
+    reason = config_reason(cfg) or can_batch(models[0])
+    if reason:
+        raise ValueError(f"cannot train as replicas: {reason}")
+    n, bs, accum = len(y), int(trainer.batch_size), int(trainer.grad_accum_steps)
+    clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
+    on_cpu = x.device.type == "cpu"
+    replicas = [Replica(int(s)) for s in seeds]
+    stack = _Stack([m.to(x.device) for m in models], replicas)
+    optimizer = stack.optimizer = build.build_optimizer(stack.module, cfg.optimizer, 1.0, allow)
+    batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
+    seen, steps = min(len(batches) * bs, n), max(1, -(-len(batches) // accum))
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(trainer.max_epochs)
+    )
+    loss_fn = vmap(partial(F.cross_entropy, label_smoothing=float(trainer.label_smoothing)))
+    objective = Objective(cfg.objective.metric, cfg.objective.direction)
+    for epoch in range(1, int(trainer.max_epochs) + 1):
+        stack.module.train()
+        t0 = time.perf_counter()
+        stack.perms = torch.stack([torch.randperm(n, generator=g) for g in stack.gens])
+        stack.perms = stack.perms.to(x.device)
+        stack.sums = torch.zeros(len(stack.replicas), 3, device=x.device)  # loss, correct, |grad|
+        for b, start in enumerate(batches):
+            idx = stack.perms[:, start : start + bs]  # (K, B): each replica its own batch
+            target = y[idx]
+            with autocast():
+                logits = stack(x[idx])
+                losses = loss_fn(logits.float(), target)  # (K,)
+            if on_cpu:  # free check on CPU; a diverged replica leaves after the step
+                stack.fail_nonfinite(losses.detach(), epoch)
+            (losses / accum if accum > 1 else losses).sum().backward()
+            stack.sums[:, 0].add_(losses.detach(), alpha=idx.shape[1])
+            stack.sums[:, 1] += (logits.argmax(-1) == target).sum(1)
+            if (b + 1) % accum == 0 or b == len(batches) - 1:
+                stack.sums[:, 2] += _grad_norms(list(stack.params.values()), clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.after_step()
+                for r in stack.replicas:
+                    r.state.step += 1
+            if not stack.retire():
+                return replicas
+        train_s = time.perf_counter() - t0
+        stack.fail_nonfinite(stack.sums[:, 0], epoch)
+        if not stack.retire():
+            return replicas
+        val_loss, val_acc = _evaluate(stack, data["x_val"], data["y_val"], autocast)
+        for i, (r, sums) in enumerate(zip(stack.replicas, stack.sums.tolist(), strict=True)):
+            metrics = {
+                "train/loss": sums[0] / seen,
+                "train/acc": sums[1] / seen,
+                "val/loss": val_loss[i],
+                "val/acc": val_acc[i],
+                "opt/lr": schedule.lr,
+                "train/grad_norm": sums[2] / steps,
+                "perf/epoch_s": train_s,  # the batched epoch's time, shared by all replicas
+                "perf/samples_per_s": seen / train_s,  # per replica; K times that in all
+            }
+            if _record(r.state, metrics, objective, trainer.early_stopping):
+                r.best_weights = stack.weights(i)
+            r.status = "FINISHED" if r.state.stopped_early else r.status
+            if on_epoch is not None:
+                on_epoch(r, metrics)
+        if not stack.retire():
+            break
+    for i, r in enumerate(stack.replicas):
+        r.status, r.weights = "FINISHED", stack.weights(i)
+    return replicas
+
+
+def _record(state: TrainState, metrics: dict, objective: Objective, stop: Any) -> bool:
+    """fit's end of an epoch for one replica: history, best epoch, early stopping; improved?"""
+    state.epoch += 1
+    for k, v in metrics.items():
+        state.history.setdefault(k, []).append(v)
+    improved = objective.better(metrics[objective.metric], state.best_value)
+    if improved:
+        state.best_value, state.best_epoch = metrics[objective.metric], state.epoch
+    _update_early_stopping(state, metrics, stop, objective)
+    return improved
+
+
+def _grad_norms(params: list[nn.Parameter], clip: float) -> torch.Tensor:
+    """Each replica's total gradient norm (K,), clipping each replica's gradients to `clip` as
+    clip_grad_norm_ clips one model's."""
+    grads = [p.grad for p in params if p.grad is not None]
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+    norms = torch.linalg.vector_norm(per_tensor, dim=0)
+    if not math.isinf(clip):
+        coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+    return norms.detach()
+
+
+@torch.no_grad()
+def _evaluate(stack: _Stack, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> tuple[list, list]:
+    """loop.evaluate for every replica: mean loss and accuracy per replica, in eval mode."""
+    stack.module.eval()
+    loss_fn = vmap(partial(F.cross_entropy, reduction="sum"), in_dims=(0, None))
+    loss_sum, preds = torch.zeros(len(stack.replicas), dtype=torch.float64), []
+    for i in range(0, len(y), 256):  # evaluate()'s batches
+        with autocast():
+            logits = stack(x[i : i + 256], shared=True).float()
+        loss_sum += loss_fn(logits, y[i : i + 256]).double().cpu()
+        preds.append(logits.argmax(-1))
+    accuracy = (torch.cat(preds, dim=1) == y).float().mean(1)
+    return (loss_sum / len(y)).tolist(), accuracy.tolist()
