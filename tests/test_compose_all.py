@@ -26,7 +26,7 @@ from tunelab.tuning.study_spec import parse
 
 GROUPS = (
     "data", "model", "optimizer", "scheduler", "trainer", "tracking", "finetune", "diagnose",
-    "search", "study",
+    "search", "study", "launcher",
 )  # fmt: skip
 SMALL = ["data=synthetic", "model=mlp", "model.width=8", "trainer.max_epochs=2"]
 
@@ -96,6 +96,9 @@ def test_every_option_composes_validates_and_builds(group, option, files, tmp_pa
         assert space, f"search={option} searches nothing"
         make_sampler(conf["sampler"], 0, {p.name: [0] for p in space})
         make_pruner(conf["pruner"])
+    if group == "launcher":  # trials as cluster jobs, one GPU each
+        assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+        assert cfg.hydra.launcher.gpus_per_node == 1
     if group == "study":
         settings = OmegaConf.merge(OmegaConf.structured(StudySweeperConf), cfg.hydra.sweeper)
         spec = parse(OmegaConf.to_container(settings, resolve=True), cfg, [])

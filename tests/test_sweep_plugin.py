@@ -394,6 +394,50 @@ def test_joblib_launcher_prunes_in_worker_processes(app):
     assert summary["n_jobs"] == 2 and summary["worker_utilisation"] > 0.5
 
 
+@pytest.mark.slow
+def test_concurrent_trials_get_their_own_gpus_and_share_them_by_trials_per_gpu(app):
+    """Planned for 2 GPUs (faked: the toy objective ignores the device), 2 trials per GPU, 6
+    trials at once asked for: 4 run at once, and no GPU ever has more than 2 of them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{app / 'mlflow.db'}"
+    proc = _spawn(app, "search=random", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=6",
+                  "hydra.sweeper.gpus=2", "hydra.sweeper.trials_per_gpu=2", "+trainer.device=auto",
+                  "hydra.sweeper.n_trials=12", "sleep_s=0.3", "hydra.sweeper.study_name=gpus",
+                  "hydra.sweeper.figures=false", f"tracking.tracking_uri={uri}")  # fmt: skip
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "trials_per_gpu=2: running 4" in out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("toy")
+    trials = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+              if r.data.tags.get("role") == "trial"]  # fmt: skip
+    assert len(trials) == 12
+    assert {r.data.tags["assigned_device"] for r in trials} == {"cuda:0", "cuda:1"}
+    device = {r.info.run_id: r.data.tags["assigned_device"] for r in trials}
+    spans = [(t.datetime_start, t.datetime_complete, device[t.user_attrs["mlflow_run_id"]])
+             for t in load(app, "gpus").get_trials()]  # fmt: skip
+    for t, *_ in spans:  # at every trial start: how many trials run on each device
+        busy = [d for s, e, d in spans if s <= t < e]
+        assert max(busy.count(d) for d in set(busy)) <= 2, (t, busy)
+    assert max(len([1 for s, e, _ in spans if s <= t < e]) for t, *_ in spans) > 2
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_the_trials_as_jobs(app):
+    """hydra/launcher=submitit_local: the trials run as submitit jobs (launcher=slurm's local twin)."""
+    proc = _spawn(app, "search=random", "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2",
+                  "hydra.launcher.timeout_min=5", "hydra.sweeper.n_trials=4", "sleep_s=0.1",
+                  "hydra.sweeper.study_name=sub", "hydra.sweeper.figures=false",
+                  "hydra.sweeper.storage=journal:optuna.journal")  # fmt: skip
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    trials = load(app, "sub").get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert list((app / "multirun").glob("**/.submitit/*")), "no submitit job folders"
+
+
 def test_cached_composition_equals_hydra_composition(app):
     from hydra.types import RunMode
 

@@ -57,6 +57,9 @@ class SweepSettings:
     # database servers: a running trial's heartbeat interval, and how long without one makes it stale
     heartbeat_interval_s: int = 60
     grace_period_s: int | None = None  # null: twice the interval
+    # GPUs to spread concurrent trials over (null: the node's CUDA devices) and trials per GPU
+    gpus: int | None = None
+    trials_per_gpu: int = 1
     # values per interval for the grid sampler
     grid_points: int = 5
     # Optuna's figures on the sweep run

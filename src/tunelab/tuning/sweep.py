@@ -28,7 +28,7 @@ from tunelab.config.space import build_space, describe, grid_values, suggest
 from tunelab.reports import sweep as results
 from tunelab.reports.runs_table import trials_table
 from tunelab.run.context import RunContext, TrialRef
-from tunelab.tuning import pruning, rdb
+from tunelab.tuning import devices, pruning, rdb
 from tunelab.tuning import storage as studies
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Outcome, aggregate, job_overrides, read_job
@@ -96,6 +96,7 @@ class Sweep:
             self.n_jobs = 1  # golden-section steps depend on the previous result
         cached = bool(self.conf.get("cached_compose", True))
         self.runner, self.n_jobs = plan_launch(self.launcher, self.n_jobs, len(self.fixed), cached)
+        self.n_jobs, self.devices = devices.plan(self.conf, self.config, self.n_jobs)
 
     # ---- study -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -174,10 +175,10 @@ class Sweep:
             return trial, suggest(trial, self.space)
 
     # ---- one trial -------------------------------------------------------------------------
-    def _run_trial(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
-        start = time.time()
+    def _run_trial(self, trial: optuna.Trial, params: dict[str, Any], slot: int = 0) -> None:
+        start, on = time.time(), devices.overrides(self.devices, slot)  # the slot's GPU, if any
         tags = {"sweep": self.study_name, "trial": str(trial.number), "sampler": self.sampler_name,
-                "swept": ",".join(p.name for p in self.space)}  # fmt: skip
+                "swept": ",".join(p.name for p in self.space), **devices.tags(self.devices, slot)}  # fmt: skip
         run_id = None
         if self.runs:
             run_id = self.runs.start_trial(trial.number, params, {**self.ctx.tags, **tags})
@@ -194,7 +195,7 @@ class Sweep:
                     trial=TrialRef(self.context_path, trial.number, report=i == 0),
                 )
                 seed_key = str(self.conf.get("seed_key") or "seed")
-                overrides = job_overrides(self.fixed, params, seed, seed_key, ctx)
+                overrides = job_overrides([*self.fixed, *on], params, seed, seed_key, ctx)
                 try:
                     ret = self.runner.launch(
                         [overrides], initial_job_idx=trial.number * len(self.seeds) + i
@@ -254,9 +255,9 @@ class Sweep:
             self.runs.end_trial(run_id, out.kind, means, end_tags, params)
 
     # ---- loop + analysis -------------------------------------------------------------------
-    def _worker(self) -> None:
+    def _worker(self, slot: int = 0) -> None:
         while (nxt := self._ask()) is not None:
-            self._run_trial(*nxt)
+            self._run_trial(*nxt, slot)
 
     def run(self) -> dict[str, Any]:
         self.open()
@@ -268,7 +269,7 @@ class Sweep:
                 self._worker()
             else:
                 with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial") as pool:
-                    for f in [pool.submit(self._worker) for _ in range(self.n_jobs)]:
+                    for f in [pool.submit(self._worker, i) for i in range(self.n_jobs)]:
                         f.result()
         except BaseException:
             self.state.stop = "interrupted"
