@@ -237,3 +237,64 @@ def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_pa
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_fails_trials_and_the_sweep_resumes(app, postgres):  # noqa: F811
+    from tunelab.tuning.storage import counted
+
+    port, backend = free_port(), postgres.url("away_mlflow")
+    url, log = f"http://127.0.0.1:{port}", app / "server.log"
+
+    def serve() -> subprocess.Popen:
+        with log.open("a") as out:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                 str(port), "--backend-store-uri", backend, "--workers", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **QUIET},
+            )  # fmt: skip
+        wait_for_health(server, url, log)
+        return server
+
+    storage = postgres.url("away_optuna")
+    env = {**os.environ, **QUIET, "TUNELAB_OPTUNA_STORAGE": storage,
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
+    cmd = [sys.executable, "app.py", "-m", "search=random", "hydra.sweeper.n_trials=6",
+           "hydra.sweeper.study_name=away", "sleep_s=0.4", f"tracking.tracking_uri={url}",
+           "hydra.sweeper.figures=false", "hydra.sweeper.max_failure_rate=0.2",
+           "hydra.sweeper.max_retries=3", "experiment=away"]  # fmt: skip
+    server = serve()
+    worker = subprocess.Popen(cmd, cwd=app, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:  # two trials done, then the server goes away
+        try:
+            study = optuna.load_study(study_name="away", storage=make_storage(storage))
+            if len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2:
+                break
+        except KeyError:
+            pass
+        assert worker.poll() is None and time.monotonic() < deadline, worker.stdout.read()
+        time.sleep(0.2)
+    server.terminate()
+    server.wait(timeout=60)
+    out = worker.communicate(timeout=300)[0]
+    assert worker.returncode != 0, out[-3000:]  # stopped: too many trials failed
+    assert "failed trials exceed max_failure_rate" in out, out[-3000:]
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert failed and all(
+        t.user_attrs["fail_reason"].startswith("tracking unavailable") for t in failed
+    )
+    assert all(t.user_attrs["stale"] for t in failed)  # the server's fault: not the budget's
+    # the server is back: the same command finishes the study
+    server = serve()
+    try:
+        again = subprocess.run(cmd, cwd=app, env=env, text=True, capture_output=True, timeout=300)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    trials = study.get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert counted(trials) == 6 and len(done) == 6, [(t.number, t.state) for t in trials]
+    assert postgres.password not in out + again.stdout + again.stderr

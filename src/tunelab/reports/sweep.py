@@ -166,7 +166,11 @@ def finalize(sweep: Any, utilisation: float, n_run: int) -> dict[str, Any]:
     (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     files.append(out_dir / "summary.json")
     if sweep.runs and sweep.runs.parent_id:
-        _record(sweep, result, best, files)
+        try:
+            _record(sweep, result, best, files)
+        except Exception as exc:  # e.g. the tracking server is away: the files above stay
+            log.error("the sweep's MLflow run was not updated (%s); its results are in %s",
+                      mask(str(exc))[:300], out_dir)  # fmt: skip
     return result
 
 

@@ -35,7 +35,12 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if getattr(exc, "error_code", None) in TRANSIENT_CODES:
         return True
-    return any(t in str(exc).lower() for t in TRANSIENT)
+    return transient_text(str(exc))
+
+
+def transient_text(message: str) -> bool:
+    """An error message that says a server or database was away or busy, not that input was bad."""
+    return any(t in message.lower() for t in TRANSIENT)
 
 
 def retry(fn: Callable[[], T], *, attempts: int = 12) -> T:

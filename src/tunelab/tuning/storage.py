@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from tunelab import ownership
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, contains
+from tunelab.tracking.policy import transient_text
 from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
 
@@ -146,14 +147,29 @@ def fail_stale(storage: BaseStorage, study: optuna.Study, max_retries: int) -> l
         storage.set_trial_user_attr(tid, "fail_reason", "interrupted: sweep process died")
         study.tell(t.number, state=TrialState.FAIL)
         failed.append(t.number)
-        retries = int(t.user_attrs.get("retries", 0))
-        if retries < max_retries:
-            study.enqueue_trial(
-                dict(t.params),
-                user_attrs={"retry_of": t.number, "retries": retries + 1},
-                skip_if_exists=False,
-            )
+        requeue(study, dict(t.params), {**t.user_attrs, "number": t.number}, max_retries)
     return failed
+
+
+def infrastructure_failure(trial: optuna.Trial, reason: str) -> bool:
+    """Record why a running trial failed; True (and the trial marked stale, so the budget does not
+    count it) when the cause was the tracking server or a database being unreachable."""
+    trial.set_user_attr("fail_reason", reason)
+    away = reason.startswith("tracking unavailable") or transient_text(reason)
+    if away:
+        trial.set_user_attr("stale", True)
+    return away
+
+
+def requeue(study: optuna.Study, params: dict, attrs: dict, max_retries: int) -> bool:
+    """Queue a trial's params again (at most max_retries times for one original trial)."""
+    retries = int(attrs.get("retries", 0))
+    if retries >= max_retries:
+        return False
+    origin = attrs.get("retry_of", attrs.get("number"))
+    study.enqueue_trial(dict(params), user_attrs={"retry_of": origin, "retries": retries + 1},
+                        skip_if_exists=False)  # fmt: skip
+    return True
 
 
 def claim(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> None:

@@ -133,6 +133,7 @@ class Sweep:
         self.seed = int(seed)
         self.grid = None
         self.n_trials = int(self.conf.get("n_trials") or 20)
+        self.max_retries = int(self.conf.get("max_retries", 1))
         if self.sampler_name == "grid":
             self.grid = grid_values(self.space, int(self.conf.get("grid_points") or 5))
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in self.grid.values()))
@@ -181,7 +182,10 @@ class Sweep:
                 "swept": ",".join(p.name for p in self.space), **devices.tags(self.devices, slot)}  # fmt: skip
         run_id = None
         if self.runs:
-            run_id = self.runs.start_trial(trial.number, params, {**self.ctx.tags, **tags})
+            try:
+                run_id = self.runs.start_trial(trial.number, params, {**self.ctx.tags, **tags})
+            except Exception as exc:  # the tracking server is away: this trial fails and re-queues
+                return self._tell(trial, Outcome("fail", f"tracking unavailable: {mask(str(exc))}"[:500]), None, params)  # fmt: skip
             trial.set_user_attr("mlflow_run_id", run_id)
         pruning.register(self.context_path, trial)
         out = Outcome("complete")
@@ -234,22 +238,19 @@ class Sweep:
             elif out.kind == "pruned":
                 self.study.tell(trial, state=TrialState.PRUNED)
                 end_tags["pruned"] = "true"
-            else:
-                trial.set_user_attr("fail_reason", out.reason)
+            else:  # a server or database away is not the config's fault: not counted, run again
+                away = studies.infrastructure_failure(trial, out.reason)
                 self.study.tell(trial, state=TrialState.FAIL)
+                if away:
+                    studies.requeue(self.study, trial.params, trial.user_attrs, self.max_retries)
                 end_tags["failure_reason"] = out.reason[:250]
                 self.state.failed += 1
                 limit = float(self.conf.get("max_failure_rate", 0.5)) * self.n_trials
                 if self.state.failed > limit and not self.state.stop:
                     self.state.stop = f"{self.state.failed} failed trials exceed max_failure_rate (limit {limit:g})"
         state = {"complete": "COMPLETE", "pruned": "PRUNED"}.get(out.kind, "FAIL")
-        log.info(
-            "trial %d %s %s %s",
-            trial.number,
-            state,
-            {m: means.get(m) for m in self.metrics} if means else "",
-            out.reason,
-        )
+        shown = {m: means.get(m) for m in self.metrics} if means else ""
+        log.info("trial %d %s %s %s", trial.number, state, shown, out.reason)
         if self.runs and run_id:
             end_tags.update(optuna_state=state, n_seeds=str(len(out.per_seed)))
             self.runs.end_trial(run_id, out.kind, means, end_tags, params)
