@@ -218,7 +218,7 @@ def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_pa
         assert status(f"admin:{admin_pw}") == 200
         creds = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
                  "MLFLOW_TRACKING_PASSWORD": admin_pw}  # fmt: skip
-        proc = run_cli(*FAST, "tracking.log_model=false", cwd=tmp_path, env=creds)
+        proc = run_cli(*FAST, cwd=tmp_path, env=creds)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert admin_pw not in proc.stdout + proc.stderr
         from mlflow.tracking import MlflowClient
@@ -228,12 +228,33 @@ def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_pa
             client = MlflowClient(url)
             exp = client.get_experiment_by_name("tunelab")
             (run,) = client.search_runs([exp.experiment_id])
+            arts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
         finally:
             for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
                 os.environ.pop(k, None)
         assert run.info.status == "FINISHED" and run.data.params["tracking.tracking_uri"] == url
-        assert "test/acc" in run.data.metrics
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+        # the same run in the embedded store records the same things
+        local_dir = tmp_path / "local"
+        local_dir.mkdir()
+        proc = run_cli(*FAST, cwd=local_dir)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        local_client = MlflowClient(f"sqlite:///{local_dir / 'mlflow.db'}")
+        (local,) = local_client.search_runs(
+            [local_client.get_experiment_by_name("tunelab").experiment_id]
+        )
+        drop = {"tracking.tracking_uri"}
+        assert {k: v for k, v in run.data.params.items() if k not in drop} == {
+            k: v for k, v in local.data.params.items() if k not in drop
+        }
+        timing = ("perf/", "system/")
+        same = {k for k in local.data.metrics if not k.startswith(timing)}
+        assert same and same == {k for k in run.data.metrics if not k.startswith(timing)}
+        for k in same:
+            assert run.data.metrics[k] == pytest.approx(local.data.metrics[k], rel=1e-6), k
+        assert arts == sorted(a.path for a in local_client.list_artifacts(local.info.run_id))
+        for tag in ("model_format", "data_digest", "seed", "git_sha"):
+            assert run.data.tags[tag] == local.data.tags[tag], tag
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -298,3 +319,49 @@ def test_a_tracking_server_that_goes_away_fails_trials_and_the_sweep_resumes(app
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert counted(trials) == 6 and len(done) == 6, [(t.number, t.state) for t in trials]
     assert postgres.password not in out + again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_its_trial_retried_by_the_heartbeat(
+    app,  # noqa: F811
+    postgres,
+    mlflow_server,
+):
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    storage = postgres.url("killed")
+    env = {**os.environ, **QUIET, "TUNELAB_OPTUNA_STORAGE": storage}
+    cmd = [sys.executable, "app.py", "-m", "search=random", "hydra.sweeper.n_trials=6",
+           "hydra.sweeper.study_name=killed", "sleep_s=1.0", f"tracking.tracking_uri={mlflow_server}",
+           "hydra.sweeper.figures=false", "hydra.sweeper.heartbeat_interval_s=1",
+           "hydra.sweeper.grace_period_s=3", "experiment=killed"]  # fmt: skip
+    workers = [subprocess.Popen([*cmd, f"hydra.sweep.dir=multirun/k{i}"], cwd=app, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for i in range(2)]  # fmt: skip
+    victim, survivor = workers
+    deadline, killed = time.monotonic() + 120, None
+    while killed is None:  # the victim's first trial is under way: its machine dies
+        assert time.monotonic() < deadline and victim.poll() is None
+        try:
+            study = optuna.load_study(study_name="killed", storage=make_storage(storage))
+        except KeyError:
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            owner = str(t.system_attrs.get("tunelab:owner", "")).split(":")  # host:pid:start
+            if owner[1:2] == [str(victim.pid)] and t.user_attrs.get("mlflow_run_id"):
+                os.kill(victim.pid, signal.SIGKILL)
+                killed = t
+                break
+        time.sleep(0.2)
+    victim.wait(timeout=30)
+    out = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode == 0, out[-3000:]
+    trials = study.get_trials()
+    assert trials[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert counted(trials) == 6 and sum(t.state == TrialState.COMPLETE for t in trials) == 6
+    run = MlflowClient(mlflow_server).get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "heartbeat_stale"

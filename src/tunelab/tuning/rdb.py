@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from tunelab.config.secrets import host_of, mask
 
@@ -107,12 +108,18 @@ def uses_heartbeats(storage: Any) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
-def fail_stale(storage: Any, study: optuna.Study) -> None:
-    """Fail (and, through the callback, re-queue) trials whose heartbeat stopped."""
-    if uses_heartbeats(storage):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+def fail_stale(storage: Any, study: optuna.Study) -> list[str]:
+    """Fail (and, through the callback, re-queue) trials whose heartbeat stopped; the MLflow runs
+    of the trials it failed."""
+    if not uses_heartbeats(storage):
+        return []
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return [str(t.user_attrs["mlflow_run_id"]) for t in failed
+            if t.number in running and t.user_attrs.get("mlflow_run_id")]  # fmt: skip
 
 
 class Heartbeat:

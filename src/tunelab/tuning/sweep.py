@@ -61,11 +61,8 @@ class Sweep:
         self.conf, self.config, self.launcher = conf, config, launcher
         sel = OmegaConf.select
         objectives = conf.get("objectives") or [
-            {
-                "metric": sel(config, "objective.metric", default="val/acc"),
-                "direction": sel(config, "objective.direction", default="maximize"),
-            }
-        ]
+            {"metric": sel(config, "objective.metric", default="val/acc"),
+             "direction": sel(config, "objective.direction", default="maximize")}]  # fmt: skip
         self.metrics = [o["metric"] for o in objectives]
         self.directions = [o["direction"] for o in objectives]
         self.space, self.fixed = build_space(conf.get("params"), arguments, conf.get("conditional"))
@@ -161,7 +158,9 @@ class Sweep:
         with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
             if self.state.stop or (self.deadline and time.time() > self.deadline):
                 return None
-            rdb.fail_stale(self.storage, self.study)
+            for run_id in rdb.fail_stale(self.storage, self.study):  # their machines stopped
+                if self.runs:
+                    self.runs.close_stale(run_id)
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and studies.counted(trials) >= self.n_trials:

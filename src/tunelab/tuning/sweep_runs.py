@@ -50,6 +50,13 @@ class SweepRuns:
         self.writer.log(run_id, metrics=metrics, params=params, tags=tags)
         self.writer.end_run(run_id, status)
 
+    def close_stale(self, run_id: str) -> None:
+        """A trial whose worker stopped beating (its machine died): its run and the runs still
+        RUNNING under it end KILLED."""
+        children = self.writer.search(f"tags.`mlflow.parentRunId` = '{run_id}'")
+        for rid in [run_id, *(r.info.run_id for r in children if r.info.status == "RUNNING")]:
+            self.writer.mark_killed(rid, "heartbeat_stale")
+
     def interrupted(self) -> None:
         """The sweep was stopped: its running trials and the parent end KILLED."""
         self.writer.flush(quietly=True)
