@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tunelab import build  # noqa: E402
-from tunelab.optim.lr_schedule import build_schedule  # noqa: E402
-from tunelab.run.api import SPLIT_KEYS, _steps_per_epoch  # noqa: E402
+from tunelab.optim.lr_schedule import build_training  # noqa: E402
+from tunelab.run.api import SPLIT_KEYS  # noqa: E402
 from tunelab.run.loop import Objective, TrainState, fit  # noqa: E402
 from tunelab.run.replicas import build_replicas, can_batch, config_reason, fit_replicas  # noqa: E402
 from tunelab.tracking.base import NullTracker  # noqa: E402
@@ -60,11 +60,7 @@ def sequential(cfg, seeds: list[int], splits, data) -> tuple[float, list[TrainSt
     t0, states = time.perf_counter(), []
     for seed in seeds:
         (model,) = build_replicas(cfg, [seed], splits.input_shape, splits.num_classes)
-        optimizer = build.build_optimizer(model, cfg.optimizer)
-        steps = _steps_per_epoch(len(splits.y_train), cfg.trainer)
-        schedule = build_schedule(
-            optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=cfg.trainer.max_epochs
-        )
+        optimizer, schedule = build_training(model, cfg, len(splits.y_train))
         state = fit(
             model,
             optimizer,

@@ -11,7 +11,7 @@ from conftest import FAST, compose_cfg
 from torch import nn
 
 from tunelab import build
-from tunelab.optim.lr_schedule import build_schedule
+from tunelab.optim.lr_schedule import build_training
 from tunelab.run import api
 from tunelab.run.context import RunContext
 from tunelab.run.loop import DivergedError, Objective, TrainState, evaluate, fit
@@ -50,11 +50,7 @@ def sequential(seed: int, overrides: list[str], dtype=torch.float64, poison=None
         poison(model)
     init = copy.deepcopy(model.state_dict())
     data = as_dtype({k: getattr(s.splits, k) for k in api.SPLIT_KEYS}, dtype)
-    optimizer = build.build_optimizer(model, cfg.optimizer, 1.0, s.allow)
-    steps = api._steps_per_epoch(len(s.splits.y_train), cfg.trainer)
-    schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(cfg.trainer.max_epochs)
-    )
+    optimizer, schedule = build_training(model, cfg, len(s.splits.y_train), allow=s.allow)
     state = fit(
         model,
         optimizer,

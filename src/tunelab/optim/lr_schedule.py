@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from tunelab.build import build_schedule_factory
+from tunelab.build import build_optimizer, build_schedule_factory
 from tunelab.config.groups import SCHEDULER
 from tunelab.config.rules import POSITIVE_INT
 from tunelab.optim import schedule_fns as fns
@@ -120,3 +121,29 @@ def build_schedule(
     else:
         check(name, "monitor", monitor, monitor is None, "absent (only plateau monitors a metric)")
     return Schedule(optimizer, inner, name, total, warmup, float(start), monitor)
+
+
+def steps_per_epoch(n: int, trainer: DictConfig) -> int:
+    """Optimizer steps in one epoch of n training examples (drop_last, gradient accumulation)."""
+    batches = (
+        n // trainer.batch_size
+        if trainer.drop_last and n >= trainer.batch_size
+        else -(-n // trainer.batch_size)
+    )
+    return max(1, -(-batches // trainer.grad_accum_steps))
+
+
+def build_training(
+    model: nn.Module,
+    cfg: DictConfig,
+    n_train: int,
+    backbone_lr_mult: float = 1.0,
+    allow: frozenset[str] | None = None,
+) -> tuple[Optimizer, Schedule]:
+    """The optimizer and lr schedule a run of `cfg` trains `model` with on n_train examples."""
+    optimizer = build_optimizer(model, cfg.optimizer, backbone_lr_mult, allow)
+    steps = steps_per_epoch(n_train, cfg.trainer)
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(cfg.trainer.max_epochs)
+    )
+    return optimizer, schedule

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from tunelab import build, startup
 from tunelab.config import targets, validate
 from tunelab.diagnostics import command as diagnostics
-from tunelab.optim.lr_schedule import build_schedule
+from tunelab.optim.lr_schedule import build_training
 from tunelab.run import signals
 from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.context import RunContext, RunResult
@@ -88,13 +88,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
     model.to(device)
     data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
     lr_mult = float(ft.get("backbone_lr_mult", 1.0))
-    optimizer = build.build_optimizer(model, cfg.optimizer, lr_mult, s.allow)
-    schedule = build_schedule(
-        optimizer,
-        cfg.scheduler,
-        steps_per_epoch=_steps_per_epoch(len(splits.y_train), cfg.trainer),
-        max_epochs=int(cfg.trainer.max_epochs),
-    )
+    optimizer, schedule = build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     autocast = _autocast(cfg.trainer, device)
     store = RunStore.for_config(cfg)
@@ -187,15 +181,6 @@ def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) 
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def _steps_per_epoch(n: int, trainer: DictConfig) -> int:
-    batches = (
-        n // trainer.batch_size
-        if trainer.drop_last and n >= trainer.batch_size
-        else -(-n // trainer.batch_size)
-    )
-    return max(1, -(-batches // trainer.grad_accum_steps))
 
 
 def _autocast(trainer: DictConfig, device: torch.device) -> Any:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from tunelab import build
-from tunelab.optim.lr_schedule import build_schedule
+from tunelab.optim.lr_schedule import build_training, steps_per_epoch
 from tunelab.run.loop import DivergedError, Objective, TrainState, _update_early_stopping
 
 # Leaf layers whose forward is a pure function of (parameters, buffers, input) under vmap; and
@@ -197,12 +197,10 @@ def fit_replicas(
     on_cpu = x.device.type == "cpu"
     replicas = [Replica(int(s)) for s in seeds]
     stack = _Stack([m.to(x.device) for m in models], replicas)
-    optimizer = stack.optimizer = build.build_optimizer(stack.module, cfg.optimizer, 1.0, allow)
+    optimizer, schedule = build_training(stack.module, cfg, n, allow=allow)
+    stack.optimizer = optimizer
     batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
-    seen, steps = min(len(batches) * bs, n), max(1, -(-len(batches) // accum))
-    schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(trainer.max_epochs)
-    )
+    seen, steps = min(len(batches) * bs, n), steps_per_epoch(n, trainer)
     loss_fn = vmap(partial(F.cross_entropy, label_smoothing=float(trainer.label_smoothing)))
     objective = Objective(cfg.objective.metric, cfg.objective.direction)
     for epoch in range(1, int(trainer.max_epochs) + 1):
