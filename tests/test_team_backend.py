@@ -21,7 +21,7 @@ from test_sweep_plugin import app  # noqa: F401  (the toy Hydra app whose object
 
 from tunelab.config.secrets import mask, masked
 from tunelab.tuning import rdb
-from tunelab.tuning.storage import counted, make_storage
+from tunelab.tuning.storage import counted, heartbeat, make_storage
 
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
@@ -120,7 +120,7 @@ def test_a_trial_whose_heartbeat_stops_is_failed_and_run_again(postgres):
     study = optuna.create_study(study_name="hb", storage=storage)
     trial = study.ask()
     study.tell(study.ask(), 1.0)  # a finished one beside it
-    beat = rdb.Heartbeat(storage, "hb", trial.number).start()
+    beat = heartbeat(storage, "hb", trial.number).start()
     time.sleep(1.5)
     rdb.fail_stale(storage, study)
     assert study.trials[trial.number].state == TrialState.RUNNING  # still beating: alive

@@ -165,9 +165,10 @@ class TunelabCallback(Callback):
 
         if self.parent_id is not None:
             from tunelab.reports.runs_table import jobs_table
+            from tunelab.tracking.policy import tag_filter
 
             self.writer.end_run(self.parent_id, "FINISHED")
-            jobs = self.writer.search(f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
+            jobs = self.writer.search(tag_filter({"mlflow.parentRunId": self.parent_id}))
             print(jobs_table(jobs, config.objective.metric, config.objective.direction))
             writer = self.writer
         else:  # a tunelab sweep or study: its own experiment; it printed its best trials

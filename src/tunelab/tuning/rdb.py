@@ -64,9 +64,14 @@ def _open(url: str, heartbeat_interval_s: int, grace_period_s: int, max_retries:
         ) from None
 
 
+def locks_in_database(url: str) -> bool:
+    """Whether the server gives advisory locks (PostgreSQL) to serialise workers with."""
+    return url.startswith("postgresql")
+
+
 @contextlib.contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    if not url.startswith("postgresql"):
+    if not locks_in_database(url):
         yield
         return
     from sqlalchemy import create_engine
@@ -125,16 +130,14 @@ def fail_stale(storage: Any, study: optuna.Study) -> list[str]:
 class Heartbeat:
     """Records a running trial's heartbeat in the background, from start() to stop()."""
 
-    def __init__(self, storage: Any, study_name: str, number: int) -> None:
-        self.storage = storage
+    def __init__(self, storage: Any, trial_id: int | None) -> None:
+        """trial_id: the storage's id of the trial; None where the storage keeps no heartbeats."""
+        self.storage, self.trial_id = storage, trial_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if uses_heartbeats(storage):
-            study_id = storage.get_study_id_from_name(study_name)
-            self.trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
     def start(self) -> Heartbeat:
-        if uses_heartbeats(self.storage):
+        if self.trial_id is not None:
             self.storage.record_heartbeat(self.trial_id)
             interval = float(self.storage.get_heartbeat_interval() or 60)
             self._thread = threading.Thread(

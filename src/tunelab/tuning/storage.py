@@ -96,7 +96,7 @@ def open_storage(url: str, conf: Any) -> BaseStorage:
 def ask_lock(storage: BaseStorage, url: str, name: str) -> contextlib.AbstractContextManager:
     """Serialises ask() and the budget check between every process working on a study: a file
     lock beside a file storage, a database lock on a server."""
-    if url.startswith("postgresql"):
+    if rdb.locks_in_database(url):
         return rdb.advisory_lock(storage, f"tunelab:ask:{name}")
     return ownership.file_lock(lock_path(url))
 
@@ -194,12 +194,28 @@ def enqueue_baseline(study: optuna.Study, space: list[Param], config: Any) -> bo
     return True
 
 
-def reports_due(storage: BaseStorage, url: str, study: optuna.Study, ran_here: int) -> bool:
+def heartbeat(storage: BaseStorage, study_name: str, number: int) -> rdb.Heartbeat:
+    """The heartbeat of a running trial (one that records nothing where the storage keeps none)."""
+    beats = rdb.uses_heartbeats(storage)
+    return rdb.Heartbeat(storage, trial_id(storage, study_name, number) if beats else None)
+
+
+def fail_lost(storage: BaseStorage, study: optuna.Study, runs: Any) -> None:
+    """Trials whose worker stopped beating (its machine died) fail and re-queue; their MLflow
+    runs (`runs`: the sweep's SweepRuns, or None) end KILLED."""
+    for run_id in rdb.fail_stale(storage, study):
+        if runs is not None:
+            runs.close_stale(run_id)
+
+
+def reports_due(
+    storage: BaseStorage, url: str, study: optuna.Study, ran_here: int, runs: Any
+) -> bool:
     """Whether this process writes the study's reports: the one that ends it. With trials still
     running elsewhere, their process will; a state another worker has already reported is not
     reported again (a process that ran no trial, a user regenerating them, always reports)."""
     with ask_lock(storage, url, study.study_name):
-        rdb.fail_stale(storage, study)
+        fail_lost(storage, study, runs)
         trials = study.get_trials(deepcopy=False)
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         if running:

@@ -28,7 +28,7 @@ from tunelab.config.space import build_space, describe, grid_values, suggest
 from tunelab.reports import sweep as results
 from tunelab.reports.runs_table import trials_table
 from tunelab.run.context import RunContext, TrialRef
-from tunelab.tuning import devices, pruning, rdb
+from tunelab.tuning import devices, pruning
 from tunelab.tuning import storage as studies
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Outcome, aggregate, job_overrides, read_job
@@ -158,9 +158,7 @@ class Sweep:
         with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
             if self.state.stop or (self.deadline and time.time() > self.deadline):
                 return None
-            for run_id in rdb.fail_stale(self.storage, self.study):  # their machines stopped
-                if self.runs:
-                    self.runs.close_stale(run_id)
+            studies.fail_lost(self.storage, self.study, self.runs)  # their machines stopped
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and studies.counted(trials) >= self.n_trials:
@@ -188,7 +186,7 @@ class Sweep:
             trial.set_user_attr("mlflow_run_id", run_id)
         pruning.register(self.context_path, trial)
         out = Outcome("complete")
-        beat = rdb.Heartbeat(self.storage, self.study_name, trial.number).start()
+        beat = studies.heartbeat(self.storage, self.study_name, trial.number).start()
         try:
             for i, seed in enumerate(self.seeds):
                 ctx = self.ctx.derive(
@@ -280,7 +278,7 @@ class Sweep:
         busy = sum(e - s for s, e in self.state.spans)
         util = busy / (self.n_jobs * wall) if wall > 0 and self.state.spans else 0.0
         ran_here = len(self.state.spans)
-        if studies.reports_due(self.storage, self.storage_url, self.study, ran_here):
+        if studies.reports_due(self.storage, self.storage_url, self.study, ran_here, self.runs):
             result = results.finalize(self, util, ran_here)
         else:
             result = {**results.summary(self.study, self.metrics), "reported_here": False}

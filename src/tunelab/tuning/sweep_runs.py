@@ -9,6 +9,7 @@ from typing import Any
 from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.owners import keyed_run
+from tunelab.tracking.policy import tag_filter
 
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "fail": "FAILED"}
 
@@ -53,7 +54,7 @@ class SweepRuns:
     def close_stale(self, run_id: str) -> None:
         """A trial whose worker stopped beating (its machine died): its run and the runs still
         RUNNING under it end KILLED."""
-        children = self.writer.search(f"tags.`mlflow.parentRunId` = '{run_id}'")
+        children = self.writer.search(tag_filter({"mlflow.parentRunId": run_id}))
         for rid in [run_id, *(r.info.run_id for r in children if r.info.status == "RUNNING")]:
             self.writer.mark_killed(rid, "heartbeat_stale")
 
