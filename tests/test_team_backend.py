@@ -337,8 +337,10 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_the_heartbeat(
            "hydra.sweeper.study_name=killed", "sleep_s=1.0", f"tracking.tracking_uri={mlflow_server}",
            "hydra.sweeper.figures=false", "hydra.sweeper.heartbeat_interval_s=1",
            "hydra.sweeper.grace_period_s=3", "experiment=killed"]  # fmt: skip
-    workers = [subprocess.Popen([*cmd, f"hydra.sweep.dir=multirun/k{i}"], cwd=app, env=env,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # two machines: the survivor cannot see the victim's process, only its heartbeat stop
+    workers = [subprocess.Popen([*cmd, f"hydra.sweep.dir=multirun/k{i}"], cwd=app,
+                                env={**env, "TUNELAB_HOST": f"machine-{i}"}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                for i in range(2)]  # fmt: skip
     victim, survivor = workers
     deadline, killed = time.monotonic() + 120, None

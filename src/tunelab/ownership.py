@@ -15,7 +15,23 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX: no cross-process protection
     fcntl = None
 
-HOST = socket.gethostname()
+
+
+def _host() -> str:
+    """This machine as owner stamps name it: `$TUNELAB_HOST`, else the hostname and the pid
+    namespace, so that containers sharing a hostname (host networking) never judge each other's
+    processes by their own pids."""
+    named = os.environ.get("TUNELAB_HOST", "").strip()
+    if named:
+        return named.replace(":", "_")
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}~{namespace}" if namespace else socket.gethostname()
+
+
+HOST = _host()
 
 
 @contextlib.contextmanager
