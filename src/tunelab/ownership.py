@@ -16,7 +16,6 @@ except ImportError:  # pragma: no cover - non-POSIX: no cross-process protection
     fcntl = None
 
 
-
 def _host() -> str:
     """This machine as owner stamps name it: `$TUNELAB_HOST`, else the hostname and the pid
     namespace, so that containers sharing a hostname (host networking) never judge each other's
