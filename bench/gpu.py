@@ -7,7 +7,7 @@
    small config with its own seeds; the wall time runs from launch (CUDA start-up included) to the
    last trial's end. Each worker reports its peak GPU memory (torch.cuda.max_memory_allocated).
 
-Both use bf16 autocast (trainer.precision=bf16: api._autocast, CUDA only). On a machine without
+Both use bf16 autocast (trainer.precision=bf16: prepare.autocast_for, CUDA only). On a machine without
 CUDA it says so and exits 0. About 2-4 minutes on one GPU.
 
     python bench/gpu.py [--epochs 3] [--trials 2] [overrides ...]
@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from tunelab import build  # noqa: E402
-from tunelab.run import api  # noqa: E402
+from tunelab.run import api, prepare  # noqa: E402
 from tunelab.run.context import RunContext  # noqa: E402
-from tunelab.run.replicas import build_replicas, fit_replicas  # noqa: E402
+from tunelab.run.replica_rules import build_replicas  # noqa: E402
+from tunelab.run.replicas import fit_replicas  # noqa: E402
 
 BASE = ["data=mnist1d", "model=cnn", "trainer.device=cuda", "trainer.precision=bf16"]
 BASE += ["tracking=none", "trainer.resume=never", "trainer.checkpoint_every_epochs=0"]
@@ -49,8 +50,8 @@ def replica_throughput(overrides: list[str], ks: list[int]) -> None:
     cfg = compose_cfg(overrides)
     splits = build.build_data(cfg.data)
     device = torch.device("cuda")
-    data = {k: getattr(splits, k).to(device) for k in api.SPLIT_KEYS}
-    autocast = api._autocast(cfg.trainer, device)
+    data = {k: getattr(splits, k).to(device) for k in prepare.SPLIT_KEYS}
+    autocast = prepare.autocast_for(cfg.trainer, device)
     print(f"{'replicas':>8} {'samples/s':>12} {'per replica':>12} {'peak GPU MB':>12}")
     for k in ks:
         torch.cuda.reset_peak_memory_stats()

@@ -39,7 +39,8 @@ from tunelab import build  # noqa: E402
 from tunelab.optim.lr_schedule import build_training  # noqa: E402
 from tunelab.run.api import SPLIT_KEYS  # noqa: E402
 from tunelab.run.loop import Objective, TrainState, fit  # noqa: E402
-from tunelab.run.replicas import build_replicas, can_batch, config_reason, fit_replicas  # noqa: E402
+from tunelab.run.replica_rules import build_replicas, can_batch, config_reason  # noqa: E402
+from tunelab.run.replicas import fit_replicas  # noqa: E402
 from tunelab.tracking.base import NullTracker  # noqa: E402
 
 MODELS = {

@@ -35,11 +35,20 @@ def main() -> None:
     tuned = json.loads(Path(args.best).with_name("summary.json").read_text())
     best = tuned["best"][0]["number"] if tuned["best"] else None
     tags = {"role": "confirm", "sweep": tuned["study_name"], "trial": str(best)}
+    seeds = [int(s) for s in stages.confirm.seeds]
+    cfg.seed, cfg.trainer.replicas = seeds[0], seeds  # one process; batched where the model allows
     with stage_run("confirm", args.params, **tags) as stage:
-        for seed in stages.confirm.seeds:
-            cfg.seed = int(seed)
-            # named and tagged by what it trains: the seed and the tuned values
-            result = run(cfg, stage.derive(overrides=(f"seed={seed}", *overrides)))
+        # named and tagged by what it trains: the seeds and the tuned values
+        group = run(cfg, stage.derive(overrides=(f"trainer.replicas={seeds}", *overrides)))
+        results = group.replicas or [group]
+        failed = [
+            f"seed {s}: {r.reason}"
+            for s, r in zip(seeds, results, strict=True)
+            if r.status != "FINISHED"
+        ]
+        for seed, result in zip(seeds, results, strict=True):
+            if result.status != "FINISHED":
+                continue
             shutil.copyfile(result.checkpoint, out / f"seed_{seed}.pt")
             histories[seed] = result.history
             write_json(result.history, out / f"seed_{seed}_history.json")
@@ -48,6 +57,8 @@ def main() -> None:
             print(
                 f"seed {seed}: val/acc={m['val/acc']:.4f} test/acc={m['test/acc']:.4f}", flush=True
             )
+        if failed:
+            raise SystemExit("confirm: " + "; ".join(failed))
     write_curves(histories, out / "curves.csv")
     write_json(
         {"overrides": overrides, "seeds": list(stages.confirm.seeds), "runs": runs},

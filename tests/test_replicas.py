@@ -1,5 +1,5 @@
 """K seeds in one pass (run/replicas.py): replica k is the sequential run `seed=k` that users run,
-the project's own api.setup + loop.fit (or api.run), to the last digit in float64."""
+the project's own prepare.setup + loop.fit (or api.run), to the last digit in float64."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from torch import nn
 
 from tunelab import build
 from tunelab.optim.lr_schedule import build_training
-from tunelab.run import api
+from tunelab.run import api, prepare
 from tunelab.run.context import RunContext
 from tunelab.run.loop import DivergedError, Objective, TrainState, evaluate, fit
-from tunelab.run.replicas import build_replicas, can_batch, config_reason, fit_replicas
+from tunelab.run.replica_rules import build_replicas, can_batch, config_reason
+from tunelab.run.replicas import fit_replicas
 from tunelab.tracking.base import NullTracker
 
 SEEDS = [0, 1, 2]
@@ -41,15 +42,15 @@ def as_dtype(data: dict, dtype: torch.dtype) -> dict:
 
 
 def sequential(seed: int, overrides: list[str], dtype=torch.float64, poison=None):
-    """What api.train runs for `seed=seed` (minus the store and tracking): api.setup, then the
+    """What api.train runs for `seed=seed` (minus the store and tracking): prepare.setup, then the
     project's fit() with the optimizer, schedule and batch-order generator api.train builds."""
     cfg = cfg_for(seed, *overrides)
-    s = api.setup(cfg, RunContext())
+    s = prepare.setup(cfg, RunContext())
     model = s.model.to(dtype)
     if poison:
         poison(model)
     init = copy.deepcopy(model.state_dict())
-    data = as_dtype({k: getattr(s.splits, k) for k in api.SPLIT_KEYS}, dtype)
+    data = as_dtype({k: getattr(s.splits, k) for k in prepare.SPLIT_KEYS}, dtype)
     optimizer, schedule = build_training(model, cfg, len(s.splits.y_train), allow=s.allow)
     state = fit(
         model,
@@ -73,7 +74,7 @@ def replicas(overrides: list[str], seeds=SEEDS, dtype=torch.float64, poison=None
     inits = [copy.deepcopy(m.state_dict()) for m in models]
     for i, model in (poison or {}).items():
         model(models[i])
-    data = as_dtype({k: getattr(splits, k) for k in api.SPLIT_KEYS}, dtype)
+    data = as_dtype({k: getattr(splits, k) for k in prepare.SPLIT_KEYS}, dtype)
     return inits, fit_replicas(models, seeds, cfg, data), cfg, splits
 
 
@@ -195,6 +196,6 @@ def test_can_batch_explains_what_cannot_train_as_replicas():
     cfg = cfg_for(0, "model=mlp", "model.dropout=0.2")
     splits = build.build_data(cfg.data)
     models = build_replicas(cfg, [0, 1], splits.input_shape, splits.num_classes)
-    data = {k: getattr(splits, k) for k in api.SPLIT_KEYS}
+    data = {k: getattr(splits, k) for k in prepare.SPLIT_KEYS}
     with pytest.raises(ValueError, match="cannot train as replicas: .*dropout"):
         fit_replicas(models, [0, 1], cfg, data)

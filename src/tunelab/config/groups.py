@@ -173,6 +173,8 @@ TRAINER: dict[str, r.Check] = {
     "checkpoint_every_epochs": r.NON_NEGATIVE_INT,
     "resume": r.one_of("auto", "never", "must"),
     "early_stopping": r.anything,  # its own table below
+    "replicas": r.seed_list,
+    "batch_replicas": r.auto_or_boolean,
 }
 EARLY_STOPPING: dict[str, r.Check] = {
     "metric": r.optional(r.one_of(*EPOCH_METRICS)),

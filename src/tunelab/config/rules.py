@@ -129,3 +129,16 @@ NON_NEGATIVE_INT = number(0, integer=True)
 OPTIONAL_POSITIVE = number(0, lo_open=True, optional=True)
 OPTIONAL_NON_NEGATIVE = number(0, optional=True)
 OPTIONAL_POSITIVE_INT = number(1, integer=True, optional=True)
+
+
+def seed_list(v: Any) -> str | None:
+    """trainer.replicas: a count of seeds (>= 1) or a non-empty list of distinct integer seeds."""
+    allowed = "a count of seeds >= 1 or a non-empty list of distinct integer seeds"
+    if isinstance(v, list):
+        ints = all(is_number(s) and float(s).is_integer() for s in v)
+        return None if v and ints and len(set(v)) == len(v) else allowed
+    return None if is_number(v) and float(v).is_integer() and v >= 1 else allowed
+
+
+def auto_or_boolean(v: Any) -> str | None:
+    return None if v == "auto" or isinstance(v, bool) else "auto, true or false"

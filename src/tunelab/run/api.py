@@ -5,26 +5,25 @@ one MLflow run and returns a RunResult."""
 from __future__ import annotations
 
 import logging
-import os
-import random
-from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from tunelab import build, startup
-from tunelab.config import targets, validate
+from tunelab.config import validate
 from tunelab.diagnostics import command as diagnostics
 from tunelab.optim.lr_schedule import build_training
 from tunelab.run import signals
 from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.context import RunContext, RunResult
-from tunelab.run.lineage import resolve_device
+from tunelab.run.group import replica_seeds, train_group
 from tunelab.run.loop import Objective, TrainState, fit
+from tunelab.run.prepare import (
+    SPLIT_KEYS,
+    autocast_for,
+    setup,
+)
 from tunelab.run.record import (
     close_unfinished,
     end_failed,
@@ -36,7 +35,6 @@ from tunelab.run.store import RunStore
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
-SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 def run(
@@ -49,34 +47,11 @@ def run(
     validate(cfg, check_data=False)  # build_data checks the arrays, still before any side effect
     if cfg.get("diagnose"):
         return diagnose(diagnostics.prepare(cfg), ctx, tracker)
+    if replica_seeds(cfg):
+        if tracker is not None:
+            raise ValueError("trainer.replicas records one MLflow run per seed: pass no tracker")
+        return train_group(cfg, ctx, train)
     return train(cfg, ctx, tracker)
-
-
-class DataChangedError(RuntimeError):
-    """The data is not the data the caller expects (a reproduction of an older run)."""
-
-
-@dataclass
-class Setup:
-    """What every run builds first: device, seeded RNGs, data and model."""
-
-    device: torch.device
-    splits: Any
-    model: torch.nn.Module
-    allow: frozenset[str]  # the targets this config may build
-
-
-def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
-    allow = targets.allowed(cfg)
-    device = resolve_device(cfg.trainer.device)
-    seed_everything(int(cfg.seed), cfg.trainer, ctx.threads)
-    splits = build.build_data(cfg.data, allow)
-    if ctx.data_digest and splits.digest != ctx.data_digest:
-        raise DataChangedError(
-            f"data changed: expected digest {ctx.data_digest}, the data now has {splits.digest}"
-        )
-    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
-    return Setup(device, splits, model, allow)
 
 
 def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
@@ -90,7 +65,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
     lr_mult = float(ft.get("backbone_lr_mult", 1.0))
     optimizer, schedule = build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
     generator = torch.Generator().manual_seed(int(cfg.seed))
-    autocast = _autocast(cfg.trainer, device)
+    autocast = autocast_for(cfg.trainer, device)
     store = RunStore.for_config(cfg)
     on_epoch_end = partial(
         store.on_epoch_end,
@@ -167,26 +142,6 @@ def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -
             raise
         tracker.end("FINISHED")
     return RunResult(tracker.run_id, "FINISHED", next(iter(metrics)), metrics)
-
-
-def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) -> None:
-    """Seed every RNG; set torch's CPU threads (trainer.num_threads, else the share of the cores
-    a parallel launcher gave this job)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if trainer.num_threads or threads:
-        torch.set_num_threads(int(trainer.num_threads or threads))
-    if trainer.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def _autocast(trainer: DictConfig, device: torch.device) -> Any:
-    if trainer.precision == "bf16" and device.type == "cuda":
-        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext
 
 
 def load_backbone(model: torch.nn.Module, path: str) -> None:

@@ -115,6 +115,10 @@ class RunResult:
     metrics: dict[str, float]  # summary: selected-epoch val/*, test/*, best_epoch, perf/*
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch metrics
     checkpoint: Path | None = None  # the selected weights (best.pt), when the run trained
+    # trainer.replicas: one result per seed, in order (status FINISHED or FAILED, with reason);
+    # metrics then holds their mean and <metric>_std over the finished ones
+    replicas: list[RunResult] = field(default_factory=list)
+    reason: str = ""  # why a replica FAILED
 
     @property
     def value(self) -> float:

@@ -11,8 +11,8 @@ fails with fit's reason, one that stops early finishes; both leave the stack and
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -20,84 +20,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, vmap
 
-from tunelab import build
 from tunelab.optim.lr_schedule import build_training, steps_per_epoch
 from tunelab.run.loop import DivergedError, Objective, TrainState, _update_early_stopping
+from tunelab.run.replica_rules import can_batch, config_reason
 
-# Leaf layers whose forward is a pure function of (parameters, buffers, input) under vmap; and
-# BatchNorm, whose running statistics are batched buffers it updates in place.
-PURE_LAYERS = (
-    *(nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, nn.Flatten, nn.Identity),
-    *(nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
-    *(nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU),
-)
-# torch.optim classes whose update of a tensor is elementwise (no norms over a whole tensor)
-ELEMENTWISE = ("SGD", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop")
-
-
-def can_batch(model: nn.Module) -> str | None:
-    """None when `model` can train as vmapped replicas matching its sequential runs, else why not."""
-    for name, module in model.named_modules():
-        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-        if next(module.children(), None) is not None and not own:
-            continue  # a container: its forward composes its children, which are checked
-        reason = _layer_reason(module)
-        if reason:
-            return f"{name or 'the model'} ({type(module).__name__}): {reason}"
-    return None
-
-
-def _layer_reason(m: nn.Module) -> str | None:
-    if isinstance(m, nn.Dropout) and m.p > 0:
-        return (
-            f"dropout p={m.p} draws its masks from the global RNG; the replicas' masks could "
-            "not match their sequential runs (set model.dropout=0)"
-        )
-    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-        return None if m.momentum is not None else "BatchNorm momentum=None reads its step count"
-    ok = isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm, *PURE_LAYERS))
-    return None if ok else "not a layer known to run under vmap"
-
-
-def config_reason(cfg: DictConfig) -> str | None:
-    """None when the run config (optimizer, scheduler, fine-tuning) can train as replicas."""
-    target = str(cfg.optimizer.get("_target_", ""))
-    if not (target.startswith("torch.optim.") and target.rsplit(".", 1)[-1] in ELEMENTWISE):
-        return f"optimizer {target} is not elementwise ({'|'.join(ELEMENTWISE)})"
-    if cfg.scheduler.get("monitor"):
-        return (
-            f"scheduler {cfg.scheduler.get('name')} follows each run's own {cfg.scheduler.monitor}:"
-            " the replicas' learning rates would differ, and they share one"
-        )
-    ft = cfg.get("finetune") or {}
-    tuned = ft.get("init_checkpoint") or ft.get("freeze_backbone_epochs")
-    if tuned or ft.get("backbone_lr_mult", 1.0) != 1.0:
-        return "fine-tuning (a checkpoint, a frozen backbone, backbone_lr_mult) is not supported"
-    return None
-
-
-def build_replicas(
-    cfg: DictConfig,
-    seeds: Sequence[int],
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    allow: frozenset[str] | None = None,
-) -> list[nn.Module]:
-    """The initial model of each sequential run `seed=s`: api.setup seeds python, numpy and torch
-    (seed_everything), builds the data (which draws from none of their global RNGs) and the model."""
-    models = []
-    for seed in seeds:
-        for seed_rng in (random.seed, np.random.seed, torch.manual_seed):  # seed_everything's
-            seed_rng(int(seed))
-        models.append(build.build_model(cfg.model, input_shape, num_classes, allow))
-    return models
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,6 +43,13 @@ class Replica:
     reason: str | None = None
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "state": self.state.state_dict()}
+
+    @classmethod
+    def from_state(cls, saved: dict[str, Any]) -> Replica:
+        return cls(**{**saved, "state": TrainState(**saved["state"])})
 
 
 class _Stack:
@@ -127,8 +67,9 @@ class _Stack:
         self.buffers = {
             n: torch.stack([s[n] for s in states]) for n, _ in models[0].named_buffers()
         }
-        self.replicas, self.optimizer = list(replicas), None
-        self.gens = [torch.Generator().manual_seed(r.seed) for r in replicas]
+        self.all, self.optimizer = list(replicas), None
+        self.replicas = [r for r in replicas if r.status == "RUNNING"]
+        self.gens = [torch.Generator().manual_seed(r.seed) for r in self.replicas]
         self.perms = self.sums = torch.empty(0)
 
     def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
@@ -137,6 +78,18 @@ class _Stack:
         return vmap(lambda p, b, xb: one((p, b), (xb,)), in_dims=(0, 0, None if shared else 0))(
             self.params, self.buffers, x
         )
+
+    def snapshot(self, schedule: Any) -> dict[str, Any]:
+        """What training continues from: every replica (the running ones with their current
+        weights), the optimizer, the schedule and the running replicas' batch-order generators."""
+        for i, r in enumerate(self.replicas):
+            r.weights = self.weights(i)
+        return {
+            "replicas": [r.state_dict() for r in self.all],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generators": [g.get_state() for g in self.gens],
+        }
 
     def weights(self, i: int) -> dict[str, torch.Tensor]:
         both = {**self.params, **self.buffers}
@@ -184,10 +137,13 @@ def fit_replicas(
     allow: frozenset[str] | None = None,
     on_epoch: Callable[[Replica, dict[str, float]], None] | None = None,
     autocast: Any = nullcontext,
+    resume: dict[str, Any] | None = None,
+    after_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[Replica]:
     """Train `models` (build_replicas(cfg, seeds, ...)) as loop.fit trains each run `seed=s`
     with cfg's optimizer, schedule and trainer; one Replica per seed, in order. data holds
-    x_train/y_train/x_val/y_val on the device; on_epoch(replica, metrics) follows every epoch."""
+    x_train/y_train/x_val/y_val on the device; on_epoch(replica, metrics) follows every epoch
+    (it may raise, e.g. Pruned); after_epoch(snapshot) then gets what `resume` continues from."""
     trainer, x, y = cfg.trainer, data["x_train"], data["y_train"]
     reason = config_reason(cfg) or can_batch(models[0])
     if reason:
@@ -196,14 +152,25 @@ def fit_replicas(
     clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
     on_cpu = x.device.type == "cpu"
     replicas = [Replica(int(s)) for s in seeds]
+    if resume is not None:  # the running replicas continue from their saved weights
+        replicas = [Replica.from_state(r) for r in resume["replicas"]]
+        models = [m for m, r in zip(models, replicas, strict=True) if r.status == "RUNNING"]
+        for m, r in zip(models, [r for r in replicas if r.status == "RUNNING"], strict=True):
+            m.load_state_dict(r.weights)
     stack = _Stack([m.to(x.device) for m in models], replicas)
     optimizer, schedule = build_training(stack.module, cfg, n, allow=allow)
     stack.optimizer = optimizer
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        for g, saved in zip(stack.gens, resume["generators"], strict=True):
+            g.set_state(saved)
     batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
     seen, steps = min(len(batches) * bs, n), steps_per_epoch(n, trainer)
     loss_fn = vmap(partial(F.cross_entropy, label_smoothing=float(trainer.label_smoothing)))
     objective = Objective(cfg.objective.metric, cfg.objective.direction)
-    for epoch in range(1, int(trainer.max_epochs) + 1):
+    first = stack.replicas[0].state.epoch + 1 if stack.replicas else int(trainer.max_epochs) + 1
+    for epoch in range(first, int(trainer.max_epochs) + 1):
         stack.module.train()
         t0 = time.perf_counter()
         stack.perms = torch.stack([torch.randperm(n, generator=g) for g in stack.gens])
@@ -250,11 +217,21 @@ def fit_replicas(
             r.status = "FINISHED" if r.state.stopped_early else r.status
             if on_epoch is not None:
                 on_epoch(r, metrics)
+        _show(epoch, int(trainer.max_epochs), stack.replicas, train_s)
         if not stack.retire():
             break
+        if after_epoch is not None:
+            after_epoch(stack.snapshot(schedule))
     for i, r in enumerate(stack.replicas):
         r.status, r.weights = "FINISHED", stack.weights(i)
     return replicas
+
+
+def _show(epoch: int, total: int, replicas: list[Replica], train_s: float) -> None:
+    """One line per epoch: how many replicas train on and the spread of their val/acc."""
+    accs = [r.state.history["val/acc"][-1] for r in replicas]
+    log.info(f"epoch {epoch}/{total} {len(accs)} replicas val/acc {min(accs):.4f}..{max(accs):.4f} "
+             f"({train_s:.2f}s)")  # fmt: skip
 
 
 def _record(state: TrainState, metrics: dict, objective: Objective, stop: Any) -> bool:

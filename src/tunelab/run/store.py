@@ -207,6 +207,29 @@ class RunStore:
                 self.last_path,
             )
 
+    def save(self, obj: dict[str, Any], name: str) -> None:
+        """Write a checkpoint `name` in this run's directory, in the background as last.pt is."""
+        self._write_later(obj, self.dir / name)
+
+    def resume_saved(self, mode: str, name: str) -> dict[str, Any] | None:
+        """The checkpoint `name` an unfinished run left (trainer.resume modes as resume()), or
+        None to start fresh (the directory cleared)."""
+        path = self.dir / name
+        unfinished = path.exists() and not self.done_path.exists()
+        if mode == "must" and not unfinished:
+            raise CheckpointError(
+                f"trainer.resume=must but there is no unfinished checkpoint at {path}"
+            )
+        if mode == "never" or not unfinished:
+            self._clear()
+            return None
+        try:
+            saved = load_safe(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; {START_OVER}") from exc
+        log.info("resuming from %s", path)
+        return saved
+
     def _write_later(self, obj: dict[str, Any], path: Path) -> None:
         """Serialise now (a consistent snapshot: Python work stays on this thread, where it does
         not contend for the GIL); write (fsync, rename) on the background thread. A failed write

@@ -8,7 +8,7 @@ import json
 import math
 import numbers
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +110,14 @@ def read_job(
         if isinstance(exc, JobError):
             return "fail", str(exc)[:500], {}, out_dir, None
         return "fail", f"{type(exc).__name__}: {exc}"[:500], {}, out_dir, None
-    rv = ret.return_value
-    values, run_id = _values(rv, metrics, out_dir)
+    values, run_id = _values(ret.return_value, metrics, out_dir)
+    return judge(values, metrics, out_dir, run_id)
+
+
+def judge(
+    values: dict[str, float], metrics: list[str], out_dir: str, run_id: str | None
+) -> tuple[str, str, dict[str, float], str, str | None]:
+    """A finished job's outcome: complete, or why its metrics cannot be told to Optuna."""
     missing = [m for m in metrics if m not in values]
     if missing:
         reason = f"objective {missing} missing from the job's result"
@@ -120,6 +126,59 @@ def read_job(
     if bad:
         return "diverged", f"non-finite objective {bad}", values, out_dir, run_id
     return "complete", "", values, out_dir, run_id
+
+
+def read_seeds(
+    ret: JobReturn, metrics: list[str], n: int
+) -> list[tuple[str, str, dict[str, float], str, str | None]]:
+    """The outcome of each of the n seeds one trainer.replicas job trained: a FAILED seed is
+    diverged; a job that failed as a whole (pruned, crashed) is that outcome for every seed."""
+    rv = ret.return_value if ret.status == JobStatus.COMPLETED else None
+    if not isinstance(rv, RunResult) or len(rv.replicas) != n:
+        first = read_job(ret, metrics)
+        return (
+            [first] * n
+            if first[0] != "complete"
+            else [("fail", "no per-seed results", {}, first[3], None)] * n
+        )
+    out_dir = read_job(ret, metrics)[3]
+    return [
+        judge({k: float(v) for k, v in r.metrics.items()}, metrics, out_dir, r.run_id)
+        if r.status == "FINISHED"
+        else ("diverged", f"diverged: {r.reason}", {}, out_dir, r.run_id)
+        for r in rv.replicas
+    ]
+
+
+def can_group(conf: Any, config: Any) -> bool:
+    """Whether a configuration's seeds may train in one job: the sweep allows it (replicas) and
+    the task is tunelab's (its config has trainer.replicas, which that job sets)."""
+    from omegaconf import OmegaConf
+
+    owned = OmegaConf.select(config, "trainer.replicas", default=None) is not None
+    return bool(conf.get("replicas", True)) and owned
+
+
+def seed_outcomes(
+    launch: Callable[[list[str], int], JobReturn],
+    seeds: list[Any],
+    overrides_for: Callable[[int], list[str]],
+    metrics: list[str],
+    together: bool,
+) -> Iterator[tuple[str, str, dict[str, float], str, str | None]]:
+    """Each seed's (kind, reason, metrics, job dir, run id), in seed order, launched as they are
+    read: one job per seed (launch(overrides, index)), or (together) one job that trains them
+    all as trainer.replicas."""
+    jobs = [(overrides_for(0) + [f"trainer.replicas=[{','.join(map(str, seeds))}]"], 0)] if together else [(overrides_for(i), i) for i in range(len(seeds))]  # fmt: skip
+    for overrides, index in jobs:
+        try:
+            ret = launch(overrides, index)
+        except Exception as e:  # the launcher itself failed (e.g. unpicklable exception)
+            yield from [("fail", f"launch: {type(e).__name__}: {e}"[:500], {}, "", None)] * (
+                len(seeds) if together else 1
+            )
+            continue
+        yield from read_seeds(ret, metrics, len(seeds)) if together else [read_job(ret, metrics)]
 
 
 def _values(rv: Any, metrics: list[str], out_dir: str) -> tuple[dict[str, float], str | None]:

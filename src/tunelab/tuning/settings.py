@@ -62,6 +62,9 @@ class SweepSettings:
     trials_per_gpu: int = 1
     # values per interval for the grid sampler
     grid_points: int = 5
+    # a configuration's seeds train in one job (trainer.replicas: batched where the model allows,
+    # else one after another in that job); false: one job per seed
+    replicas: bool = True
     # Optuna's figures on the sweep run
     figures: bool = True
     # basic launcher: compose each job from a cached template (same config, ~0.1 s less per job)

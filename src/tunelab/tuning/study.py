@@ -30,7 +30,7 @@ from tunelab.tracking.owners import keyed_run
 from tunelab.tuning import storage as studies
 from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import runner_for
-from tunelab.tuning.jobs import job_overrides, read_job
+from tunelab.tuning.jobs import can_group, job_overrides, read_job, seed_outcomes
 from tunelab.tuning.settings import tracking_target
 from tunelab.tuning.study_spec import Cell, StudySpec, parse
 from tunelab.tuning.sweep import Sweep, SweepStopped
@@ -246,12 +246,21 @@ class StudyRun:
         ]  # fmt: skip
         log.info("cell %s: confirming %s under seeds %s", cell.name, key, todo)
         runner, batch = self._runner(len(fixed))
+        # one split for every seed: the seeds train together, as trainer.replicas
+        together = not split and seed_key == "seed" and len(todo) > 1
+        together = together and can_group(spec.sweep_conf, self.config)
+        batch = len(todo) if together else batch
         for start in range(0, len(jobs), batch):
-            chunk = todo[start : start + batch]
+            chunk, first = todo[start : start + batch], spec.seeds.index(todo[start])
             try:
-                first = spec.seeds.index(chunk[0])
-                rets = runner.launch(jobs[start : start + batch], initial_job_idx=first)
-                outcomes = [read_job(r, [spec.metric]) for r in rets]
+                if together:
+                    launch = lambda ov, _, at=first: runner.launch([ov], initial_job_idx=at)[0]  # noqa: E731
+                    outcomes = list(
+                        seed_outcomes(launch, chunk, jobs.__getitem__, [spec.metric], True)
+                    )
+                else:
+                    rets = runner.launch(jobs[start : start + batch], initial_job_idx=first)
+                    outcomes = [read_job(r, [spec.metric]) for r in rets]
             except Exception as e:  # the launcher itself failed
                 reason = f"launch: {type(e).__name__}: {e}"[:500]
                 outcomes = [("fail", reason, {}, "", None)] * len(chunk)

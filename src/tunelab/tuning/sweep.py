@@ -31,7 +31,7 @@ from tunelab.run.context import RunContext, TrialRef
 from tunelab.tuning import devices, pruning
 from tunelab.tuning import storage as studies
 from tunelab.tuning.inprocess import plan_launch
-from tunelab.tuning.jobs import Outcome, aggregate, job_overrides, read_job
+from tunelab.tuning.jobs import Outcome, aggregate, can_group, job_overrides, seed_outcomes
 from tunelab.tuning.samplers import make_sampler
 from tunelab.tuning.settings import tracking_target
 from tunelab.tuning.sweep_runs import SweepRuns
@@ -78,6 +78,7 @@ class Sweep:
             conf.get("storage") or studies.default_storage(self.tracking_uri)
         )
         self.seeds: list[int | None] = list(conf.get("seeds") or [None])
+        self.together = len(self.seeds) > 1 and can_group(conf, config)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.context_path = str(self.sweep_dir / "sweep_context.json")
         self.state = _State()
@@ -188,24 +189,24 @@ class Sweep:
         out = Outcome("complete")
         beat = studies.heartbeat(self.storage, self.study_name, trial.number).start()
         try:
-            for i, seed in enumerate(self.seeds):
+            seed_key = str(self.conf.get("seed_key") or "seed")
+
+            def overrides_for(i: int) -> list[str]:
                 ctx = self.ctx.derive(
                     parent_run_id=run_id,
                     tags={**tags, "role": "seed", "replicate": str(i)},
                     log_model=False,
                     trial=TrialRef(self.context_path, trial.number, report=i == 0),
                 )
-                seed_key = str(self.conf.get("seed_key") or "seed")
-                overrides = job_overrides([*self.fixed, *on], params, seed, seed_key, ctx)
-                try:
-                    ret = self.runner.launch(
-                        [overrides], initial_job_idx=trial.number * len(self.seeds) + i
-                    )[0]
-                    kind, reason, values, job_dir, job_run = read_job(ret, self.metrics)
-                except Exception as e:  # the launcher itself failed (e.g. unpicklable exception)
-                    kind, reason, values, job_dir, job_run = (
-                        "fail", f"launch: {type(e).__name__}: {e}"[:500], {}, "", None
-                    )  # fmt: skip
+                return job_overrides([*self.fixed, *on], params, self.seeds[i], seed_key, ctx)
+
+            def launch(overrides: list[str], i: int) -> Any:
+                first = trial.number * len(self.seeds) + i
+                return self.runner.launch([overrides], initial_job_idx=first)[0]
+
+            together = self.together and seed_key == "seed"
+            outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.metrics, together)
+            for kind, reason, values, job_dir, job_run in outcomes:
                 out.job_dirs.append(job_dir)
                 if kind != "complete":
                     out.kind, out.reason = kind, reason

@@ -1,0 +1,239 @@
+"""`trainer.replicas`: several seeds of one configuration in one process. The seeds are
+`seed, seed+1, ...` (replicas=K) or an explicit list. Where the model and config allow, they train
+as one batched computation (run/replicas.py); otherwise one after another, with the reason logged.
+Either way each seed is recorded as its own MLflow run, the run `seed=s` would record, tagged
+`replica_group`; the group checkpoints after every epoch and a re-run resumes it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from torch import nn
+
+from tunelab import build
+from tunelab.run import signals
+from tunelab.run.checkpoint import serialize, write_atomic
+from tunelab.run.context import RunContext, RunResult
+from tunelab.run.loop import DivergedError, TrainState
+from tunelab.run.prepare import SPLIT_KEYS, autocast_for, setup
+from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
+from tunelab.run.replica_rules import build_replicas, can_batch, config_reason
+from tunelab.run.replicas import Replica, fit_replicas
+from tunelab.run.store import RunStore
+
+log = logging.getLogger(__name__)
+SAVED = "group.pt"
+TrainOne = Callable[[DictConfig, RunContext], RunResult]
+
+
+def replica_seeds(cfg: DictConfig) -> list[int] | None:
+    """The seeds trainer.replicas asks for; None for a plain run of cfg.seed."""
+    value = OmegaConf.select(cfg, "trainer.replicas", default=1)
+    if isinstance(value, (list, ListConfig)):
+        seeds = [int(s) for s in value]
+    else:
+        seeds = [int(cfg.seed) + k for k in range(int(value))]
+    return None if seeds == [int(cfg.seed)] else seeds
+
+
+def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
+    """The config of the plain run `seed=<seed>` that a replica stands for."""
+    one = cfg.copy()
+    with open_dict(one):
+        one.seed = int(seed)
+        one.trainer.replicas = 1
+    return one
+
+
+def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
+    """Train every seed of trainer.replicas; a RunResult whose `replicas` are the seeds' results.
+    `train` is the plain run, for seeds that cannot batch. Raises when no seed finished (the
+    first failure), or when the group is pruned or stopped."""
+    seeds = replica_seeds(cfg) or [int(cfg.seed)]
+    configs = [seed_config(cfg, s) for s in seeds]
+    base = setup(configs[0], ctx)
+    models = build_replicas(
+        cfg, seeds, base.splits.input_shape, base.splits.num_classes, base.allow
+    )
+    reason = config_reason(cfg) or can_batch(models[0])
+    reason = reason or _slower_batched(
+        cfg.trainer.get("batch_replicas", "auto"), models[0], base.device
+    )
+    contexts = [_replica_context(ctx, k, len(seeds)) for k in range(len(seeds))]
+    if reason:
+        log.warning(
+            "trainer.replicas: the %d seeds train one after another: %s", len(seeds), reason
+        )
+        return _summary(cfg, _one_after_another(configs, contexts, ctx, train))
+    return _summary(cfg, _batched(cfg, configs, contexts, ctx, base, models))
+
+
+def _slower_batched(mode: Any, model: Any, device: Any) -> str | None:
+    """Why batching is off by choice: trainer.batch_replicas=false, or (auto) convolutions on a
+    CPU, where stacked replicas' grouped convolutions train slower than one run after another
+    (python bench/replicas.py measures both)."""
+    if mode is False:
+        return "trainer.batch_replicas=false"
+    convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    if mode == "auto" and convs and device.type == "cpu":
+        return ("on a CPU, batched convolutions train slower than one run after another "
+                "(trainer.batch_replicas=true batches them anyway)")  # fmt: skip
+    return None
+
+
+def _replica_context(ctx: RunContext, k: int, n: int) -> RunContext:
+    tags = {"replica": f"{k + 1}/{n}"}
+    if "replicate" in ctx.tags:  # a sweep's seed replicates: the group is all of them
+        tags["replicate"] = str(k)
+    return ctx.derive(tags=tags, reporter=ctx.reporter if k == 0 else None)
+
+
+def _one_after_another(
+    configs: list[DictConfig], contexts: list[RunContext], ctx: RunContext, train: TrainOne
+) -> list[RunResult]:
+    group = ctx.tags.get("replica_group") or uuid.uuid4().hex[:12]
+    results = []
+    for cfg, seed_ctx in zip(configs, contexts, strict=True):
+        try:
+            results.append(train(cfg, seed_ctx.derive(tags={"replica_group": group})))
+        except DivergedError as exc:  # a result: the other seeds go on
+            results.append(_failed(getattr(exc, "run_id", None), cfg, str(exc)))
+    return results
+
+
+def _batched(
+    cfg: DictConfig,
+    configs: list[DictConfig],
+    contexts: list[RunContext],
+    ctx: RunContext,
+    base: Any,
+    models: list[Any],
+) -> list[RunResult]:
+    seeds, splits, device = [int(c.seed) for c in configs], base.splits, base.device
+    data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
+    autocast = autocast_for(cfg.trainer, device)
+    store, every = RunStore.for_config(cfg), int(cfg.trainer.checkpoint_every_epochs)
+    metric = str(cfg.objective.metric)
+    with store.locked(), signals.signals_raise():
+        saved = store.resume_saved(str(cfg.trainer.resume), SAVED)
+        group = saved["group"] if saved else ctx.tags.get("replica_group") or uuid.uuid4().hex[:12]
+        contexts = [c.derive(tags={"replica_group": group}) for c in contexts]
+        trackers = [build.build_tracker(cfg.tracking, base.allow) for _ in seeds]
+        replicas = [Replica.from_state(r) for r in saved["replicas"]] if saved else None
+        run_ids = saved["run_ids"] if saved else [None] * len(seeds)
+        for k, tracker in enumerate(trackers):
+            state = replicas[k].state if replicas else None
+            start_run(tracker, configs[k], contexts[k], splits, device, run_ids[k], state)
+        run_ids, ended = [t.run_id for t in trackers], set()
+        states = [r.state for r in replicas] if replicas else [TrainState() for _ in seeds]
+        log.info(
+            "trainer.replicas: seeds %s train as one batched computation (group %s)", seeds, group
+        )
+
+        def on_epoch(replica: Replica, metrics: dict[str, float]) -> None:
+            k = seeds.index(replica.seed)
+            states[k] = replica.state
+            trackers[k].log_metrics(metrics, step=replica.state.epoch)
+            if contexts[k].reporter is not None:
+                contexts[k].reporter(replica.state.epoch, metrics[metric])
+
+        def after_epoch(snapshot: dict[str, Any]) -> None:
+            epoch = max(r["state"]["epoch"] for r in snapshot["replicas"])
+            if every and epoch % every == 0:
+                # "model": every tunelab checkpoint has one; here the weights are per replica
+                store.save({**snapshot, "model": {}, "group": group, "run_ids": run_ids}, SAVED)
+
+        try:
+            done = fit_replicas(
+                models, seeds, cfg, data, allow=base.allow, on_epoch=on_epoch, autocast=autocast,
+                resume=saved, after_epoch=after_epoch,
+            )  # fmt: skip
+            results = []
+            for k, r in enumerate(done):
+                results.append(_finish(r, trackers[k], configs[k], contexts[k], models[k], data,
+                                       splits, store, autocast))  # fmt: skip
+                ended.add(k)
+        except BaseException as exc:
+            for k, tracker in enumerate(trackers):
+                if k not in ended:
+                    end_failed(tracker, exc, states[k])
+            if final_outcome(exc):
+                store.mark_done(final_outcome(exc))
+            raise
+        store.mark_done()
+    return results
+
+
+def _finish(
+    replica: Replica,
+    tracker: Any,
+    cfg: DictConfig,
+    ctx: RunContext,
+    model: Any,
+    data: dict,
+    splits: Any,
+    store: RunStore,
+    autocast: Any,
+) -> RunResult:
+    """Record one replica's outcome as its plain run would: FAILED with why, or the selected
+    epoch's weights evaluated, tested and logged."""
+    if replica.status == "FAILED":
+        epoch = replica.state.epoch + 1
+        tracker.set_tags({"failure_reason": "nonfinite_loss", "diverged_at_epoch": str(epoch),
+                          "failure_message": str(replica.reason)})  # fmt: skip
+        tracker.end("FAILED")
+        return _failed(tracker.run_id, cfg, str(replica.reason))
+    own = RunStore(store.dir / f"seed-{replica.seed}")
+    own.run_id = tracker.run_id
+    write_atomic(serialize({"model": replica.best_weights, "epoch": replica.state.best_epoch}),
+                 own.best_path)  # fmt: skip
+    model.load_state_dict(replica.weights)
+    optimizer = str(cfg.optimizer.get("name", ""))
+    summary = finish_run(tracker, ctx, optimizer, model, data, replica.state, splits, own, autocast)
+    return RunResult(
+        run_id=tracker.run_id,
+        status="FINISHED",
+        objective=str(cfg.objective.metric),
+        metrics=summary,
+        history=replica.state.history,
+        checkpoint=own.best_path,
+    )
+
+
+def _failed(run_id: str | None, cfg: DictConfig, reason: str) -> RunResult:
+    return RunResult(run_id, "FAILED", str(cfg.objective.metric), {}, reason=reason)
+
+
+def _summary(cfg: DictConfig, results: list[RunResult]) -> RunResult:
+    """The group's result: the mean (and sample std) of each metric over the finished seeds."""
+    finished = [r for r in results if r.status == "FINISHED"]
+    if not finished:
+        first = results[0].reason
+        log.error("trainer.replicas: every seed failed (%s)", first)
+        raise DivergedError(_epoch_of(first), math.nan)
+    failed = [r for r in results if r.status != "FINISHED"]
+    if failed:
+        log.warning("trainer.replicas: %d of %d seeds failed: %s", len(failed), len(results),
+                    "; ".join(r.reason for r in failed))  # fmt: skip
+    metrics: dict[str, float] = {}
+    for key in finished[0].metrics:
+        values = [r.metrics[key] for r in finished if key in r.metrics]
+        mean = sum(values) / len(values)
+        metrics[key] = mean
+        if len(values) > 1:
+            metrics[f"{key}_std"] = math.sqrt(
+                sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+            )
+    return RunResult(
+        finished[0].run_id, "FINISHED", str(cfg.objective.metric), metrics, replicas=results
+    )
+
+
+def _epoch_of(reason: str) -> int:
+    words = reason.rsplit("epoch", 1)
+    return int(words[1]) if len(words) == 2 and words[1].strip().isdigit() else 0

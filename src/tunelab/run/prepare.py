@@ -1,0 +1,68 @@
+"""What every run builds first: the device, seeded RNGs, the data and the model."""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from tunelab import build
+from tunelab.config import targets
+from tunelab.run.context import RunContext
+from tunelab.run.lineage import resolve_device
+
+SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+class DataChangedError(RuntimeError):
+    """The data is not the data the caller expects (a reproduction of an older run)."""
+
+
+@dataclass
+class Setup:
+    """What every run builds first: device, seeded RNGs, data and model."""
+
+    device: torch.device
+    splits: Any
+    model: torch.nn.Module
+    allow: frozenset[str]  # the targets this config may build
+
+
+def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
+    allow = targets.allowed(cfg)
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(int(cfg.seed), cfg.trainer, ctx.threads)
+    splits = build.build_data(cfg.data, allow)
+    if ctx.data_digest and splits.digest != ctx.data_digest:
+        raise DataChangedError(
+            f"data changed: expected digest {ctx.data_digest}, the data now has {splits.digest}"
+        )
+    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
+    return Setup(device, splits, model, allow)
+
+
+def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) -> None:
+    """Seed every RNG; set torch's CPU threads (trainer.num_threads, else the share of the cores
+    a parallel launcher gave this job)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if trainer.num_threads or threads:
+        torch.set_num_threads(int(trainer.num_threads or threads))
+    if trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def autocast_for(trainer: DictConfig, device: torch.device) -> Any:
+    if trainer.precision == "bf16" and device.type == "cuda":
+        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext

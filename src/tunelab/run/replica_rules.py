@@ -1,0 +1,82 @@
+"""Which runs can train as vmapped replicas (the model's layers, the optimizer, the schedule,
+fine-tuning), and the initial model of each replica."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from tunelab import build
+
+# Leaf layers whose forward is a pure function of (parameters, buffers, input) under vmap; and
+# BatchNorm, whose running statistics are batched buffers it updates in place.
+PURE_LAYERS = (
+    *(nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, nn.Flatten, nn.Identity),
+    *(nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
+    *(nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU),
+)
+# torch.optim classes whose update of a tensor is elementwise (no norms over a whole tensor)
+ELEMENTWISE = ("SGD", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop")
+
+
+def can_batch(model: nn.Module) -> str | None:
+    """None when `model` can train as vmapped replicas matching its sequential runs, else why not."""
+    for name, module in model.named_modules():
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if next(module.children(), None) is not None and not own:
+            continue  # a container: its forward composes its children, which are checked
+        reason = _layer_reason(module)
+        if reason:
+            return f"{name or 'the model'} ({type(module).__name__}): {reason}"
+    return None
+
+
+def _layer_reason(m: nn.Module) -> str | None:
+    if isinstance(m, nn.Dropout) and m.p > 0:
+        return (
+            f"dropout p={m.p} draws its masks from the global RNG; the replicas' masks could "
+            "not match their sequential runs (set model.dropout=0)"
+        )
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+        return None if m.momentum is not None else "BatchNorm momentum=None reads its step count"
+    ok = isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm, *PURE_LAYERS))
+    return None if ok else "not a layer known to run under vmap"
+
+
+def config_reason(cfg: DictConfig) -> str | None:
+    """None when the run config (optimizer, scheduler, fine-tuning) can train as replicas."""
+    target = str(cfg.optimizer.get("_target_", ""))
+    if not (target.startswith("torch.optim.") and target.rsplit(".", 1)[-1] in ELEMENTWISE):
+        return f"optimizer {target} is not elementwise ({'|'.join(ELEMENTWISE)})"
+    if cfg.scheduler.get("monitor"):
+        return (
+            f"scheduler {cfg.scheduler.get('name')} follows each run's own {cfg.scheduler.monitor}:"
+            " the replicas' learning rates would differ, and they share one"
+        )
+    ft = cfg.get("finetune") or {}
+    tuned = ft.get("init_checkpoint") or ft.get("freeze_backbone_epochs")
+    if tuned or ft.get("backbone_lr_mult", 1.0) != 1.0:
+        return "fine-tuning (a checkpoint, a frozen backbone, backbone_lr_mult) is not supported"
+    return None
+
+
+def build_replicas(
+    cfg: DictConfig,
+    seeds: Sequence[int],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    allow: frozenset[str] | None = None,
+) -> list[nn.Module]:
+    """The initial model of each sequential run `seed=s`: api.setup seeds python, numpy and torch
+    (seed_everything), builds the data (which draws from none of their global RNGs) and the model."""
+    models = []
+    for seed in seeds:
+        for seed_rng in (random.seed, np.random.seed, torch.manual_seed):  # seed_everything's
+            seed_rng(int(seed))
+        models.append(build.build_model(cfg.model, input_shape, num_classes, allow))
+    return models
