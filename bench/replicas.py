@@ -84,12 +84,53 @@ def batched(cfg, seeds: list[int], splits, data) -> tuple[float, list[TrainState
     return time.perf_counter() - t0, [r.state for r in reps]
 
 
+def end_to_end(args: argparse.Namespace) -> None:
+    """What a user gets: `trainer.replicas=K` against K plain runs, both through api.run with
+    everything recorded in MLflow (sqlite, model logging off as in sweeps) and checkpoints."""
+    from mlflow import MlflowClient
+
+    from tunelab.run.api import run
+    from tunelab.run.context import RunContext
+    from tunelab.run.group import batching_reason
+
+    k = args.end_to_end
+    uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # the schema, created before either side is timed
+    print(f"\nrecorded runs (api.run, MLflow sqlite, checkpoints), {k} seeds:")
+    print(
+        f"{'model':6} {'K runs s':>9} {'replicas s':>11} {'speed-up':>9}  how the replicas trained"
+    )
+    for name in args.models:
+        base = ["data=mnist1d", *MODELS[name], f"trainer.max_epochs={args.epochs}",
+                f"tracking.tracking_uri={uri}", f"tracking.experiment=bench-{name}"]  # fmt: skip
+        ctx = RunContext(log_model=False)
+        run(compose_cfg([*base, "seed=1000", "trainer.checkpoint_dir=ck-warm"]), ctx)  # warm-up
+        t0 = time.perf_counter()
+        for seed in range(k):
+            run(compose_cfg([*base, f"seed={seed}", "trainer.checkpoint_dir=ck-plain"]), ctx)
+        plain_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        group = compose_cfg([*base, f"trainer.replicas={k}", "trainer.checkpoint_dir=ck-group"])
+        run(group, ctx)
+        group_s = time.perf_counter() - t0
+        model = build.build_model(group.model, (1, 40), 10)
+        how = batching_reason(group, model, torch.device("cpu")) or "batched"
+        print(f"{name:6} {plain_s:>9.2f} {group_s:>11.2f} {plain_s / group_s:>8.2f}x  {how}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument(
+        "--end-to-end",
+        type=int,
+        default=8,
+        metavar="K",
+        help="also time K recorded runs: trainer.replicas=K vs K api.run calls (0: skip)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # the same pinned thread count on both sides
     os.chdir(tempfile.mkdtemp(prefix="bench_replicas_"))  # data/cache lands here, not in the repo
@@ -129,6 +170,8 @@ def main() -> None:
                   f"{dloss:>11.1e} {accs[0]:>12.4f} {accs[1]:>12.4f}")  # fmt: skip
             if k == 8:
                 at8[name] = seq_s / rep_s
+    if args.end_to_end:
+        end_to_end(args)
     for name, ratio in at8.items():
         verdict = "met" if ratio >= TARGETS[name] else "NOT met"
         print(f"K=8 {name}: replicas take {1 / ratio:.2f}x the time of 8 sequential runs, a "

@@ -60,10 +60,7 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
     models = build_replicas(
         cfg, seeds, base.splits.input_shape, base.splits.num_classes, base.allow
     )
-    reason = config_reason(cfg) or can_batch(models[0])
-    reason = reason or _slower_batched(
-        cfg.trainer.get("batch_replicas", "auto"), models[0], base.device
-    )
+    reason = batching_reason(cfg, models[0], base.device)
     contexts = [_replica_context(ctx, k, len(seeds)) for k in range(len(seeds))]
     if reason:
         log.warning(
@@ -73,10 +70,14 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
     return _summary(cfg, _batched(cfg, configs, contexts, ctx, base, models))
 
 
-def _slower_batched(mode: Any, model: Any, device: Any) -> str | None:
-    """Why batching is off by choice: trainer.batch_replicas=false, or (auto) convolutions on a
-    CPU, where stacked replicas' grouped convolutions train slower than one run after another
+def batching_reason(cfg: DictConfig, model: nn.Module, device: Any) -> str | None:
+    """None when the replicas train batched, else why they train one after another: the model or
+    config cannot batch (replica_rules), trainer.batch_replicas=false, or (auto) convolutions on
+    a CPU, where stacked replicas' grouped convolutions train slower than one run after another
     (python bench/replicas.py measures both)."""
+    mode = cfg.trainer.get("batch_replicas", "auto")
+    if reason := config_reason(cfg) or can_batch(model):
+        return reason
     if mode is False:
         return "trainer.batch_replicas=false"
     convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
