@@ -61,7 +61,7 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
         cfg, seeds, base.splits.input_shape, base.splits.num_classes, base.allow
     )
     reason = batching_reason(cfg, models[0], base.device)
-    contexts = [_replica_context(ctx, k, len(seeds)) for k in range(len(seeds))]
+    contexts = [_replica_context(ctx, s, k, len(seeds)) for k, s in enumerate(seeds)]
     if reason:
         log.warning(
             "trainer.replicas: the %d seeds train one after another: %s", len(seeds), reason
@@ -87,11 +87,16 @@ def batching_reason(cfg: DictConfig, model: nn.Module, device: Any) -> str | Non
     return None
 
 
-def _replica_context(ctx: RunContext, k: int, n: int) -> RunContext:
+def _replica_context(ctx: RunContext, seed: int, k: int, n: int) -> RunContext:
+    """The context of replica k: its own seed where the group's command line had the group's
+    (run names and the `overrides` tag read as its plain run's), and only the first reports."""
     tags = {"replica": f"{k + 1}/{n}"}
     if "replicate" in ctx.tags:  # a sweep's seed replicates: the group is all of them
         tags["replicate"] = str(k)
-    return ctx.derive(tags=tags, reporter=ctx.reporter if k == 0 else None)
+    group_keys = ("seed=", "trainer.replicas=")
+    rest = [o for o in ctx.overrides if not o.lstrip("+").startswith(group_keys)]
+    overrides = (f"seed={seed}", *rest) if ctx.overrides else ()
+    return ctx.derive(tags=tags, reporter=ctx.reporter if k == 0 else None, overrides=overrides)
 
 
 def _one_after_another(
