@@ -182,3 +182,20 @@ def test_a_sweeps_seeds_train_together_one_group_per_trial(workdir):
         assert sorted(int(r.data.params["seed"]) for r in members) == [0, 1, 2]
         mean = sum(r.data.metrics["val/acc"] for r in members) / 3
         assert trials[parent].data.metrics["val/acc"] == pytest.approx(mean)
+
+
+def test_a_pruned_group_ends_every_seed_run_killed_as_pruned(in_tmp):
+    """The first seed reports to the pruner (as the first replicate does in a sweep); pruned at
+    its second epoch, the whole group stops and every seed's run records it."""
+    from tunelab.run.loop import Pruned
+
+    def reporter(epoch: int, value: float) -> None:
+        if epoch == 2:
+            raise Pruned(f"pruned at epoch {epoch}")
+
+    with pytest.raises(Pruned):
+        run(cfg("trainer.replicas=3"), RunContext(log_model=False, reporter=reporter))
+    runs = mlflow_runs(in_tmp)
+    assert len(runs) == 3
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert {r.data.tags.get("pruned") for r in runs} == {"true"}
