@@ -199,3 +199,31 @@ def test_a_pruned_group_ends_every_seed_run_killed_as_pruned(in_tmp):
     assert len(runs) == 3
     assert {r.info.status for r in runs} == {"KILLED"}
     assert {r.data.tags.get("pruned") for r in runs} == {"true"}
+
+
+def test_a_group_trained_one_seed_after_another_keeps_its_finished_seeds_after_a_crash(
+    in_tmp, monkeypatch
+):
+    """The third seed's run crashes (a full disk, say); the same command again keeps the two
+    finished seeds' runs and trains only the third."""
+    from tunelab.run import api
+
+    plain_train, calls = api.train, []
+
+    def crashing_train(cfg_, ctx, tracker=None):
+        calls.append(int(cfg_.seed))
+        if int(cfg_.seed) == 2 and calls.count(2) == 1:
+            raise OSError("No space left on device")
+        return plain_train(cfg_, ctx, tracker)
+
+    monkeypatch.setattr(api, "train", crashing_train)
+    args = ("trainer.replicas=3", "model.dropout=0.2")
+    with pytest.raises(OSError):
+        run(cfg(*args), RunContext(log_model=False))
+    group = run(cfg(*args), RunContext(log_model=False))
+    assert calls == [0, 1, 2, 2]
+    assert [r.status for r in group.replicas] == ["FINISHED"] * 3
+    runs = by_seed(mlflow_runs(in_tmp))
+    assert sorted(runs) == [0, 1, 2]
+    assert [runs[s].info.run_id for s in (0, 1, 2)] == [r.run_id for r in group.replicas]
+    assert len({r.data.tags["replica_group"] for r in runs.values()}) == 1

@@ -10,6 +10,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -27,7 +28,8 @@ from tunelab.run.replicas import Replica, fit_replicas
 from tunelab.run.store import RunStore
 
 log = logging.getLogger(__name__)
-SAVED = "group.pt"
+SAVED = "group.pt"  # the batched group's checkpoint
+SEEDS_DONE = "seeds.pt"  # the seeds a group trained one after another has finished
 TrainOne = Callable[[DictConfig, RunContext], RunResult]
 
 
@@ -66,7 +68,7 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
         log.warning(
             "trainer.replicas: the %d seeds train one after another: %s", len(seeds), reason
         )
-        return _summary(cfg, _one_after_another(configs, contexts, ctx, train))
+        return _summary(cfg, _one_after_another(cfg, configs, contexts, ctx, train))
     return _summary(cfg, _batched(cfg, configs, contexts, ctx, base, models))
 
 
@@ -100,16 +102,40 @@ def _replica_context(ctx: RunContext, seed: int, k: int, n: int) -> RunContext:
 
 
 def _one_after_another(
-    configs: list[DictConfig], contexts: list[RunContext], ctx: RunContext, train: TrainOne
+    group_cfg: DictConfig,
+    configs: list[DictConfig],
+    contexts: list[RunContext],
+    ctx: RunContext,
+    train: TrainOne,
 ) -> list[RunResult]:
-    group = ctx.tags.get("replica_group") or uuid.uuid4().hex[:12]
-    results = []
-    for cfg, seed_ctx in zip(configs, contexts, strict=True):
-        try:
-            results.append(train(cfg, seed_ctx.derive(tags={"replica_group": group})))
-        except DivergedError as exc:  # a result: the other seeds go on
-            results.append(_failed(getattr(exc, "run_id", None), cfg, str(exc)))
-    return results
+    """Each seed as its plain run. The group remembers the seeds it has finished: a re-run after
+    a crash keeps their runs and continues with the first unfinished one (resumed by its own
+    checkpoint)."""
+    store = RunStore.for_config(group_cfg)
+    with store.locked():
+        saved = store.resume_saved(str(group_cfg.trainer.resume), SEEDS_DONE)
+        group = saved["group"] if saved else ctx.tags.get("replica_group") or uuid.uuid4().hex[:12]
+        done: dict[str, dict] = dict(saved["results"]) if saved else {}
+        for cfg, seed_ctx in zip(configs, contexts, strict=True):
+            if str(cfg.seed) in done:
+                log.info("trainer.replicas: seed %s finished before: run %s kept", cfg.seed,
+                         done[str(cfg.seed)]["run_id"])  # fmt: skip
+                continue
+            try:
+                result = train(cfg, seed_ctx.derive(tags={"replica_group": group}))
+            except DivergedError as exc:  # a result: the other seeds go on
+                result = _failed(getattr(exc, "run_id", None), cfg, str(exc))
+            done[str(cfg.seed)] = {**result.__dict__, "checkpoint": str(result.checkpoint or "")}
+            store.save({"model": {}, "group": group, "results": done}, SEEDS_DONE)
+            store.flush()  # on disk before the next seed starts
+        store.mark_done()
+    return [_result(done[str(cfg.seed)]) for cfg in configs]
+
+
+def _result(saved: dict) -> RunResult:
+    return RunResult(
+        **{**saved, "checkpoint": Path(saved["checkpoint"]) if saved["checkpoint"] else None}
+    )
 
 
 def _batched(
