@@ -227,3 +227,18 @@ def test_a_group_trained_one_seed_after_another_keeps_its_finished_seeds_after_a
     assert sorted(runs) == [0, 1, 2]
     assert [runs[s].info.run_id for s in (0, 1, 2)] == [r.run_id for r in group.replicas]
     assert len({r.data.tags["replica_group"] for r in runs.values()}) == 1
+
+
+@pytest.mark.slow
+def test_a_seed_audit_confirms_its_seeds_as_one_group(workdir):
+    proc = run_cli("-m", "study=seed_audit", *ARGS, "hydra.sweeper.seeds=3",
+                   "hydra.sweep.dir=audit", cwd=workdir, env=NO_MODEL)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train as one batched computation" in proc.stdout + proc.stderr
+    confirms = [
+        r for r in mlflow_runs(workdir, "seed_audit") if r.data.tags.get("role") == "confirm"
+    ]
+    assert sorted(int(r.data.params["seed"]) for r in confirms) == [0, 1, 2]
+    assert len({r.data.tags["replica_group"] for r in confirms}) == 1
+    assert {r.info.status for r in confirms} == {"FINISHED"}
+    assert list(workdir.glob("audit/**/summary.json"))
