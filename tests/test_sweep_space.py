@@ -9,9 +9,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tunelab.config.space import build_space, grid_values, suggest, to_overrides
-from tunelab.run.context import RunContext, RunResult, TrialRef
+from tunelab.run.context import RunContext, RunResult, TrialRef, aggregate
 from tunelab.tuning import pruning
-from tunelab.tuning.jobs import aggregate, job_overrides, read_job
+from tunelab.tuning.jobs import job_overrides, read_job
 from tunelab.tuning.samplers import GoldenSectionSampler, make_pruner, make_sampler, next_point
 from tunelab.tuning.storage import counted
 

@@ -9,6 +9,7 @@ the Optuna trial that its reporter feeds. Processes hand it on as one environmen
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -126,3 +127,16 @@ class RunResult:
 
     def __float__(self) -> float:
         return self.value
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every metric over seeds, plus `<metric>_std` where there are several seeds."""
+    keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
+    out: dict[str, float] = {}
+    for k in sorted(keys):
+        vals = [m[k] for m in per_seed]
+        mean = sum(vals) / len(vals)
+        out[k] = mean
+        if len(vals) > 1:
+            out[f"{k}_std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return out

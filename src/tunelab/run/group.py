@@ -19,7 +19,7 @@ from torch import nn
 from tunelab import build
 from tunelab.run import signals
 from tunelab.run.checkpoint import serialize, write_atomic
-from tunelab.run.context import RunContext, RunResult
+from tunelab.run.context import RunContext, RunResult, aggregate
 from tunelab.run.loop import DivergedError, TrainState
 from tunelab.run.prepare import SPLIT_KEYS, autocast_for, setup
 from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
@@ -174,11 +174,10 @@ def _batched(
             if contexts[k].reporter is not None:
                 contexts[k].reporter(replica.state.epoch, metrics[metric])
 
-        def after_epoch(snapshot: dict[str, Any]) -> None:
-            epoch = max(r["state"]["epoch"] for r in snapshot["replicas"])
+        def after_epoch(epoch: int, snapshot: Callable[[], dict[str, Any]]) -> None:
             if every and epoch % every == 0:
                 # "model": every tunelab checkpoint has one; here the weights are per replica
-                store.save({**snapshot, "model": {}, "group": group, "run_ids": run_ids}, SAVED)
+                store.save({**snapshot(), "model": {}, "group": group, "run_ids": run_ids}, SAVED)
 
         try:
             done = fit_replicas(
@@ -252,15 +251,7 @@ def _summary(cfg: DictConfig, results: list[RunResult]) -> RunResult:
     if failed:
         log.warning("trainer.replicas: %d of %d seeds failed: %s", len(failed), len(results),
                     "; ".join(r.reason for r in failed))  # fmt: skip
-    metrics: dict[str, float] = {}
-    for key in finished[0].metrics:
-        values = [r.metrics[key] for r in finished if key in r.metrics]
-        mean = sum(values) / len(values)
-        metrics[key] = mean
-        if len(values) > 1:
-            metrics[f"{key}_std"] = math.sqrt(
-                sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-            )
+    metrics = aggregate([r.metrics for r in finished])
     return RunResult(
         finished[0].run_id, "FINISHED", str(cfg.objective.metric), metrics, replicas=results
     )

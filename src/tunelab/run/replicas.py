@@ -138,12 +138,13 @@ def fit_replicas(
     on_epoch: Callable[[Replica, dict[str, float]], None] | None = None,
     autocast: Any = nullcontext,
     resume: dict[str, Any] | None = None,
-    after_epoch: Callable[[dict[str, Any]], None] | None = None,
+    after_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
 ) -> list[Replica]:
     """Train `models` (build_replicas(cfg, seeds, ...)) as loop.fit trains each run `seed=s`
     with cfg's optimizer, schedule and trainer; one Replica per seed, in order. data holds
     x_train/y_train/x_val/y_val on the device; on_epoch(replica, metrics) follows every epoch
-    (it may raise, e.g. Pruned); after_epoch(snapshot) then gets what `resume` continues from."""
+    (it may raise, e.g. Pruned); after_epoch(epoch, snapshot) then gets the epoch and the function
+    that takes what `resume` continues from (called only when a checkpoint is due)."""
     trainer, x, y = cfg.trainer, data["x_train"], data["y_train"]
     reason = config_reason(cfg) or can_batch(models[0])
     if reason:
@@ -221,7 +222,7 @@ def fit_replicas(
         if not stack.retire():
             break
         if after_epoch is not None:
-            after_epoch(stack.snapshot(schedule))
+            after_epoch(epoch, lambda: stack.snapshot(schedule))
     for i, r in enumerate(stack.replicas):
         r.status, r.weights = "FINISHED", stack.weights(i)
     return replicas

@@ -120,13 +120,7 @@ class RunStore:
         generator: torch.Generator,
     ) -> tuple[TrainState, str | None]:
         """Restore from last.pt when an unfinished run left one; else start fresh."""
-        unfinished = self.last_path.exists() and not self.done_path.exists()
-        if mode == "must" and not unfinished:
-            raise CheckpointError(
-                f"trainer.resume=must but there is no unfinished checkpoint at {self.last_path}"
-            )
-        if mode == "never" or not unfinished:
-            self._clear()
+        if not self._continues(mode, self.last_path):
             return TrainState(), None
         try:
             ckpt = load_safe(self.last_path)
@@ -145,6 +139,19 @@ class RunStore:
             ) from exc
         log.info("resuming from %s at epoch %d", self.last_path, state.epoch)
         return state, ckpt.get("run_id")
+
+    def _continues(self, mode: str, path: Path) -> bool:
+        """Whether this start continues the unfinished run that left `path` (trainer.resume:
+        auto | never | must); a fresh start clears the directory first."""
+        unfinished = path.exists() and not self.done_path.exists()
+        if mode == "must" and not unfinished:
+            raise CheckpointError(
+                f"trainer.resume=must but there is no unfinished checkpoint at {path}"
+            )
+        if mode == "never" or not unfinished:
+            self._clear()
+            return False
+        return True
 
     def _restore(
         self, ckpt: dict, model: torch.nn.Module, optimizer: Any, schedule: Any, generator: Any
@@ -215,13 +222,7 @@ class RunStore:
         """The checkpoint `name` an unfinished run left (trainer.resume modes as resume()), or
         None to start fresh (the directory cleared)."""
         path = self.dir / name
-        unfinished = path.exists() and not self.done_path.exists()
-        if mode == "must" and not unfinished:
-            raise CheckpointError(
-                f"trainer.resume=must but there is no unfinished checkpoint at {path}"
-            )
-        if mode == "never" or not unfinished:
-            self._clear()
+        if not self._continues(mode, path):
             return None
         try:
             saved = load_safe(path)

@@ -98,9 +98,7 @@ def read_job(
     ret: JobReturn, metrics: list[str]
 ) -> tuple[str, str, dict[str, float], str, str | None]:
     """(kind, reason, metrics, output_dir, MLflow run id) of one finished Hydra job."""
-    out_dir = ""
-    with contextlib.suppress(Exception):
-        out_dir = str(ret.hydra_cfg.hydra.runtime.output_dir)
+    out_dir = _out_dir(ret)
     if ret.status != JobStatus.COMPLETED:
         exc = job_error(ret)
         if isinstance(exc, optuna.TrialPruned) or _is(exc, "TrialPruned"):
@@ -112,6 +110,12 @@ def read_job(
         return "fail", f"{type(exc).__name__}: {exc}"[:500], {}, out_dir, None
     values, run_id = _values(ret.return_value, metrics, out_dir)
     return judge(values, metrics, out_dir, run_id)
+
+
+def _out_dir(ret: JobReturn) -> str:
+    with contextlib.suppress(Exception):
+        return str(ret.hydra_cfg.hydra.runtime.output_dir)
+    return ""
 
 
 def judge(
@@ -141,7 +145,7 @@ def read_seeds(
             if first[0] != "complete"
             else [("fail", "no per-seed results", {}, first[3], None)] * n
         )
-    out_dir = read_job(ret, metrics)[3]
+    out_dir = _out_dir(ret)
     return [
         judge({k: float(v) for k, v in r.metrics.items()}, metrics, out_dir, r.run_id)
         if r.status == "FINISHED"
@@ -169,7 +173,10 @@ def seed_outcomes(
     """Each seed's (kind, reason, metrics, job dir, run id), in seed order, launched as they are
     read: one job per seed (launch(overrides, index)), or (together) one job that trains them
     all as trainer.replicas."""
-    jobs = [(overrides_for(0) + [f"trainer.replicas=[{','.join(map(str, seeds))}]"], 0)] if together else [(overrides_for(i), i) for i in range(len(seeds))]  # fmt: skip
+    if together:
+        jobs = [(overrides_for(0) + [f"trainer.replicas=[{','.join(map(str, seeds))}]"], 0)]
+    else:
+        jobs = [(overrides_for(i), i) for i in range(len(seeds))]
     for overrides, index in jobs:
         try:
             ret = launch(overrides, index)
@@ -196,16 +203,3 @@ def _values(rv: Any, metrics: list[str], out_dir: str) -> tuple[dict[str, float]
     elif isinstance(rv, dict):
         values.update({k: float(v) for k, v in rv.items() if isinstance(v, numbers.Real)})
     return values, None
-
-
-def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of every metric over seeds, plus `<metric>_std` where there are several seeds."""
-    keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
-    out: dict[str, float] = {}
-    for k in sorted(keys):
-        vals = [m[k] for m in per_seed]
-        mean = sum(vals) / len(vals)
-        out[k] = mean
-        if len(vals) > 1:
-            out[f"{k}_std"] = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return out

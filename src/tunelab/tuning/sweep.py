@@ -27,11 +27,11 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, describe, grid_values, suggest
 from tunelab.reports import sweep as results
 from tunelab.reports.runs_table import trials_table
-from tunelab.run.context import RunContext, TrialRef
+from tunelab.run.context import RunContext, TrialRef, aggregate
 from tunelab.tuning import devices, pruning
 from tunelab.tuning import storage as studies
 from tunelab.tuning.inprocess import plan_launch
-from tunelab.tuning.jobs import Outcome, aggregate, can_group, job_overrides, seed_outcomes
+from tunelab.tuning.jobs import Outcome, can_group, job_overrides, seed_outcomes
 from tunelab.tuning.samplers import make_sampler
 from tunelab.tuning.settings import tracking_target
 from tunelab.tuning.sweep_runs import SweepRuns
