@@ -121,6 +121,21 @@ def _expand(page, parent: str) -> None:
     cell.get_by_role("button").click()
 
 
+def _open_metric(page, name: str) -> None:
+    """Click the metric's link until the app has routed to its page: the route is a hash
+    change (no load event), and a click that lands while the table re-renders is lost."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in (1, 2, 3):
+        page.get_by_role("link", name=name, exact=True).first.click()
+        try:
+            page.wait_for_url(re.compile(r"/metric"), wait_until="commit", timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 3:
+                raise
+
+
 def _wait_for_legend(page, entries: list[str]) -> None:
     """The chart's legend, one line per run. A chart that has not drawn in 45 s (a loaded
     machine: its data request lost) gets one reload, as a user would press F5."""
@@ -163,8 +178,7 @@ def test_the_compare_view_shows_the_differing_parameter_and_the_val_acc_curves(p
     row = page.locator("tr").filter(has=page.get_by_text("optimizer.name", exact=True))
     assert re.search(r"optimizer\.name\s+sgd\s+adam", row.first.inner_text()), row.inner_text()
     _shot(page, "02-compare-runs.png")
-    page.get_by_role("link", name="val/acc", exact=True).first.click()
-    page.wait_for_url(re.compile(r"/metric"))
+    _open_metric(page, "val/acc")
     _wait_for_legend(page, [f"{child} (val/acc)" for child in ("optimizer=sgd", "optimizer=adam")])
     assert page.locator("svg .trace, svg .scatterlayer path").count() >= 2
     _shot(page, "03-compare-val-acc.png")
