@@ -3,6 +3,7 @@
     tunelab reproduce RUN_ID     re-run a recorded run from its own config, commit and data; compare
     tunelab trace TARGET         the MLflow runs behind a number (a DVC metric, a study, a sweep, a run)
     tunelab ui                   the MLflow UI on the project's store, with the link to its runs
+    tunelab findings run|write   re-test the seed articles' claims; docs/FINDINGS.md from the runs
 
 Training itself stays `python src/train.py` (Hydra)."""
 
@@ -11,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tunelab.commands import reproduce, trace, ui
+from tunelab.commands import findings, reproduce, trace, ui
 from tunelab.commands.common import CommandError
 
-COMMANDS = {"reproduce": reproduce, "trace": trace, "ui": ui}
+COMMANDS = {"reproduce": reproduce, "trace": trace, "ui": ui, "findings": findings}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,125 @@
+"""What the findings read back from the MLflow store: each study's summary and figures, each
+search sweep's trials, the runs behind every number and the time they took."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.tracking.policy import tag_filter
+
+RUN_ROLES = ("confirm", "seed", "trial")  # the runs that trained something
+
+
+class Missing(LookupError):
+    """The store lacks a piece the document needs; the message says which and how to run it."""
+
+
+@dataclass
+class Trial:
+    number: int
+    run_id: str
+    state: str
+    val: float | None
+    test: float | None
+    epochs: int
+
+
+class Reader:
+    def __init__(self, uri: str, experiment: str, create: bool = False) -> None:
+        self.uri, self.experiment_name = uri, experiment
+        self._client: Any = None
+        self._exp: Any = None
+        self._create = create
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def _exists(self) -> bool:
+        prefix = "sqlite:///"
+        return not self.uri.startswith(prefix) or Path(self.uri[len(prefix) :]).is_file()
+
+    @property
+    def experiment_id(self) -> str | None:
+        if self._exp is None and self._exists():
+            self._exp = self.client.get_experiment_by_name(self.experiment_name)
+        return self._exp.experiment_id if self._exp is not None else None
+
+    def search(self, tags: dict[str, str], extra: str = "") -> list[Any]:
+        if self.experiment_id is None:
+            return []
+        query = tag_filter(tags) + (f" and {extra}" if extra else "")
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], query, max_results=1000,
+                                           order_by=["attributes.start_time DESC"], page_token=token)  # fmt: skip
+            out += list(page)
+            token = page.token
+            if not token:
+                return out
+
+    def parent(self, kind: str, name: str) -> Any | None:
+        """The newest FINISHED parent run of a study or sweep called `name`."""
+        runs = self.search({"role": kind, kind: name}, "attributes.status = 'FINISHED'")
+        return runs[0] if runs else None
+
+    def finished(self, kind: str, name: str) -> bool:
+        return self.parent(kind, name) is not None
+
+    def require(self, kind: str, name: str) -> Any:
+        run = self.parent(kind, name)
+        if run is None:
+            raise Missing(
+                f"no finished {kind} '{name}' in experiment '{self.experiment_name}' of {self.uri}: "
+                "run `tunelab findings run` (with the same --budget) first"
+            )
+        return run
+
+    def summary(self, run: Any) -> dict[str, Any]:
+        text = self.artifact(run.info.run_id, "summary.json")
+        if text is None:
+            raise Missing(f"study run {run.info.run_id} has no summary.json artifact")
+        return json.loads(Path(text).read_text())
+
+    def artifact(self, run_id: str, path: str, dest: Path | None = None) -> str | None:
+        """Download one artifact (into `dest`, else a temporary directory); its local path."""
+        target = dest or Path(tempfile.mkdtemp(prefix="findings-"))
+        try:
+            return self.client.download_artifacts(run_id, path, str(target))
+        except Exception:
+            return None
+
+    def seconds_by_cell(self, study: str) -> dict[str, list[float]]:
+        """Wall seconds of each finished training run of a study, per cell."""
+        out: dict[str, list[float]] = {}
+        for r in self.search({"study": study}):
+            if r.data.tags.get("role") in RUN_ROLES and r.info.end_time:
+                cell = r.data.tags.get("cell", "")
+                out.setdefault(cell, []).append((r.info.end_time - r.info.start_time) / 1000)
+        return out
+
+    def trials(self, sweep_run: Any) -> list[Trial]:
+        """A sweep's trials in order, from their MLflow runs."""
+        runs = self.search({"mlflow.parentRunId": sweep_run.info.run_id, "role": "trial"})
+        out = []
+        for r in runs:
+            m, t = r.data.metrics, r.data.tags
+            if "trial" not in t:
+                continue
+            out.append(Trial(int(t["trial"]), r.info.run_id, t.get("optuna_state", "?"),
+                             m.get("val/acc"), m.get("test/acc"), int(m.get("epochs_run", 0))))  # fmt: skip
+        return sorted(out, key=lambda x: x.number)
+
+    @staticmethod
+    def seconds(run: Any) -> float:
+        return ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000

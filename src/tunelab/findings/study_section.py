@@ -1,0 +1,177 @@
+"""One study claim on one dataset, read back from its study run: the cells' table with the runs
+behind each row, the claim's comparisons judged, the power line and the isolation figure."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.findings.spec import Claim
+from tunelab.findings.store import Reader
+from tunelab.findings.verdict import Judged, judge, line, points
+
+TEST, VAL = "test/acc", "val/acc"
+
+
+@dataclass
+class Section:
+    lines: list[str]
+    glance: list[list[str]] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x * 100:.2f}"
+
+
+def figure(
+    reader: Reader, run_id: str, name: str | None, fig_dir: Path, as_name: str
+) -> str | None:
+    """Copy a study figure out of the store into the document's figures; its file name."""
+    if not name:
+        return None
+    got = reader.artifact(run_id, f"figures/{name}")
+    if got is None:
+        return None
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(got, fig_dir / as_name)
+    return as_name
+
+
+def _params(best: dict[str, Any]) -> str:
+    return ", ".join(f"`{k.split('.')[-1]}={v:.3g}`" if isinstance(v, float) else f"`{k}={v}`"
+                     for k, v in (best or {}).items()) or "–"  # fmt: skip
+
+
+def _cells_table(summary: dict[str, Any], secs: dict[str, list[float]]) -> list[str]:
+    top = set(summary["top_set"])
+    rows = [
+        "| cell | test/acc % mean ± sd | 95% interval | val/acc % mean | tuned nuisance | s per run "
+        "| top set | cell run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["cells"]:
+        t, v = c["stats"][TEST], c["stats"][VAL]
+        s = secs.get(c["cell"], [])
+        took = f"{statistics.median(s):.1f}" if s else "–"
+        rows.append(
+            f"| `{c['cell']}` | {pct(t['mean'])} ± {pct(t['std'])} | [{pct(t['ci_low'])}, "
+            f"{pct(t['ci_high'])}] | {pct(v['mean'])} | {_params(c['best_params'])} | {took} | "
+            f"{'yes' if c['cell'] in top else ''} | `{c['mlflow_run_id']}` |"
+        )
+    return rows
+
+
+def _seed_runs(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
+    lines, ids = (
+        ["<details><summary>The seed runs behind each row (MLflow run ids)</summary>", ""],
+        [],
+    )
+    for c in summary["cells"]:
+        runs = c.get("confirm_runs", {})
+        ids += [c["mlflow_run_id"], *runs.values()]
+        lines.append(f"- `{c['cell']}`: " + ", ".join(f"seed {s} `{r}`" for s, r in runs.items()))
+    return [*lines, "", "</details>", ""], ids
+
+
+def _power(judged: dict[str, Any]) -> str:
+    pw = judged["power"]
+    if not math.isfinite(pw.get("sd", math.nan)):
+        return "Power: not enough seeds to estimate the spread."
+    det = pw["detectable"]
+    found = (f"differences under {det * 100:.2f} points are not resolved with 80% power"
+             if math.isfinite(det) else "no difference can be resolved")  # fmt: skip
+    need = pw["seeds_for_min_effect"]
+    plan = (
+        f"{need} seeds would resolve {pw['min_effect'] * 100:.1f} points"
+        if need
+        else (f"over 200 seeds would be needed to resolve {pw['min_effect'] * 100:.1f} points")
+    )
+    return (f"Power: {pw['n']} seeds, paired spread {pw['sd'] * 100:.2f} points; {found} "
+            f"({judged['family']}, {judged['level']:.2g} per pair); {plan}.")  # fmt: skip
+
+
+def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: float) -> Section:
+    name = f"{claim.id}-{dataset}"
+    run = reader.require("study", name)
+    summary = reader.summary(run)
+    judged = summary["judged"].get(TEST)
+    if judged is None:
+        raise KeyError(f"study {name} has no verdict on {TEST}: no cell finished a seed")
+    out = Section([f"### {DATA[dataset]}", ""], seconds=reader.seconds(run))
+    out.lines += [f"Study run `{run.info.run_id}`; {len(summary['seeds'])} confirmation seeds "
+                  f"{summary['seeds']}, {summary['n_trials']} nuisance trials per cell.", ""]  # fmt: skip
+    out.lines += _cells_table(summary, reader.seconds_by_cell(name)) + [""]
+    top = ", ".join(f"`{c}`" for c in judged["top_set"])
+    out.lines += [f"Held-out verdict (test split, which no search saw): top set {top}.", ""]
+    for check in claim.checks:
+        j = judge(judged["pairs"], check, margin)
+        out.lines.append(f"- {line(j, margin)}")
+        out.glance.append(_glance(claim, dataset, j))
+    out.lines += ["", _power(judged), ""]
+    fig = figure(reader, run.info.run_id, summary["figures"].get("isolation"), fig_dir,
+                 f"{name}-isolation.png")  # fmt: skip
+    if fig:
+        out.lines += [f"![{claim.title}, {DATA[dataset]}]({fig_dir.name}/{fig})", ""]
+    details, ids = _seed_runs(summary)
+    out.lines += details
+    out.run_ids = [run.info.run_id, *ids]
+    return out
+
+
+def _glance(claim: Claim, dataset: str, j: Judged) -> list[str]:
+    return [claim.title, DATA[dataset], f"`{j.check.a}` − `{j.check.b}`",
+            f"{points(j.diff)}", j.interval(), f"{j.word}"]  # fmt: skip
+
+
+def audit(reader: Reader, claim: Claim, dataset: str, fig_dir: Path) -> Section:
+    """The seed audit: the spread of one configuration over seeds, one run's prediction interval,
+    what the luckiest seed (and seed 42) would have claimed."""
+    name = f"{claim.id}-{dataset}"
+    run = reader.require("study", name)
+    summary = reader.summary(run)
+    c = summary["cells"][0]
+    a, one = c["audit_by_metric"][TEST], c["one_run"][TEST]
+    per = {int(s): v for s, v in c["per_seed"][TEST].items()}
+    ranked = sorted(per, key=lambda s: -per[s])
+    out = Section([f"### {DATA[dataset]}", ""], seconds=reader.seconds(run))
+    out.lines += [
+        f"Study run `{run.info.run_id}`: one configuration (the default recipe) under {len(per)} "
+        f"seeds {sorted(per)}; the data split stays fixed, seeds differ in initialisation and data order.",
+        "",
+        "| test/acc % | mean ± sd | min | median | max | best − median | one run's 95% prediction interval | split's own standard error |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {DATA[dataset]} | {pct(a['mean'])} ± {pct(a['std'])} | {pct(a['min'])} | {pct(a['median'])} "
+        f"| {pct(a['max'])} | {points(a['best_minus_median'])} | [{pct(one['low'])}, {pct(one['high'])}] "
+        f"| ±{pct(one['split_se'])} |",
+        "",
+    ]  # fmt: skip
+    if 42 in per:
+        out.lines.append(f"- Seed 42 ranks {ranked.index(42) + 1} of {len(per)} on test/acc "
+                         f"({pct(per[42])} %; the median run {pct(a['median'])} %).")  # fmt: skip
+    pick = c.get("picked_seed") or {}
+    if pick.get(TEST) is not None:
+        out.lines.append(f"- Picking the seed with the best validation accuracy (seed {pick['seed']}) "
+                         f"would report test/acc {pct(pick[TEST])} %.")  # fmt: skip
+    out.lines.append("")
+    fig = figure(reader, run.info.run_id, summary["figures"].get("seed_spread"), fig_dir,
+                 f"{name}-seed_spread.png")  # fmt: skip
+    if fig:
+        out.lines += [f"![seed spread, {DATA[dataset]}]({fig_dir.name}/{fig})", ""]
+    runs = c.get("confirm_runs", {})
+    out.lines += ["<details><summary>The seed runs (MLflow run ids)</summary>", "",
+                  ", ".join(f"seed {s} `{r}`" for s, r in runs.items()), "", "</details>", ""]  # fmt: skip
+    out.run_ids = [run.info.run_id, *runs.values()]
+    out.glance.append([claim.title, DATA[dataset], "best seed − median seed",
+                       points(a["best_minus_median"]),
+                       f"one run: [{pct(one['low'])}, {pct(one['high'])}] %",
+                       f"spread {pct(a['max'] - a['min'])} points"])  # fmt: skip
+    return out
+
+
+DATA = {"mnist1d": "MNIST-1D", "digits": "digits (8×8)"}
