@@ -62,6 +62,7 @@ def test_lower_layers_never_import_upper_ones():
         "tunelab.reports": ("tunelab.tuning", "tunelab.cli", "tunelab.commands"),
         "tunelab.tuning": ("tunelab.cli", "tunelab.commands"),
         "tunelab.diagnostics": ("tunelab.run", "tunelab.tuning", "tunelab.reports"),
+        "tunelab.findings": ("tunelab.cli", "tunelab.commands", "tunelab.run"),
         "tunelab.startup": ("tunelab.",),
     }
     for name, deps in GRAPH.items():

@@ -6,8 +6,9 @@
     tunelab findings run --budget reduced --tracking-uri sqlite:///tmp/f/mlflow.db --out /tmp/f/FINDINGS.md
 
 The claims, their studies and the budgets are in docs/findings/claims.yaml. The runs go to the
-experiment `findings` (`findings-<budget>` for other budgets) of the store, the studies' and sweeps'
-output directories and logs under --work."""
+experiment `findings` (`findings-<budget>` for other budgets) of the findings' own store
+(results/findings/mlflow.db: `tunelab ui --tracking-uri sqlite:///results/findings/mlflow.db
+--experiment findings` browses it), the studies' and sweeps' output directories and logs under --work."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from tunelab.commands.common import CommandError
 
 HELP = "re-test the seed articles' claims; write docs/FINDINGS.md from the runs"
 ROOT = Path(__file__).resolve().parents[3]
+STORE = (
+    "sqlite:///results/findings/mlflow.db"  # the findings' own store (Optuna's journal beside it)
+)
 
 
 def add_arguments(p: Any) -> None:
@@ -32,7 +36,10 @@ def add_arguments(p: Any) -> None:
                    help="the document; its figures go to findings/ beside it")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("results/findings"),
                    help="the studies' output directories and logs")  # fmt: skip
-    p.add_argument("--tracking-uri", help="the MLflow store (default: the project's)")
+    p.add_argument("--jobs", type=int, default=1, help="studies and sweeps run side by side")
+    p.add_argument(
+        "--tracking-uri", help=f"the MLflow store (default: $MLFLOW_TRACKING_URI, else {STORE})"
+    )
 
 
 def run(args: Any) -> int:
@@ -45,15 +52,18 @@ def run(args: Any) -> int:
         claims = spec.load(args.claims)
         claims.budget(args.budget)
         if args.action == "run":
-            uri = absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                               or common.DEFAULT_STORE)  # fmt: skip
-            runner.run_all(claims, args.budget, uri, args.work / args.budget, args.only)
+            uri = absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or STORE)
+            if uri.startswith("sqlite:///"):
+                Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            runner.run_all(claims, args.budget, uri, args.work / args.budget, args.only, args.jobs)
             if args.only:
                 print("ran the claims asked for; `tunelab findings write` writes the document "
                       "once every claim is in the store")  # fmt: skip
                 return 0
         else:
-            uri = common.store_uri(args.tracking_uri)
+            uri = common.store_uri(
+                args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or STORE
+            )
         reader = store.Reader(uri, claims.experiment_for(args.budget))
         written = document.write(claims, args.budget, reader, args.out)
     except (spec.SpecError, runner.RunFailed, store.Missing, KeyError) as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,8 @@ def _cells_table(summary: dict[str, Any], secs: dict[str, list[float]]) -> list[
     top = set(summary["top_set"])
     rows = [
         "| cell | test/acc % mean ± sd | 95% interval | val/acc % mean | tuned nuisance | s per run "
-        "| top set | cell run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| curves | top set | cell run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["cells"]:
         t, v = c["stats"][TEST], c["stats"][VAL]
@@ -62,9 +63,20 @@ def _cells_table(summary: dict[str, Any], secs: dict[str, list[float]]) -> list[
         rows.append(
             f"| `{c['cell']}` | {pct(t['mean'])} ± {pct(t['std'])} | [{pct(t['ci_low'])}, "
             f"{pct(t['ci_high'])}] | {pct(v['mean'])} | {_params(c['best_params'])} | {took} | "
-            f"{'yes' if c['cell'] in top else ''} | `{c['mlflow_run_id']}` |"
+            f"{_flags(c.get('curve_flags') or {})} | {'yes' if c['cell'] in top else ''} | "
+            f"`{c['mlflow_run_id']}` |"
         )
     return rows
+
+
+def _flags(flags: dict[str, list[str]]) -> str:
+    """The curve diagnosis of the cell's best runs: `unstable 2/3` or `healthy 3/3`."""
+    if not flags:
+        return "–"
+    counts = Counter(code for codes in flags.values() for code in codes)
+    if not counts:
+        return f"healthy {len(flags)}/{len(flags)}"
+    return ", ".join(f"{code} {n}/{len(flags)}" for code, n in sorted(counts.items()))
 
 
 def _seed_runs(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
