@@ -130,7 +130,8 @@ def reduced(tmp_path_factory):
     work = tmp_path_factory.mktemp("findings")
     uri = f"sqlite:///{work}/mlflow.db"
     out = work / "doc" / "FINDINGS.md"
-    args = ["--budget", "reduced", "--tracking-uri", uri, "--out", str(out), "--work", "runs"]
+    args = ["--budget", "reduced", "--tracking-uri", uri, "--out", str(out), "--work", "runs",
+            "--jobs", "2"]  # fmt: skip
     done = tunelab("findings", "run", *args, cwd=work)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return work, uri, out, args, done.stdout

@@ -126,6 +126,8 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
         out.lines.append(f"- {line(j, margin)}")
         out.glance.append(_glance(claim, dataset, j))
     out.lines += ["", _power(judged), ""]
+    warned = sorted({c["budget"] for c in summary["cells"] if c.get("budget")})
+    out.lines += [f"Search budget: {w}." for w in warned] + ([""] if warned else [])
     fig = figure(reader, run.info.run_id, summary["figures"].get("isolation"), fig_dir,
                  f"{name}-isolation.png")  # fmt: skip
     if fig:
