@@ -112,6 +112,14 @@ def test_a_comparison_the_study_made_the_other_way_round_is_flipped():
         judge([pair("x", "y", 0, 0, 0, False)], Check("x", "z", "higher"), 0.01)
 
 
+def test_compute_counts_summed_and_elapsed_time_and_how_many_ran_at_once():
+    from tunelab.findings.document import compute
+
+    text = compute([(0, 3600), (1800, 5400), (7200, 9000)])  # two overlap, one after a gap
+    assert text.startswith("2.50 hours summed over the 3 studies and sweeps")
+    assert "2.00 hours elapsed with up to 2 running at a time" in text
+
+
 def test_writing_from_a_store_without_the_runs_says_how_to_make_them(workdir):
     done = tunelab("findings", "write", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
                    "--out", str(workdir / "FINDINGS.md"), cwd=workdir, timeout=120)  # fmt: skip
@@ -164,7 +172,7 @@ def test_the_reduced_budget_writes_every_claim_with_tables_that_parse(reduced):
     glance = found[0]
     expected = sum(max(1, len(c.checks)) * len(c.datasets) for c in spec.claims)
     assert len(glance) - 2 == expected
-    words = {"supported", "contradicted", "not resolved", "no comparison"}
+    words = {"supported", "contradicted", "not resolved", "no comparison", "one study each"}
     for row in glance[2:]:
         assert row[-1] in words or row[2] == "best seed − median seed", row
     assert "[22/22]" in stdout and "wrote" in stdout

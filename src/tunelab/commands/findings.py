@@ -69,5 +69,5 @@ def run(args: Any) -> int:
     except (spec.SpecError, runner.RunFailed, store.Missing, KeyError) as exc:
         raise CommandError(str(exc).strip("'\"")) from None
     print(f"wrote {written.path} ({len(written.figures)} figures, {len(set(written.run_ids))} runs "
-          f"cited, {written.seconds / 3600:.2f} h of compute)")  # fmt: skip
+          f"cited, {sum(e - s for s, e in written.spans) / 3600:.2f} h of compute)")  # fmt: skip
     return 0

@@ -28,7 +28,7 @@ class Written:
     path: Path
     figures: list[Path]
     run_ids: list[str]
-    seconds: float
+    spans: list[tuple[float, float]]
 
 
 def _row(cells: list[str]) -> str:
@@ -63,7 +63,7 @@ def section(spec: Spec, budget: str, claim: Claim, reader: Reader, fig_dir: Path
         out.lines += part.lines
         out.glance += part.glance
         out.run_ids += part.run_ids
-        out.seconds += part.seconds
+        out.spans += part.spans
     if budget == "full" and claim.conclusion:
         out.lines += ["**What it shows.** " + " ".join(claim.conclusion.split()), ""]
     elif claim.conclusion:
@@ -72,12 +72,30 @@ def section(spec: Spec, budget: str, claim: Claim, reader: Reader, fig_dir: Path
     return out
 
 
+def compute(spans: list[tuple[float, float]]) -> str:
+    """Summed and elapsed hours of the studies and sweeps, and how many ran at once at most."""
+    total = sum(end - start for start, end in spans)
+    edges = sorted(
+        [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1])
+    )
+    elapsed, running, most, last = 0.0, 0, 0, None
+    for t, step in edges:
+        if running and last is not None:
+            elapsed += t - last
+        running += step
+        most, last = max(most, running), t
+    return (
+        f"{total / 3600:.2f} hours summed over the {len(spans)} studies and sweeps (each its own "
+        f"process), {elapsed / 3600:.2f} hours elapsed with up to {most} running at a time"
+    )
+
+
 def environment(reader: Reader) -> str:
     runs = reader.search({"role": "confirm"})
     if not runs:
         return "no training run found"
     t = runs[0].data.tags
-    return (f"device {t.get('device', '?')}, {t.get('threads', '?')} threads, torch "
+    return (f"device {t.get('device', '?')}, torch threads per run {t.get('threads', '?')}, torch "
             f"{t.get('version.torch', '?')}, MLflow {t.get('version.mlflow', '?')}, Optuna "
             f"{t.get('version.optuna', '?')}, commit {t.get('git_sha', '?')[:10]}")  # fmt: skip
 
@@ -85,20 +103,19 @@ def environment(reader: Reader) -> str:
 def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
     fig_dir = out.parent / "findings"
     parts = [section(spec, budget, c, reader, fig_dir, i) for i, c in enumerate(spec.claims, 1)]
-    seconds = sum(p.seconds for p in parts)
+    spans = [s for p in parts for s in p.spans]
     b = spec.budget(budget)
     head = [
         "# Findings: the seed articles' tuning folklore, re-tested",
         "",
-        f"Written by `tunelab findings write` from the MLflow experiment `{reader.experiment_name}` and "
+        f"Written by `tunelab findings write` from the MLflow experiment `{reader.experiment_name}` (of "
+        "the findings' own store, `results/findings/mlflow.db`, unless `--tracking-uri` names another) and "
         "`docs/findings/claims.yaml`; every number is computed from the runs the document names "
         "(`tunelab trace <run id>` shows where each came from). Regenerate the runs with `tunelab "
         "findings run` (it runs only what the store lacks, then writes this file).",
         "",
         f"- **Budget `{budget}`**: {' '.join(b.about.split())}.",
-        f"- **Compute**: {seconds / 3600:.2f} hours of wall time, every study and sweep run one after "
-        f"another on one machine ({environment(reader)}): {2 * seconds / 3600:.1f} core-hours on "
-        "the 2-core CPU class this was measured on.",
+        f"- **Compute**: {compute(spans)}, on {' '.join(b.machine.split())} ({environment(reader)}).",
         "- **Data**: MNIST-1D (4,000 generated 1-D sequences, 10 classes; the published baselines are "
         "32 % logistic, 68 % MLP, 94 % CNN) and scikit-learn's digits (1,797 8×8 images). Both are "
         "small: a verdict here says what holds for small models on small data at a few epochs, and "
@@ -122,7 +139,7 @@ def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
     out.write_text("\n".join(head + body).rstrip() + "\n")
     figures = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
     ids = [i for p in parts for i in p.run_ids]
-    return Written(out, figures, ids, seconds)
+    return Written(out, figures, ids, spans)
 
 
 __all__ = ["DATA", "Written", "commands", "write"]

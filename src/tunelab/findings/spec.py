@@ -55,6 +55,7 @@ class Claim:
 class Budget:
     name: str
     about: str
+    machine: str
     study: list[str]
     audit: list[str]
     search: dict[str, Any]
@@ -154,7 +155,8 @@ def _budget(name: str, b: dict[str, Any]) -> Budget:
     missing = [k for k in SEARCH_BUDGET if k not in search]
     if missing:
         raise SpecError(f"budget {name}: search needs {', '.join(missing)}")
-    return Budget(name, str(b.get("about", "")), list(b.get("study", [])),
+    machine = str(b.get("machine", "the machine that ran them"))
+    return Budget(name, str(b.get("about", "")), machine, list(b.get("study", [])),
                   list(b.get("audit", [])), search)  # fmt: skip
 
 

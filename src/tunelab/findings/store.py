@@ -121,5 +121,7 @@ class Reader:
         return sorted(out, key=lambda x: x.number)
 
     @staticmethod
-    def seconds(run: Any) -> float:
-        return ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+    def span(run: Any) -> tuple[float, float]:
+        """When a run started and ended, in seconds since the epoch."""
+        start = run.info.start_time / 1000
+        return start, (run.info.end_time / 1000 if run.info.end_time else start)

@@ -23,7 +23,7 @@ class Section:
     lines: list[str]
     glance: list[list[str]] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    spans: list[tuple[float, float]] = field(default_factory=list)  # each study's or sweep's run
 
 
 def pct(x: float | None) -> str:
@@ -115,7 +115,7 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     judged = summary["judged"].get(TEST)
     if judged is None:
         raise KeyError(f"study {name} has no verdict on {TEST}: no cell finished a seed")
-    out = Section([f"### {DATA[dataset]}", ""], seconds=reader.seconds(run))
+    out = Section([f"### {DATA[dataset]}", ""], spans=[reader.span(run)])
     out.lines += [f"Study run `{run.info.run_id}`; {len(summary['seeds'])} confirmation seeds "
                   f"{summary['seeds']}, {summary['n_trials']} nuisance trials per cell.", ""]  # fmt: skip
     out.lines += _cells_table(summary, reader.seconds_by_cell(name)) + [""]
@@ -127,7 +127,9 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
         out.glance.append(_glance(claim, dataset, j))
     out.lines += ["", _power(judged), ""]
     warned = sorted({c["budget"] for c in summary["cells"] if c.get("budget")})
-    out.lines += [f"Search budget: {w}." for w in warned] + ([""] if warned else [])
+    edges = [f"`{c['cell']}`: {w}" for c in summary["cells"] for w in c.get("edge_warnings", [])]
+    out.lines += [f"- Search budget: {w}." for w in warned] + [f"- Range edge, {w}." for w in edges]
+    out.lines += [""] if warned or edges else []
     fig = figure(reader, run.info.run_id, summary["figures"].get("isolation"), fig_dir,
                  f"{name}-isolation.png")  # fmt: skip
     if fig:
@@ -153,7 +155,7 @@ def audit(reader: Reader, claim: Claim, dataset: str, fig_dir: Path) -> Section:
     a, one = c["audit_by_metric"][TEST], c["one_run"][TEST]
     per = {int(s): v for s, v in c["per_seed"][TEST].items()}
     ranked = sorted(per, key=lambda s: -per[s])
-    out = Section([f"### {DATA[dataset]}", ""], seconds=reader.seconds(run))
+    out = Section([f"### {DATA[dataset]}", ""], spans=[reader.span(run)])
     out.lines += [
         f"Study run `{run.info.run_id}`: one configuration (the default recipe) under {len(per)} "
         f"seeds {sorted(per)}; the data split stays fixed, seeds differ in initialisation and data order.",

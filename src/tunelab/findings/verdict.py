@@ -28,6 +28,8 @@ class Judged:
 
 
 def points(x: float) -> str:
+    if math.isnan(x):
+        return "–"
     if not math.isfinite(x):
         return "−∞" if x < 0 else "+∞"
     return f"{x * 100:+.2f}".replace("-", "−")
@@ -69,6 +71,11 @@ EXPECT_WORDS = {"higher": "higher than", "not_lower": "no lower than", "equal": 
 def line(j: Judged, margin: float) -> str:
     """`a` − `b`: +1.23 points [−0.1, +2.5] → not resolved (expected: higher)."""
     exp = EXPECT_WORDS[j.check.expect]
+    if j.n < 2 and j.word == "one study each":
+        return (
+            f"`{j.check.a}` − `{j.check.b}`: {points(j.diff)} points: **one study each** (both "
+            f"searches are deterministic, so there is no spread to judge it by; the article: {exp})"
+        )
     tail = f" (margin ±{margin * 100:.1f})" if j.check.expect != "higher" else ""
     return (f"`{j.check.a}` − `{j.check.b}`: {points(j.diff)} points {j.interval()}, "
             f"{j.n} seeds: **{j.word}** (the article: {exp}{tail})")  # fmt: skip
