@@ -111,7 +111,8 @@ def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
         f"Written by `tunelab findings write` from the MLflow experiment `{reader.experiment_name}` (of "
         "the findings' own store, `results/findings/mlflow.db`, unless `--tracking-uri` names another) and "
         "`docs/findings/claims.yaml`; every number is computed from the runs the document names "
-        "(`tunelab trace <run id>` shows where each came from). Regenerate the runs with `tunelab "
+        "(`tunelab trace <run id> --tracking-uri <the store>` shows where each came from). Regenerate the "
+        "runs with `tunelab "
         "findings run` (it runs only what the store lacks, then writes this file).",
         "",
         f"- **Budget `{budget}`**: {' '.join(b.about.split())}.",
