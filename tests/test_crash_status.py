@@ -25,12 +25,19 @@ ARGS = [
 ]
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "reason"), [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupted")]
 )
 def test_a_signal_ends_the_run_killed_and_the_rerun_continues_it(workdir, sig, reason):
-    proc = start_cli(*ARGS, cwd=workdir)
+    # the run as started from a terminal: a shell's background job (nohup ... &) inherits SIGINT
+    # ignored, and a run keeps what its parent ignores
+    proc = start_cli(*ARGS, cwd=workdir, preexec_fn=_default_signals)
     wait_for_line(proc, f"epoch 2/{EPOCHS}")
     proc.send_signal(sig)
     out = finish_cli(proc)
