@@ -108,6 +108,16 @@ class Reader:
                 out.setdefault(cell, []).append((r.info.end_time - r.info.start_time) / 1000)
         return out
 
+    def training(self, study: str) -> str:
+        """What the confirmation runs of a study trained: the model and the epochs per run."""
+        runs = self.search({"study": study, "role": "confirm"})
+        if not runs:
+            return "no confirmation run recorded"
+        p = runs[0].data.params
+        return (
+            f"{p.get('model.name', '?')} model, {p.get('trainer.max_epochs', '?')} epochs per run"
+        )
+
     def trials(self, sweep_run: Any) -> list[Trial]:
         """A sweep's trials in order, from their MLflow runs."""
         runs = self.search({"mlflow.parentRunId": sweep_run.info.run_id, "role": "trial"})

@@ -117,7 +117,8 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
         raise KeyError(f"study {name} has no verdict on {TEST}: no cell finished a seed")
     out = Section([f"### {DATA[dataset]}", ""], spans=[reader.span(run)])
     out.lines += [f"Study run `{run.info.run_id}`; {len(summary['seeds'])} confirmation seeds "
-                  f"{summary['seeds']}, {summary['n_trials']} nuisance trials per cell.", ""]  # fmt: skip
+                  f"{summary['seeds']}, {summary['n_trials']} nuisance trials per cell; "
+                  f"{reader.training(name)}.", ""]  # fmt: skip
     out.lines += _cells_table(summary, reader.seconds_by_cell(name)) + [""]
     top = ", ".join(f"`{c}`" for c in judged["top_set"])
     out.lines += [f"Held-out verdict (test split, which no search saw): top set {top}.", ""]
