@@ -51,8 +51,9 @@ def run(args: Any) -> int:
     try:
         claims = spec.load(args.claims)
         claims.budget(args.budget)
+        given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or STORE
         if args.action == "run":
-            uri = absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or STORE)
+            uri = absolute_uri(given)
             if uri.startswith("sqlite:///"):
                 Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             runner.run_all(claims, args.budget, uri, args.work / args.budget, args.only, args.jobs)
@@ -61,9 +62,7 @@ def run(args: Any) -> int:
                       "once every claim is in the store")  # fmt: skip
                 return 0
         else:
-            uri = common.store_uri(
-                args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or STORE
-            )
+            uri = common.store_uri(given)
         reader = store.Reader(uri, claims.experiment_for(args.budget))
         written = document.write(claims, args.budget, reader, args.out)
     except (spec.SpecError, runner.RunFailed, store.Missing, KeyError) as exc:

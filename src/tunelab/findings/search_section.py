@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tunelab.findings.spec import Budget, Claim
 from tunelab.findings.store import Reader, Trial
-from tunelab.findings.study_section import DATA, Section, pct
-from tunelab.findings.verdict import Judged, judge, line, points
+from tunelab.findings.study_section import DATA, Section, glance_row, pct
+from tunelab.findings.verdict import Judged, judge, line
 from tunelab.reports.verdicts import compare
 
 TOL = 0.005  # "reached the grid's best": within half a point of it
@@ -72,8 +72,7 @@ def search(reader: Reader, claim: Claim, dataset: str, budget: Budget, fig_dir: 
         if not {check.a, check.b} & seeded:  # two deterministic searches: one study each
             j = Judged(check, j.diff, math.nan, math.nan, False, 1, "one study each")
         out.lines.append(f"- {line(j, margin)}")
-        out.glance.append([claim.title, DATA[dataset], f"`{check.a}` − `{check.b}`",
-                           points(j.diff), j.interval(), j.word])  # fmt: skip
+        out.glance.append(glance_row(claim, dataset, j))
     name = f"{claim.id}-{dataset}-best_so_far.png"
     _plot(curves, fig_dir / name)
     out.lines += [

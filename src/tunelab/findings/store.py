@@ -86,18 +86,18 @@ class Reader:
         return run
 
     def summary(self, run: Any) -> dict[str, Any]:
-        text = self.artifact(run.info.run_id, "summary.json")
-        if text is None:
+        data = self.artifact(run.info.run_id, "summary.json")
+        if data is None:
             raise Missing(f"study run {run.info.run_id} has no summary.json artifact")
-        return json.loads(Path(text).read_text())
+        return json.loads(data)
 
-    def artifact(self, run_id: str, path: str, dest: Path | None = None) -> str | None:
-        """Download one artifact (into `dest`, else a temporary directory); its local path."""
-        target = dest or Path(tempfile.mkdtemp(prefix="findings-"))
-        try:
-            return self.client.download_artifacts(run_id, path, str(target))
-        except Exception:
-            return None
+    def artifact(self, run_id: str, path: str) -> bytes | None:
+        """One artifact's bytes (None when the run has none); nothing is left on disk."""
+        with tempfile.TemporaryDirectory(prefix="findings-") as d:
+            try:
+                return Path(self.client.download_artifacts(run_id, path, d)).read_bytes()
+            except Exception:
+                return None
 
     def seconds_by_cell(self, study: str) -> dict[str, list[float]]:
         """Wall seconds of each finished training run of a study, per cell."""

@@ -4,7 +4,6 @@ behind each row, the claim's comparisons judged, the power line and the isolatio
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,11 +35,11 @@ def figure(
     """Copy a study figure out of the store into the document's figures; its file name."""
     if not name:
         return None
-    got = reader.artifact(run_id, f"figures/{name}")
-    if got is None:
+    data = reader.artifact(run_id, f"figures/{name}")
+    if data is None:
         return None
     fig_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(got, fig_dir / as_name)
+    (fig_dir / as_name).write_bytes(data)
     return as_name
 
 
@@ -125,7 +124,7 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     for check in claim.checks:
         j = judge(judged["pairs"], check, margin)
         out.lines.append(f"- {line(j, margin)}")
-        out.glance.append(_glance(claim, dataset, j))
+        out.glance.append(glance_row(claim, dataset, j))
     out.lines += ["", _power(judged), ""]
     warned = sorted({c["budget"] for c in summary["cells"] if c.get("budget")})
     edges = [f"`{c['cell']}`: {w}" for c in summary["cells"] for w in c.get("edge_warnings", [])]
@@ -141,7 +140,7 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     return out
 
 
-def _glance(claim: Claim, dataset: str, j: Judged) -> list[str]:
+def glance_row(claim: Claim, dataset: str, j: Judged) -> list[str]:
     return [claim.title, DATA[dataset], f"`{j.check.a}` − `{j.check.b}`",
             f"{points(j.diff)}", j.interval(), f"{j.word}"]  # fmt: skip
 
