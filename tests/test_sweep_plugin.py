@@ -280,6 +280,28 @@ def test_resume_runs_only_the_remainder_and_retries_interrupted_trials(app):
     assert len(load(app, "res").get_trials()) == 6  # nothing left to do
 
 
+def test_changed_fixed_settings_never_join_a_study(app):
+    """The default study name carries the digest of what the sweep holds fixed: the same command
+    resumes, other settings start a study of their own; a named study refuses other settings,
+    naming the keys, so its best overrides never combine settings no trial ran together."""
+    args = ["search=random", "hydra.sweeper.figures=false", "hydra.sweeper.n_trials=3"]
+    first = multirun(app, *args, "trainer.max_epochs=3", sweep_dir="a")
+    again = multirun(app, *args, "trainer.max_epochs=3", "hydra.sweeper.n_trials=4", sweep_dir="b")
+    assert again["study_name"] == first["study_name"] and again["n_run_here"] == 1
+    other = multirun(app, *args, "trainer.max_epochs=2", sweep_dir="c")
+    assert other["study_name"] != first["study_name"] and other["n_run_here"] == 3
+    assert len(load(app, first["study_name"]).get_trials()) == 4
+    assert "trainer.max_epochs=2" in (app / "c" / "best_overrides.txt").read_text().splitlines()
+
+    named = [*args, "hydra.sweeper.study_name=named"]
+    multirun(app, *named, "trainer.max_epochs=3", sweep_dir="d")
+    with pytest.raises(SystemExit, match=r"(?s)other fixed settings.*trainer.max_epochs: 3 -> 2"):
+        multirun(app, *named, "trainer.max_epochs=2", "hydra.sweeper.n_trials=5", sweep_dir="e")
+    assert len(load(app, "named").get_trials()) == 3  # nothing added
+    assert not (app / "e" / "best_overrides.txt").exists()
+    assert "trainer.max_epochs=3" in (app / "d" / "best_overrides.txt").read_text().splitlines()
+
+
 def test_mlflow_runs_seeds_and_best_overrides_reproduce(app):
     uri = f"sqlite:///{app / 'mlflow.db'}"
     multirun(

@@ -36,7 +36,10 @@ class TunelabSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from tunelab.tuning.sweep import run_sweep
+        from tunelab.tuning.sweep import SettingsChanged, run_sweep
 
         assert self.config is not None and self.launcher is not None
-        return run_sweep(self.conf, self.config, self.launcher, list(arguments))
+        try:
+            return run_sweep(self.conf, self.config, self.launcher, list(arguments))
+        except SettingsChanged as exc:  # the user's to fix, not a crash: no traceback
+            raise SystemExit(f"error: {exc}") from None

@@ -8,6 +8,7 @@ seed and Optuna is told the mean (per-seed values in the trial's user attrs, the
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from tunelab.config.identity import changed_keys, digest, fixed_settings
 from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, describe, grid_values, suggest
 from tunelab.reports import sweep as results
@@ -37,6 +39,10 @@ from tunelab.tuning.settings import tracking_target
 from tunelab.tuning.sweep_runs import SweepRuns
 
 log = logging.getLogger(__name__)
+
+
+class SettingsChanged(ValueError):
+    """The named study's earlier trials held other settings fixed than this command does."""
 
 
 class SweepStopped(RuntimeError):
@@ -73,7 +79,13 @@ class Sweep:
         self.n_jobs = max(1, int(conf.get("n_jobs") or 1))
         self._check_launch()
         self.tracking_uri, self.experiment = tracking_target(conf, config)
-        self.study_name = conf.get("study_name") or f"{self.experiment}-{self.sampler_name}"
+        # what the trials hold fixed: a study never mixes trials run under other settings
+        settings = fixed_settings(config, [p.name for p in self.space])
+        settings.update({"hydra.sweeper.seeds": conf.get("seeds"), "objectives": objectives})
+        self.settings = json.loads(json.dumps(settings, default=str))  # as the study stores it
+        self.study_name = conf.get("study_name") or (
+            f"{self.experiment}-{self.sampler_name}-{digest(self.settings, 8)}"
+        )
         self.storage_url = studies.normalize_storage(
             conf.get("storage") or studies.default_storage(self.tracking_uri)
         )
@@ -109,6 +121,7 @@ class Sweep:
                 self.storage, self.study, int(self.conf.get("max_retries", 1))
             )
             attrs = self.study.user_attrs
+            self._check_settings(attrs.get("fixed_settings"))
             seed = self.sampler_spec.get("seed")
             if seed is None:
                 seed = attrs.get("sampler_seed", random.SystemRandom().randrange(2**31))
@@ -120,6 +133,7 @@ class Sweep:
                 "metrics": self.metrics,
                 "seeds": self.seeds,
                 "space": describe(self.space),
+                "fixed_settings": self.settings,
             }.items():
                 if key not in attrs:
                     self.study.set_user_attr(key, value)
@@ -138,6 +152,20 @@ class Sweep:
         context = {"study_name": self.study_name, "storage": self.storage_url,
                    "pruner": self.conf.get("pruner"), "directions": self.directions}  # fmt: skip
         pruning.write_context(self.context_path, context)  # readable by this user only
+
+    def _check_settings(self, recorded: dict[str, Any] | None) -> None:
+        """Refuse to add trials to a study whose earlier trials held other settings fixed (its best
+        trial and best overrides would mix both); a study from before the check is not judged."""
+        if recorded is None or recorded == self.settings:
+            return
+        lines = changed_keys(recorded, self.settings)
+        more = f"\n  … and {len(lines) - 12} more" if len(lines) > 12 else ""
+        shown = "\n  ".join(lines[:12]) + more
+        raise SettingsChanged(
+            f"study '{self.study_name}' in {mask(self.storage_url)} was run with other fixed "
+            f"settings (recorded -> now):\n  {shown}\nrun it with the recorded settings to resume "
+            "it, or give this sweep a study of its own: hydra.sweeper.study_name=<new name>"
+        )
 
     def _open_records(self, seed: int) -> None:
         """The sweep's MLflow run: one per study, found again by its `run_key` tag on resume and
