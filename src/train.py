@@ -16,9 +16,13 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     import sys
+    from pathlib import Path
 
-    from tunelab.config.targets import command_line_problem
+    from tunelab.command_line import check
 
-    if problem := command_line_problem(sys.argv[1:]):
-        raise SystemExit(f"error: {problem}")
+    problems, warnings = check(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if problems:
+        raise SystemExit("error: " + "\n  ".join(problems))
     main()
