@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import CONF, ROOT, TRAIN
+from conftest import CONF, NO_TELEMETRY, ROOT, TRAIN
 
 from tunelab.command_line import check
 
@@ -90,3 +92,32 @@ def test_a_sweep_preset_without_m_warns(tmp_path):
 def test_another_primary_config_or_a_user_option_is_not_judged():
     assert check(["--config-name", "reproduce", "--config-dir", "/tmp", "a.b=1"], CONF) == ([], [])
     assert check(["hydra.searchpath=[file://my_conf]", "data=mine", "data.foo=1"], CONF)[0] == []
+
+
+@pytest.mark.slow
+def test_your_own_dataset_works_verbatim_from_the_readme(tmp_path):
+    """The README's own-data commands, run in a copy of examples/own_data; the default CNN is
+    refused before any run exists, naming the models that fit flat features."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Your own dataset") :]
+    start = section.index("```bash") + len("```bash")
+    block = section[start : section.index("```", start)]
+    cd, command = [line.strip() for line in block.strip().splitlines()]
+    assert cd == "cd examples/own_data"
+    work = tmp_path / "own_data"
+    shutil.copytree(ROOT / cd.split()[1], work)
+    command = command.replace("../../src/train.py", str(TRAIN))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", **NO_TELEMETRY}
+    proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = re.search(r"result: val/acc [\d.]+ .*test/acc ([\d.]+)", proc.stdout + proc.stderr)
+    assert result and float(result.group(1)) > 0.8
+
+    cnn = command.replace(" model=mlp", "")
+    (work / "mlflow.db").unlink()
+    proc = subprocess.run(cnn, shell=True, cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "model=cnn cannot train on data=wine" in out
+    assert "use model=mlp or model=logreg for flat features" in out
+    assert "Traceback" not in out and not (work / "mlflow.db").exists()

@@ -38,6 +38,10 @@ def job(cfg: DictConfig) -> RunResult:
     ctx = ctx.derive(overrides=tuple(overrides), reporter=reporter_for(ctx.trial))
     try:
         result = run(cfg, ctx)
+    except ConfigError as exc:  # found once the data is loaded (a model that cannot take it)
+        if _hydra_mode() == "RUN":
+            raise SystemExit(f"error: {exc}") from None
+        raise  # a multirun's job: its sweep records the reason and goes on
     except (Terminated, KeyboardInterrupt) as exc:
         sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
         if getattr(exc, "run_id", None):
@@ -70,6 +74,10 @@ def _hydra_job() -> tuple[list[str], str | None]:
         return [], None
     hc = HydraConfig.get()
     return list(hc.overrides.task), hc.runtime.output_dir
+
+
+def _hydra_mode() -> str | None:
+    return HydraConfig.get().mode.name if HydraConfig.initialized() else None
 
 
 def _validate_or_exit(config: DictConfig, multirun: bool = False) -> None:

@@ -32,7 +32,7 @@ def command_line_problem(args: list[str]) -> str | None:
             return (
                 f"{arg!r}: {hit} cannot be set from the command line; put a new class in a config "
                 "file on Hydra's search path and list it under allowed_targets there (README: "
-                "Your own model or dataset)"
+                "Your own dataset)"
             )
     return None
 

@@ -81,5 +81,9 @@ def global_pool(dims: int) -> nn.Module:
 def spatial_dims(input_shape: tuple[int, ...]) -> int:
     """(C, L) -> 1-D convolutions, (C, H, W) -> 2-D."""
     if len(input_shape) not in (2, 3):
-        raise ValueError(f"convolutional models need (C, L) or (C, H, W) inputs, got {input_shape}")
+        raise ValueError(
+            f"convolutional models need examples shaped (C, L) or (C, H, W), got {input_shape}: "
+            "use model=mlp or model=logreg for flat features, or give each example a channel "
+            f"axis (shape (1, {', '.join(map(str, input_shape))}))"
+        )
     return len(input_shape) - 1

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from tunelab import build
-from tunelab.config import targets
+from tunelab.config import ConfigError, targets
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import resolve_device
 
@@ -44,7 +44,11 @@ def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
         raise DataChangedError(
             f"data changed: expected digest {ctx.data_digest}, the data now has {splits.digest}"
         )
-    model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
+    try:
+        model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
+    except ValueError as exc:  # a model that cannot take this data's examples
+        model_name, data_name = cfg.model.get("name", "?"), cfg.data.get("name", "?")
+        raise ConfigError(f"model={model_name} cannot train on data={data_name}: {exc}") from None
     return Setup(device, splits, model, allow)
 
 
