@@ -212,3 +212,13 @@ def test_system_metrics_on_request(in_tmp):
     assert "system/system_memory_usage_megabytes" in sampled
     assert not [k for k in client.get_run(off.run_id).data.metrics if k.startswith("system/")]
     assert client.get_run(on.run_id).info.status == "FINISHED"
+
+
+def test_a_finished_config_run_again_says_so_and_trains_a_new_run(in_tmp, caplog):
+    cfg = compose_cfg(*FAST, "trainer.max_epochs=1")
+    first = run(cfg, RunContext(log_model=False))
+    with caplog.at_level("INFO", logger="tunelab.run.store"):
+        second = run(cfg, RunContext(log_model=False))
+    assert second.run_id != first.run_id
+    note = [r.getMessage() for r in caplog.records if "already ran to its end" in r.getMessage()]
+    assert note and first.run_id in note[0] and "training a new run" in note[0]

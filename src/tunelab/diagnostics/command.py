@@ -86,11 +86,13 @@ def _lr_range(c: Check) -> dict[str, float]:
         else f"reached max_lr {r.lrs[-1]:.3g}"
     )
     log.info(
-        "lr range test: suggested lr %.3g (%s); %d steps, %s",
+        "lr range test: suggested lr %.3g (%s); %d steps, %s; to train with it: "
+        "python src/train.py optimizer.lr=%.3g (plus this command's other overrides)",
         r.suggested_lr,
         r.rule,
         len(r.lrs),
         stop,
+        r.suggested_lr,
     )
     return metrics
 

@@ -66,11 +66,17 @@ def power(judged: dict[str, Any]) -> list[str]:
             f"{found} ({level}); {plan}.", ""]  # fmt: skip
 
 
+def few_seeds(summary: dict[str, Any]) -> str:
+    return (
+        f"Fewer than 5 confirmation seeds ({len(summary['seeds'])}): expect most differences to "
+        "stay unresolved; add seeds before drawing conclusions."
+    )
+
+
 def caveats(summary: dict[str, Any], judged: dict[str, Any]) -> list[str]:
     out = []
     if summary["few_seeds"]:
-        out.append(f"⚠ Fewer than 5 confirmation seeds ({len(summary['seeds'])}): expect most "
-                   "differences to stay unresolved; add seeds before drawing conclusions.")  # fmt: skip
+        out.append(f"⚠ {few_seeds(summary)}")
     if summary["looks"] > 1:
         out.append(f"⚠ Seeds were added after an earlier report ({summary['looks']} looks): the "
                    "level is divided over the looks, so adding seeds until something is "

@@ -144,6 +144,8 @@ class RunStore:
         """Whether this start continues the unfinished run that left `path` (trainer.resume:
         auto | never | must); a fresh start clears the directory first."""
         unfinished = path.exists() and not self.done_path.exists()
+        if self.done_path.exists() and mode != "must":
+            self._note_done()
         if mode == "must" and not unfinished:
             raise CheckpointError(
                 f"trainer.resume=must but there is no unfinished checkpoint at {path}"
@@ -152,6 +154,19 @@ class RunStore:
             self._clear()
             return False
         return True
+
+    def _note_done(self) -> None:
+        """Say so when this config already ran to its end: the same command trains a new run."""
+        try:
+            done = json.loads(self.done_path.read_text())
+        except (OSError, ValueError):
+            return
+        log.info(
+            "this configuration already ran to its end (run %s, %s): training a new run; the "
+            "earlier run's record stays",
+            done.get("run_id"),
+            done.get("outcome", "finished"),
+        )
 
     def _restore(
         self, ckpt: dict, model: torch.nn.Module, optimizer: Any, schedule: Any, generator: Any
