@@ -4,13 +4,21 @@ or command line of a process the sweep starts."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
+import optuna
 import pytest
-from conftest import ROOT
+from conftest import FAST, ROOT
+from test_reproduce import env as reproduce_env
+from test_reproduce import repo  # noqa: F401  (this project in a fresh git repository)
 
 from tunelab.config.secrets import mask, mask_diff
 from tunelab.stages import load_params
@@ -129,3 +137,92 @@ def test_params_yaml_keeps_the_environment_out(tmp_path, monkeypatch):
     cfg, _ = load_params(out)  # what a stage reads: the server of its environment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert cfg.tracking.tracking_uri == uri
+
+
+def _children(root: int) -> dict[int, bytes]:
+    """The command lines (/proc/PID/cmdline: what `ps` shows) of root's live descendants."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        for child in [c for c, p in parent.items() if p == pid]:
+            with contextlib.suppress(OSError):
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes()
+            todo.append(child)
+    return {pid: line for pid, line in found.items() if line}  # an exited child's is empty
+
+
+@pytest.mark.slow
+def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tmp_path):  # noqa: F811
+    """A sweep whose study database and MLflow store are PostgreSQL URLs with the password typed
+    on the command line, from a tree with an uncommitted password: the password is in no file
+    under the working directory (Hydra's files, logs, the sweep's files, MLflow artifacts), no
+    MLflow param or tag, and no command line of a process the sweep starts."""
+    from mlflow import MlflowClient
+
+    secret = postgres.password
+    storage, tracking = postgres.url("secrets_optuna"), postgres.url("secrets_mlflow")
+    conf = repo / "conf" / "tracking" / "mlflow.yaml"  # tracked: its change goes to git.diff
+    conf.write_text(conf.read_text() + f"# team: {tracking}\n# PGPASSWORD={secret}\n")
+    work = repo.parent / "work"
+    args = [
+        sys.executable,
+        str(repo / "src" / "train.py"),
+        "-m",
+        "search=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib",
+        f"hydra.sweeper.storage={storage}",
+        f"tracking.tracking_uri={tracking}",
+        *FAST,
+        "trainer.max_epochs=1",
+        "tracking.log_model=false",
+        "hydra.sweep.dir=multirun/s",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=work, env=reproduce_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    seen: set[bytes] = set()
+    typed = b""
+    out = io.BytesIO()
+    reader = threading.Thread(target=lambda: out.write(proc.stdout.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:  # every process the sweep starts, for as long as it runs
+        with contextlib.suppress(OSError):
+            typed = typed or Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        seen.update(_children(proc.pid).values())
+        time.sleep(0.05)
+    reader.join(timeout=60)
+    log = out.getvalue().decode()
+    assert proc.returncode == 0, log[-3000:]
+    assert secret.encode() in typed  # control: a command line holding it would be caught
+    assert any(b"loky" in c for c in seen), seen  # the joblib workers were watched
+    assert not [c for c in seen if secret.encode() in c]
+    assert secret not in log, [line for line in log.splitlines() if secret in line]
+
+    files = [p for p in work.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"sweep_context.json", "hydra.yaml", "overrides.yaml", "train.log"} <= names
+    assert not [str(p) for p in files if secret.encode() in p.read_bytes()]
+    context = json.loads((work / "multirun" / "s" / "sweep_context.json").read_text())
+    assert context["storage"] == mask(storage) != storage
+
+    client = MlflowClient(tracking)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    jobs = [r for r in runs if r.data.tags.get("role") == "seed"]
+    assert len(jobs) == 2
+    for run in runs:
+        assert secret not in json.dumps([run.data.params, run.data.tags])
+    record = jobs[0]
+    assert record.data.params["tracking.tracking_uri"] == mask(tracking)
+    for name in ("config.yaml", "overrides.yaml", "git.diff"):
+        text = Path(client.download_artifacts(record.info.run_id, name, str(tmp_path))).read_text()
+        assert "***" in text and secret not in text, name
+
+    # the jobs (joblib workers) reached the study through the masked context: they reported
+    study = optuna.load_study(study_name=context["study_name"], storage=storage)
+    assert all(t.intermediate_values for t in study.trials), study.trials

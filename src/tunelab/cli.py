@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import ConfigError, validate
-from tunelab.config.secrets import mask, mask_file
+from tunelab.config.secrets import mask, mask_file, mask_logs
 from tunelab.config.sweeps import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
 
@@ -131,6 +131,7 @@ class TunelabCallback(Callback):
         self.failed = False
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_logs()
         _validate_or_exit(config)
 
     def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
@@ -142,9 +143,11 @@ class TunelabCallback(Callback):
             print(runs_link(config.tracking.tracking_uri, writer.experiment_id))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_logs()  # a job in a worker process
         mask_hydra_files(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_logs()
         _validate_or_exit(config, multirun=True)
         uri = config.tracking.get("tracking_uri")
         ctx = RunContext.from_env()

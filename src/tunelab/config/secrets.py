@@ -7,6 +7,8 @@ mask() replaces the password of a URL (`postgresql://user:PASSWORD@host/db`,
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -73,6 +75,25 @@ def mask_file(path: str | Path) -> bool:
     os.chmod(tmp, path.stat().st_mode & 0o777)
     os.replace(tmp, path)
     return True
+
+
+def mask_logs() -> None:
+    """Every log record this process makes from now on, Hydra's own included (its launchers log
+    each job's overrides), carries its message masked. Idempotent."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "masks", False):
+        return
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        rec = make(*args, **kwargs)
+        with contextlib.suppress(Exception):  # a message that cannot format stays as it is
+            text = rec.getMessage()
+            if mask(text) != text:
+                rec.msg, rec.args = mask(text), ()
+        return rec
+
+    record.masks = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record)
 
 
 def host_of(url: str) -> str:
