@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, ROOT
+from conftest import FAST, ROOT, run_cli
 from test_reproduce import env as reproduce_env
 from test_reproduce import repo  # noqa: F401  (this project in a fresh git repository)
 
@@ -226,3 +226,27 @@ def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tm
     # the jobs (joblib workers) reached the study through the masked context: they reported
     study = optuna.load_study(study_name=context["study_name"], storage=storage)
     assert all(t.intermediate_values for t in study.trials), study.trials
+
+
+@pytest.mark.slow
+def test_a_plain_multirun_keeps_no_password_in_hydra_files_or_logs(workdir):
+    """Hydra writes multirun.yaml and each job's .hydra/*.yaml with the overrides as typed; the
+    callback rewrites them masked before the job runs, and Hydra's log lines are masked."""
+    url = "postgresql://team:S3cr3tZ@127.0.0.1:5432/optuna"
+    args = [
+        "-m",
+        *FAST,
+        "trainer.max_epochs=1",
+        "tracking.log_model=false",
+        "data.split_seed=0,1",
+        f"+hydra.job.env_set.TUNELAB_OPTUNA_STORAGE='{url}'",
+        "hydra.sweep.dir=multirun/m",
+    ]
+    proc = run_cli(*args, cwd=workdir, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "S3cr3tZ" not in proc.stdout + proc.stderr
+    files = [p for p in (workdir / "multirun").rglob("*") if p.is_file()]
+    assert not [str(p) for p in files if b"S3cr3tZ" in p.read_bytes()]
+    masked_form = "postgresql://team:***@127.0.0.1:5432/optuna"
+    for name in ("multirun.yaml", "0/.hydra/hydra.yaml", "1/.hydra/hydra.yaml"):
+        assert masked_form in (workdir / "multirun" / "m" / name).read_text(), name
