@@ -40,6 +40,7 @@ from tunelab.tuning.storage import ENV_STORAGE
         ("http://h:5000/?Token=S3cr3t", "http://h:5000/?Token=***"),
         ("x https://h/?passwd=S3cr3t&secret=S3cr3t y", "x https://h/?passwd=***&secret=*** y"),
         ("postgresql://u:S3cr3t@h/d?sslpassword=S3cr3t", "postgresql://u:***@h/d?sslpassword=***"),
+        ("Server=db;Uid=u;Pwd=S3cr3t;Database=x", "Server=db;Uid=u;Pwd=***;Database=x"),
         (
             "storage: 'postgresql://u@h/d?password=S3cr3t'",
             "storage: 'postgresql://u@h/d?password=***'",

@@ -17,9 +17,9 @@ from typing import Any
 MASK = "***"
 # scheme://user:password@  (the password: anything up to the last @ before the host)
 _CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>\S+)@")
-# ?password=…  &token=…  (the value: up to the next &, #, quote or white space)
+# ?password=…  &token=…  ;Pwd=…  (the value: up to the next &, #, ;, quote or white space)
 _QUERY = re.compile(
-    r"(?P<head>[?&;](?:ssl)?(?:password|passwd|pwd|token|secret)=)(?P<value>[^&#'\"\s]+)",
+    r"(?P<head>[?&;](?:ssl)?(?:password|passwd|pwd|token|secret)=)(?P<value>[^&#;'\"\s]+)",
     re.IGNORECASE,
 )
 # password = "…", PGPASSWORD=…, api_token: '…', SECRET_KEY=…  (a name ending in a secret word)
