@@ -8,14 +8,29 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def composed(overrides: list[str]) -> dict:
+    """The resolved config, but for `${oc.env:…}`: written as it is, so the environment's value
+    (a tracking server's URL with its password, say) never reaches the git-tracked params.yaml;
+    the stages resolve it when they run, as `python src/train.py` does."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return OmegaConf.to_container(compose("pipeline", overrides=overrides), resolve=True)
+        cfg = compose("pipeline", overrides=overrides)
+    _keep_env(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _keep_env(node: DictConfig | ListConfig) -> None:
+    """Escape every `${oc.env:` so that resolving yields the interpolation's own text."""
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            _keep_env(child)
+        elif isinstance(raw := child._value(), str) and "${oc.env:" in raw:
+            node[key] = raw.replace("${oc.env:", "\\${oc.env:")
 
 
 def main() -> int:
@@ -29,7 +44,7 @@ def main() -> int:
     want = composed(args.overrides)
     out = Path(args.out)
     if args.check:
-        have = OmegaConf.to_container(OmegaConf.load(out), resolve=True) if out.exists() else None
+        have = OmegaConf.to_container(OmegaConf.load(out)) if out.exists() else None
         if have != want:
             print(
                 f"{out} is out of date with conf/: run python pipelines/compose_params.py",

@@ -16,10 +16,11 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import ConfigError, validate
-from tunelab.config.secrets import mask
+from tunelab.config.secrets import mask, mask_file, mask_logs
 from tunelab.config.sweeps import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
 
@@ -114,6 +115,19 @@ def parallel_threads(config: DictConfig) -> int | None:
     return max(1, (cores or 1) // jobs) if jobs > 1 else None
 
 
+def mask_hydra_files(config: DictConfig) -> None:
+    """Hydra writes a job's .hydra/config.yaml, hydra.yaml and overrides.yaml before any callback
+    runs, and a plain multirun's multirun.yaml at its start: rewritten with every password masked
+    (the job itself keeps the values it was given)."""
+    hc = config.hydra
+    if hc.output_subdir is not None:
+        hydra_dir = Path(str(hc.runtime.output_dir), str(hc.output_subdir))
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            mask_file(hydra_dir / name)
+    if hc.mode == RunMode.MULTIRUN:
+        mask_file(Path(str(hc.sweep.dir), "multirun.yaml"))
+
+
 class TunelabCallback(Callback):
     """on_run_start runs before the job's output directory exists, so bad input leaves no trace;
     a multirun ends with its jobs (or its best trials) side by side and the link to its runs."""
@@ -125,6 +139,7 @@ class TunelabCallback(Callback):
         self.failed = False
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_logs()
         _validate_or_exit(config)
 
     def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
@@ -135,7 +150,12 @@ class TunelabCallback(Callback):
             writer = MlflowWriter(config.tracking.tracking_uri, config.tracking.experiment)
             print(runs_link(config.tracking.tracking_uri, writer.experiment_id))
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_logs()  # a job in a worker process
+        mask_hydra_files(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        mask_logs()
         _validate_or_exit(config, multirun=True)
         uri = config.tracking.get("tracking_uri")
         ctx = RunContext.from_env()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.config.secrets import mask
 from tunelab.tracking.policy import tag_filter
 
 RUN_ROLES = ("confirm", "seed", "trial")  # the runs that trained something
@@ -80,7 +81,7 @@ class Reader:
         run = self.parent(kind, name)
         if run is None:
             raise Missing(
-                f"no finished {kind} '{name}' in experiment '{self.experiment_name}' of {self.uri}: "
+                f"no finished {kind} '{name}' in experiment '{self.experiment_name}' of {mask(self.uri)}: "
                 "run `tunelab findings run` (with the same --budget) first"
             )
         return run

@@ -46,7 +46,7 @@ def write_best_overrides(
     """`best_overrides.txt` (one override a line: `python src/train.py $(cat …)`) and a YAML twin."""
     keys = [override_key(o) for o in fixed]
     keep = [o for o, k in zip(fixed, keys, strict=True) if k not in _SWEEP_ONLY and not _hydra(k)]
-    lines = keep + to_overrides(dict(trial.params))
+    lines = [mask(o) for o in keep + to_overrides(dict(trial.params))]  # a typed password: ***
     txt = out_dir / "best_overrides.txt"
     txt.write_text("\n".join(lines) + "\n")
     yml = out_dir / "best_overrides.yaml"

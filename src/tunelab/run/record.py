@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config.secrets import masked
+from tunelab.config.secrets import mask, mask_diff, masked
 from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
@@ -62,7 +62,9 @@ def start_run(
         try:
             tracker.start(run_name=name, tags=tags, parent_run_id=parent, run_id=run_id)
         except Exception as exc:  # e.g. the checkpoint's run is not in this tracking store
-            log.warning("cannot continue run %s (%s): recording in a new run", run_id, exc)
+            log.warning(
+                "cannot continue run %s (%s): recording in a new run", run_id, mask(str(exc))
+            )
         else:  # a retried sweep trial adopts the run: it moves under the new parent
             moved = {"mlflow.parentRunId": parent} if parent else {}
             resumed = {"resumed": "true", "resumed_at_epoch": str(state.epoch)}
@@ -86,8 +88,8 @@ def start_run(
     tracker.log_dict(resolved, "config.yaml")
     tracker.log_dict({"overrides": overrides}, "overrides.yaml")
     diff = git_state()["diff"]
-    if diff:
-        tracker.log_text(diff, "git.diff")
+    if diff:  # an uncommitted password in a tracked file is not published
+        tracker.log_text(mask_diff(diff), "git.diff")
     relog_history(tracker, history)
 
 
@@ -183,13 +185,13 @@ def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:
         status = "FAILED"
     else:
         reason = getattr(exc, "reason", None) or type(exc).__name__
-        tags = {"failure_reason": reason, "failure_message": str(exc)[:5000]}
+        tags = {"failure_reason": reason, "failure_message": mask(str(exc))[:5000]}
         status = "FAILED"
     try:
         tracker.set_tags(tags)
         tracker.end(status)
     except Exception as log_exc:  # the original error matters more than a failed status update
-        log.error("could not record run status %s: %s", status, log_exc)
+        log.error("could not record run status %s: %s", status, mask(str(log_exc)))
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

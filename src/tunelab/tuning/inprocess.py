@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tunelab.config.secrets import mask
 from tunelab.tuning.compat import (
     apply_value_overrides,
     get_overrides_dirname,
@@ -80,7 +81,7 @@ class InProcessLauncher:
         runs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             shown = [o for o in overrides if "hydra.job.env_set." not in o]
-            log.info("job #%d : %s", idx, " ".join(shown))
+            log.info("job #%d : %s", idx, mask(" ".join(shown)))
             cfg = self.composer.compose(list(overrides), self.fixed)
             with open_dict(cfg):
                 cfg.hydra.job.id = idx

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 
+from tunelab.config.secrets import mask
 from tunelab.config.space import quote, to_overrides
 from tunelab.run.context import RunContext, RunResult
 
@@ -106,8 +107,8 @@ def read_job(
         if _is(exc, "DivergedError"):
             return "diverged", f"diverged: {exc}", {}, out_dir, None
         if isinstance(exc, JobError):
-            return "fail", str(exc)[:500], {}, out_dir, None
-        return "fail", f"{type(exc).__name__}: {exc}"[:500], {}, out_dir, None
+            return "fail", mask(str(exc))[:500], {}, out_dir, None
+        return "fail", mask(f"{type(exc).__name__}: {exc}")[:500], {}, out_dir, None
     values, run_id = _values(ret.return_value, metrics, out_dir)
     return judge(values, metrics, out_dir, run_id)
 
@@ -181,7 +182,7 @@ def seed_outcomes(
         try:
             ret = launch(overrides, index)
         except Exception as e:  # the launcher itself failed (e.g. unpicklable exception)
-            yield from [("fail", f"launch: {type(e).__name__}: {e}"[:500], {}, "", None)] * (
+            yield from [("fail", mask(f"launch: {type(e).__name__}: {e}")[:500], {}, "", None)] * (
                 len(seeds) if together else 1
             )
             continue

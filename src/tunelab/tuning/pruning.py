@@ -8,6 +8,7 @@ which is both Optuna's exception and the run layer's `Pruned`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from tunelab.config.secrets import MASK, mask
 from tunelab.run.context import Reporter, TrialRef
 from tunelab.run.loop import Pruned
 
@@ -39,8 +41,10 @@ def unregister(context_path: str, trial: optuna.Trial) -> None:
 
 
 def write_context(path: str, context: dict[str, Any]) -> None:
-    """Write the sweep context file that jobs in other processes read (only this user may: it
-    holds the storage URL, which may carry a database password)."""
+    """Write the sweep context file that jobs in other processes read (only this user may). Its
+    storage URL is masked: a job takes the password from where the sweeper took it
+    (storage_url)."""
+    context = {**context, "storage": mask(context["storage"])}
     tmp = f"{path}.tmp{os.getpid()}"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         json.dump(context, fh, indent=1)
@@ -56,7 +60,7 @@ def _reopen(context_path: str, number: int) -> optuna.Trial | None:
         ctx = json.load(fh)
     if len(ctx.get("directions", ["minimize"])) > 1:
         return None  # Optuna cannot report intermediate values of multi-objective trials
-    storage = make_storage(ctx["storage"])
+    storage = make_storage(storage_url(ctx["storage"]))
     study = optuna.load_study(
         study_name=ctx["study_name"],
         storage=storage,
@@ -64,6 +68,30 @@ def _reopen(context_path: str, number: int) -> optuna.Trial | None:
         pruner=make_pruner(ctx.get("pruner")),
     )
     return optuna.trial.Trial(study, trial_id(storage, ctx["study_name"], number))
+
+
+def storage_url(recorded: str) -> str:
+    """The storage URL a context file names (masked): the one of this job's hydra.sweeper.storage
+    or $TUNELAB_OPTUNA_STORAGE, where the sweeper took it from, that masks to the same text."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from tunelab.tuning.storage import ENV_STORAGE, normalize_storage
+
+    sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
+    typed = OmegaConf.select(sweeper, "storage", default=None) if sweeper is not None else None
+    for candidate in (typed, os.environ.get(ENV_STORAGE)):
+        if candidate:
+            with contextlib.suppress(ValueError):
+                url = normalize_storage(str(candidate))
+                if mask(url) == recorded:
+                    return url
+    if MASK in recorded:
+        raise LookupError(
+            f"the sweep's storage {recorded} is not this job's hydra.sweeper.storage or "
+            f"${ENV_STORAGE}: its password is not passed on any other way"
+        )
+    return recorded
 
 
 def make_reporter(trial: optuna.Trial) -> Reporter:
