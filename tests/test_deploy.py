@@ -177,6 +177,8 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 def test_the_team_server_speaks_https_and_no_secret_is_on_a_command_line(
     team_db, tmp_path, monkeypatch
 ):
+    from mlflow import MlflowClient
+
     cert, key = self_signed(tmp_path)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
@@ -229,6 +231,12 @@ def test_the_team_server_speaks_https_and_no_secret_is_on_a_command_line(
         assert status(base, None) == 401
         assert status(base, "admin:wrong") == 401
         assert status(base, f"admin:{admin_pw}") == 200
+        # a worker's MLflow client trusts the certificate by MLFLOW_TRACKING_SERVER_CERT_PATH
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_pw)
+        client = MlflowClient(base)
+        assert client.get_experiment(client.create_experiment("tls")).name == "tls"
         # nothing answers in clear, and a client that does not trust the certificate refuses it
         with pytest.raises((OSError, urllib.error.HTTPError)):
             status(f"http://127.0.0.1:{port}", f"admin:{admin_pw}")
@@ -278,7 +286,14 @@ def test_tunelab_ui_puts_no_password_on_a_command_line(team_db, tmp_path):
     if MlflowClient(store).get_experiment_by_name("tunelab") is None:
         MlflowClient(store).create_experiment("tunelab")
     # the user hands the URI by the environment; tunelab hands it on the same way
-    env = {**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": store, "PYTHONUNBUFFERED": "1"}
+    # (one server worker, MLFLOW_WORKERS, instead of 4: the tests' machine is small)
+    env = {
+        **os.environ,
+        **NO_TELEMETRY,
+        "MLFLOW_TRACKING_URI": store,
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_WORKERS": "1",
+    }
     ui = subprocess.Popen(
         [sys.executable, "-m", "tunelab", "ui"],
         cwd=tmp_path,
