@@ -306,13 +306,17 @@ def test_tunelab_ui_puts_no_password_on_a_command_line(team_db, tmp_path):
         first = ui.stdout.readline()  # printed once the server answers
         assert "MLflow UI on postgresql://mlflow:***@" in first, first + ui.stderr.read()
         tree = process_tree(ui.pid)
-        assert any("mlflow" in c and " ui " in c for c in tree.values()), tree
+        (mlflow_ui,) = [p for p, c in tree.items() if " mlflow ui " in c]
         assert len(tree) >= 3, tree  # tunelab, mlflow ui, its server
         assert not [c for c in tree.values() if ROLES["mlflow"] in c], tree
+        # control: the server serves that store, handed over by its environment
+        environ = Path(f"/proc/{mlflow_ui}/environ").read_bytes().split(b"\0")
+        assert f"MLFLOW_BACKEND_STORE_URI={store}".encode() in environ
     finally:
         ui.send_signal(signal.SIGINT)  # Ctrl-C: tunelab stops the server
         out, err = ui.communicate(timeout=60)
     assert ROLES["mlflow"] not in out + err
+    assert not (tmp_path / "mlflow.db").exists()  # no default store beside it
 
 
 def test_compose_gives_least_privilege_tls_and_secrets_by_file():
