@@ -19,6 +19,7 @@ set -euo pipefail
 secret() {
   local file_var="$1_FILE"
   if [ -n "${!file_var:-}" ]; then
+    [ -r "${!file_var}" ] || { echo "error: cannot read ${!file_var} ($file_var)" >&2; exit 2; }
     printf -v "$1" '%s' "$(cat "${!file_var}")"
   fi
   [ -n "${!1:-}" ] || { echo "error: set $1 or $file_var ($2)" >&2; exit 2; }

@@ -31,6 +31,7 @@ need() { [ -n "${!1:-}" ] || { echo "error: set $1 ($2)" >&2; exit 2; }; }
 secret() {
   local file_var="$1_FILE"
   if [ -n "${!file_var:-}" ]; then
+    [ -r "${!file_var}" ] || { echo "error: cannot read ${!file_var} ($file_var)" >&2; exit 2; }
     printf -v "$1" '%s' "$(cat "${!file_var}")"
   fi
   unset "$file_var"
