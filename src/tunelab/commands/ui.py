@@ -4,6 +4,7 @@ experiment's runs table."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -39,9 +40,24 @@ def run(args: Any) -> int:
     if exp is None:
         raise CommandError(f"no experiment {args.experiment!r} in {mask(uri)} (pass --experiment)")
     port = args.port or free_port()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--app-name", "tunelab", "--backend-store-uri",
-           uri, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the store's URI may hold a password: the environment carries it, the command line (which
+    # `ps` shows every user) does not
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--app-name",
+        "tunelab",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    server = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         wait_until_up(server, f"http://127.0.0.1:{port}/health")
         link = common.run_link(exp.experiment_id, port=port)
@@ -62,7 +78,7 @@ def wait_until_up(server: subprocess.Popen, url: str, timeout_s: float = 120) ->
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise CommandError(f"mlflow ui exited: {(server.stderr.read() or '')[-1500:]}")
+            raise CommandError(f"mlflow ui exited: {mask((server.stderr.read() or '')[-1500:])}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
