@@ -13,7 +13,7 @@ import time
 
 import optuna
 import pytest
-from conftest import finish_cli, mlflow_runs, start_cli
+from conftest import finish_cli, mlflow_runs, start_cli, wait_for_line
 from optuna.trial import TrialState
 
 from tunelab.tuning.jobs import Interrupted, SafeTask
@@ -83,18 +83,37 @@ def _training(workdir) -> list:
     return _trials(workdir) if any("train/loss" in r.data.metrics for r in training) else []
 
 
-def _stop(workdir, args: list[str], sig: int, when) -> tuple[str, set[int]]:
-    """Start the sweep, send sig to its process group once when(workdir) holds; its output and
-    the trials that existed just before the signal. It must exit within 30 s."""
+def _group_ended(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _stop(
+    workdir, args: list[str], sig: int, when, group: bool = True, twice: bool = False
+) -> tuple[str, set[int]]:
+    """Start the sweep, send sig once when(workdir) holds (to its process group, as a terminal
+    does, or to its process alone; twice: again once it says it stops); its output and the
+    trials that existed just before the signal. It and its job workers must be gone in 30 s."""
     proc = start_cli(*args, cwd=workdir, preexec_fn=_terminal_like)
+    send = (lambda: os.killpg(proc.pid, sig)) if group else (lambda: proc.send_signal(sig))
     try:
         before = {t.number for t in _wait_until(proc, when.__name__, lambda: when(workdir))}
-        os.killpg(proc.pid, sig)
+        send()
+        if twice:
+            wait_for_line(proc, f"{sig.name}: the sweep stops", timeout=30)
+            send()
         out = finish_cli(proc, timeout=30)
+        deadline = time.monotonic() + 30
+        while not _group_ended(proc.pid):  # workers that outlive the sweep finish recording
+            assert time.monotonic() < deadline, "job workers still alive 30 s after the sweep"
+            time.sleep(0.2)
     except subprocess.TimeoutExpired:
         tail = "".join(proc.output)[-3000:]
         raise AssertionError(f"still running 30 s after {sig.name}:\n{tail}") from None
-    finally:  # nothing of the sweep outlives the test (its job workers share its group)
+    finally:  # nothing of the sweep outlives the test
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + sig, out[-3000:]
@@ -148,6 +167,23 @@ def test_a_signal_stops_the_sweep_and_loses_no_finished_trial(workdir, launcher,
     # signal) and the next one is being launched; with the basic launcher the next job starts
     out, before = _stop(workdir, [*ARGS, *launcher], sig, _complete)
     _check_stopped(workdir, out, sig, before, n_jobs)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_process_alone_stops_its_job_workers_too(workdir):
+    # `kill PID`: the sweep hands the signal on to the joblib workers that run its trials
+    out, before = _stop(workdir, [*ARGS, *JOBLIB], signal.SIGTERM, _complete, group=False)
+    _check_stopped(workdir, out, signal.SIGTERM, before, 2)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_exits_at_once_and_leaves_no_run_running(workdir):
+    out, _ = _stop(workdir, [*ARGS, *JOBLIB], signal.SIGINT, _complete, twice=True)
+    assert "SIGINT again: the sweep exits now" in out, out[-3000:]
+    runs = mlflow_runs(workdir)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], out[-3000:]
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["failure_reason"] == "interrupted"
 
 
 @pytest.mark.slow

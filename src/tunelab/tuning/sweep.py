@@ -8,6 +8,7 @@ seed and Optuna is told the mean (per-seed values in the trial's user attrs, the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -310,6 +311,35 @@ class Sweep:
         )
         if self.state.in_job:  # a job of this thread: it stops like a single run
             signals.raise_for(signum)
+        self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
+        """Hand the signal on to the processes that run this sweep's jobs (joblib's workers,
+        submitit's local jobs), so that they stop also when it went to the sweep's process alone
+        (`kill PID`). A job that got it already ignores the copy while it records its run; a
+        worker between jobs holds it (tuning/jobs.py)."""
+        if runs_in_process(self.launcher):
+            return
+        import psutil
+
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signum)
+
+    def _kill_jobs(self) -> None:
+        """A second signal: the processes running this sweep's jobs are killed (they would go on
+        after the sweep exits), before their runs are ended KILLED."""
+        if runs_in_process(self.launcher):
+            return
+        import psutil
+
+        children = []
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "resource_tracker" not in " ".join(child.cmdline()):  # loky's: it ends alone
+                    child.kill()
+                    children.append(child)
+        psutil.wait_procs(children, timeout=10)
 
     def _abandon(self, exc: BaseException) -> None:
         """The sweep stops without waiting for its trials (an error, or a second signal): their
@@ -368,8 +398,16 @@ class Sweep:
             with signals.on_signals(self._on_signal):
                 self._work()
         except BaseException as exc:
+            now = self.state.signals > 1  # a second signal: the trials are not waited for
+            if now:
+                self._kill_jobs()
             self._abandon(exc)
-            if self.state.signals > 1:  # trial threads may still wait for their jobs
+            if now:  # trial threads still wait for their (killed) jobs
+                log.error(
+                    "sweep stopped by %s at once: its open runs are recorded KILLED; the same "
+                    "command resumes it",
+                    signal.Signals(self.state.signum).name,
+                )
                 logging.shutdown()
                 os._exit(128 + self.state.signum)
             raise
