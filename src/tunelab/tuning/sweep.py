@@ -314,10 +314,10 @@ class Sweep:
         self._forward(signum)
 
     def _forward(self, signum: int) -> None:
-        """Hand the signal on to the processes that run this sweep's jobs (joblib's workers,
-        submitit's local jobs), so that they stop also when it went to the sweep's process alone
-        (`kill PID`). A job that got it already ignores the copy while it records its run; a
-        worker between jobs holds it (tuning/jobs.py)."""
+        """Hand the signal on to the processes that run this sweep's jobs (joblib's workers), so
+        that they stop also when it went to the sweep's process alone (`kill PID`). A job that got
+        it already ignores the copy while it records its run; a worker between jobs holds it
+        (tuning/jobs.py)."""
         if runs_in_process(self.launcher):
             return
         import psutil
