@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -25,6 +26,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="tunelab-writer", daemon=True)
         self._thread.start()
+        self._pid = os.getpid()
         _writers.add(self)
 
     def _work(self) -> None:
@@ -63,7 +65,8 @@ def flush_all() -> None:
     """Wait for the pending writes of every writer in this process (a job's worker process before
     it takes the next job or exits); errors are logged."""
     for writer in list(_writers):
-        writer.flush_quietly()
+        if writer._pid == os.getpid():  # a forked child has the queue but not its thread
+            writer.flush_quietly()
 
 
 atexit.register(flush_all)
