@@ -188,7 +188,10 @@ def test_a_second_ctrl_c_exits_at_once_and_leaves_no_run_running(workdir):
 
 @pytest.mark.slow
 def test_a_sweep_stopped_mid_training_resumes_with_the_same_command(workdir):
-    out, before = _stop(workdir, ARGS, signal.SIGTERM, _training)  # basic launcher, in-process
+    # basic launcher (in-process); trials long enough, and each epoch logged, for the signal to
+    # land in the second trial's training
+    args = [*ARGS, "trainer.max_epochs=40", "tracking.metrics_every_s=0"]
+    out, before = _stop(workdir, args, signal.SIGTERM, _training)
     assert "stopped by SIGTERM: run" in out  # the job recorded its own run KILLED
     (stopped,) = _check_stopped(workdir, out, signal.SIGTERM, before, 1)
     seeds = [r for r in mlflow_runs(workdir) if r.data.tags.get("role") == "seed"]
@@ -196,7 +199,7 @@ def test_a_sweep_stopped_mid_training_resumes_with_the_same_command(workdir):
     assert seed_run.info.status == "KILLED"
 
     done = sum(t.state == TrialState.COMPLETE for t in _trials(workdir))
-    resumed = [*ARGS, f"hydra.sweeper.n_trials={done + 1}"]  # just the stopped trial again
+    resumed = [*args, f"hydra.sweeper.n_trials={done + 1}"]  # just the stopped trial again
     out = finish_cli(start_cli(*resumed, cwd=workdir))
     assert "resuming from" in out, out[-3000:]
     (retry,) = [t for t in _trials(workdir) if t.user_attrs.get("retry_of") == stopped.number]
