@@ -7,6 +7,7 @@ import io
 import json
 import math
 import numbers
+import os
 import pickle
 import signal
 import threading
@@ -95,11 +96,13 @@ class SafeTask:
 
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
+        self.origin = os.getpid()  # the sweep's process
         self.remote = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, remote=True)
-        if threading.current_thread() is threading.main_thread():
+        self.__dict__.update(state)
+        self.remote = os.getpid() != self.origin  # not a copy made in the sweep's process
+        if self.remote and threading.current_thread() is threading.main_thread():
             for s in signals.STOPPING:
                 if signal.getsignal(s) is not signal.SIG_IGN:
                     signal.signal(s, _hold)
