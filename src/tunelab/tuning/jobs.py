@@ -7,7 +7,10 @@ import io
 import json
 import math
 import numbers
+import os
 import pickle
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +19,17 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 
+from tunelab import background
 from tunelab.config.secrets import mask
 from tunelab.config.space import quote, to_overrides
+from tunelab.run import signals
 from tunelab.run.context import RunContext, RunResult
 
 
 @dataclass
 class Outcome:
-    """What a trial's jobs came back with: kind is complete | pruned | diverged | fail."""
+    """What a trial's jobs came back with: kind is complete | pruned | diverged | fail |
+    interrupted (a signal stopped it; reason: the signal's name)."""
 
     kind: str
     reason: str = ""
@@ -61,13 +67,67 @@ class JobError(RuntimeError):
         return str(self.args[0])
 
 
+class Interrupted(Exception):
+    """A job stopped by SIGINT or SIGTERM (its run is recorded KILLED). An ordinary exception, so
+    that Hydra records the job FAILED and joblib does not abort the jobs of its other workers."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {signal.Signals(self.signum).name}"
+
+
+_held: list[int] = []  # signals a job's worker process received between two jobs
+
+
+def _hold(signum: int, frame: Any) -> None:
+    _held.append(signum)
+
+
 class SafeTask:
-    """Wraps the task function so that every exception a job raises survives pickling (joblib)."""
+    """Wraps the task function so that every exception a job raises survives pickling (joblib),
+    and a job stopped by a signal comes back as `Interrupted`.
+
+    In a worker process (where it arrives pickled: joblib, submitit) SIGINT and SIGTERM stop the
+    job that runs; between jobs they are held, and the next job stops before it starts, so a
+    worker never dies of a signal while the sweep waits for it. Each job's pending background
+    writes are sent before the worker takes the next job."""
 
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
+        self.origin = os.getpid()  # the sweep's process
+        self.remote = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.remote = os.getpid() != self.origin  # not a copy made in the sweep's process
+        if self.remote and threading.current_thread() is threading.main_thread():
+            for s in signals.STOPPING:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    signal.signal(s, _hold)
 
     def __call__(self, cfg: Any) -> Any:
+        try:
+            if not self.remote:
+                return self._call(cfg)
+            if _held:
+                signum = _held[0]
+                _held.clear()
+                raise Interrupted(signum)
+            try:
+                with signals.signals_raise():
+                    return self._call(cfg)
+            finally:
+                background.flush_all()
+        except BaseException as e:
+            signum = signals.signal_of(e)
+            if signum is None:
+                raise
+            raise Interrupted(signum) from None
+
+    def _call(self, cfg: Any) -> Any:
         try:
             return self.fn(cfg)
         except Exception as e:
@@ -104,6 +164,8 @@ def read_job(
         exc = job_error(ret)
         if isinstance(exc, optuna.TrialPruned) or _is(exc, "TrialPruned"):
             return "pruned", str(exc), {}, out_dir, None
+        if isinstance(exc, Interrupted):
+            return "interrupted", signal.Signals(exc.signum).name, {}, out_dir, None
         if _is(exc, "DivergedError"):
             return "diverged", f"diverged: {exc}", {}, out_dir, None
         if isinstance(exc, JobError):

@@ -8,10 +8,13 @@ seed and Optuna is told the mean (per-seed values in the trial's user attrs, the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import random
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +32,13 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, describe, grid_values, suggest
 from tunelab.reports import sweep as results
 from tunelab.reports.runs_table import trials_table
+from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
 from tunelab.tuning import devices, pruning
 from tunelab.tuning import storage as studies
+from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import plan_launch
-from tunelab.tuning.jobs import Outcome, can_group, job_overrides, seed_outcomes
+from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
 from tunelab.tuning.samplers import make_sampler
 from tunelab.tuning.settings import tracking_target
 from tunelab.tuning.sweep_runs import SweepRuns
@@ -56,6 +61,9 @@ class _State:
     stop: str = ""
     failed: int = 0
     spans: list[tuple[float, float]] = field(default_factory=list)
+    signum: int = 0  # the signal that stopped the sweep
+    signals: int = 0  # how many the sweep's own handler received
+    in_job: bool = False  # the main thread runs a job here (in-process launcher)
 
 
 class Sweep:
@@ -230,12 +238,24 @@ class Sweep:
 
             def launch(overrides: list[str], i: int) -> Any:
                 first = trial.number * len(self.seeds) + i
-                return self.runner.launch([overrides], initial_job_idx=first)[0]
+                if self.state.signum:  # the next seed of a trial that a signal stopped
+                    raise Interrupted(self.state.signum)
+                self.state.in_job = runs_in_process(self.launcher) and _main_thread()
+                try:
+                    return self.runner.launch([overrides], initial_job_idx=first)[0]
+                except BaseException as exc:  # the sweep's handler stopped it outside the job
+                    if (signum := signals.signal_of(exc)) is None:
+                        raise
+                    raise Interrupted(signum) from None
+                finally:
+                    self.state.in_job = False
 
             together = self.together and seed_key == "seed"
             outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.metrics, together)
             for kind, reason, values, job_dir, job_run in outcomes:
                 out.job_dirs.append(job_dir)
+                if kind == "fail" and self.state.signum:  # e.g. its worker stopped with the sweep
+                    kind, reason = "interrupted", signal.Signals(self.state.signum).name
                 if kind != "complete":
                     out.kind, out.reason = kind, reason
                     break
@@ -264,6 +284,15 @@ class Sweep:
             elif out.kind == "pruned":
                 self.study.tell(trial, state=TrialState.PRUNED)
                 end_tags["pruned"] = "true"
+            elif out.kind == "interrupted":  # not the config's fault: not counted, run again
+                reason = _REASON[signal.Signals[out.reason]]
+                self._stop_by(signal.Signals[out.reason])
+                trial.set_user_attr("stale", True)
+                trial.set_user_attr("fail_reason", f"{reason}: stopped by {out.reason}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                attrs = {**trial.user_attrs, "number": trial.number}
+                studies.requeue(self.study, trial.params, attrs, self.max_retries)
+                end_tags["failure_reason"] = reason
             else:  # a server or database away is not the config's fault: not counted, run again
                 away = studies.infrastructure_failure(trial, out.reason)
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -276,15 +305,117 @@ class Sweep:
                     self.state.stop = f"{self.state.failed} failed trials exceed max_failure_rate (limit {limit:g})"
         state = {"complete": "COMPLETE", "pruned": "PRUNED"}.get(out.kind, "FAIL")
         shown = {m: means.get(m) for m in self.metrics} if means else ""
-        log.info("trial %d %s %s %s", trial.number, state, shown, out.reason)
+        said = "INTERRUPTED (re-queued)" if out.kind == "interrupted" else state
+        log.info("trial %d %s %s %s", trial.number, said, shown, out.reason)
         if self.runs and run_id:
             end_tags.update(optuna_state=state, n_seeds=str(len(out.per_seed)))
             self.runs.end_trial(run_id, out.kind, means, end_tags, params)
+
+    # ---- stopping ----------------------------------------------------------------------------
+    def _stop_by(self, signum: int) -> None:
+        """Stop at the next ask: no trial starts after this (a job reported the signal, or the
+        sweep's handler received it)."""
+        if not self.state.signum:
+            self.state.signum = signum
+            self.state.stop = f"stopped by {signal.Signals(signum).name}"
+
+    def _on_signal(self, signum: int) -> None:
+        """SIGINT or SIGTERM in the sweep's process (main thread; no lock taken here: the main
+        thread may hold it). The first stops the sweep: nothing new is asked or launched, the
+        running trials end (their jobs stop on the same signal when it went to the process group,
+        as a terminal's Ctrl-C does) and are recorded KILLED and re-queued. A second exits at once
+        after ending every open run KILLED."""
+        self.state.signals += 1
+        name = signal.Signals(signum).name
+        if self.state.signals > 1:
+            log.warning("%s again: the sweep exits now; its open runs end KILLED", name)
+            signals.raise_for(signum)
+        self._stop_by(signum)
+        log.warning(
+            "%s: the sweep stops; no new trial starts, running ones end KILLED and are re-queued "
+            "(%s again exits at once; the same command resumes the sweep)",
+            name,
+            name,
+        )
+        if self.state.in_job:  # a job of this thread: it stops like a single run
+            signals.raise_for(signum)
+        self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
+        """Hand the signal on to the processes that run this sweep's jobs (joblib's workers), so
+        that they stop also when it went to the sweep's process alone (`kill PID`). A job that got
+        it already ignores the copy while it records its run; a worker between jobs holds it
+        (tuning/jobs.py)."""
+        if runs_in_process(self.launcher):
+            return
+        import psutil
+
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signum)
+
+    def _kill_jobs(self) -> None:
+        """A second signal: the processes running this sweep's jobs are killed (they would go on
+        after the sweep exits), before their runs are ended KILLED."""
+        if runs_in_process(self.launcher):
+            return
+        import psutil
+
+        children = []
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "resource_tracker" not in " ".join(child.cmdline()):  # loky's: it ends alone
+                    child.kill()
+                    children.append(child)
+        psutil.wait_procs(children, timeout=10)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """The sweep stops without waiting for its trials (an error, or a second signal): their
+        runs, the runs RUNNING under them and the parent end KILLED, the queued writes are sent."""
+        signum = signals.signal_of(exc)
+        if signum and not self.state.signum:
+            self._stop_by(signum)
+        self.state.stop = self.state.stop or "interrupted"
+        if self.runs:
+            self.runs.interrupted(_REASON.get(self.state.signum, "interrupted"))
+
+    def _stopped(self) -> None:
+        """After a signal, once the running trials are told: the parent run ends KILLED unless
+        another process still runs trials of the study (it ends the sweep), the queued writes
+        are sent, and the sweep exits 130 (SIGINT) or 143 (SIGTERM), like a single run."""
+        signum = self.state.signum
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if self.runs:
+            if running:
+                log.info("trials %s still run in another process", [t.number for t in running])
+                self.runs.writer.flush(quietly=True)
+            else:
+                self.runs.end_parent(_REASON[signum])
+        log.error(
+            "sweep stopped by %s: the same command resumes it (%d trials ran here)",
+            signal.Signals(signum).name,
+            len(self.state.spans),
+        )
+        raise SystemExit(128 + signum)
 
     # ---- loop + analysis -------------------------------------------------------------------
     def _worker(self, slot: int = 0) -> None:
         while (nxt := self._ask()) is not None:
             self._run_trial(*nxt, slot)
+
+    def _work(self) -> None:
+        if self.n_jobs == 1:
+            return self._worker()
+        pool = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial")
+        futures = [pool.submit(self._worker, i) for i in range(self.n_jobs)]
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            self.state.stop = self.state.stop or "interrupted"  # the other workers ask no more
+            raise
+        finally:  # a second signal does not wait for the running trials
+            pool.shutdown(wait=self.state.signals < 2, cancel_futures=True)
 
     def run(self) -> dict[str, Any]:
         self.open()
@@ -292,17 +423,27 @@ class Sweep:
         self.deadline = time.time() + float(timeout) if timeout else None
         t0 = time.time()
         try:
-            if self.n_jobs == 1:
-                self._worker()
-            else:
-                with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial") as pool:
-                    for f in [pool.submit(self._worker, i) for i in range(self.n_jobs)]:
-                        f.result()
-        except BaseException:
-            self.state.stop = "interrupted"
-            if self.runs:
-                self.runs.interrupted()
+            with signals.on_signals(self._on_signal):
+                self._work()
+        except BaseException as exc:
+            now = self.state.signals > 1  # a second signal: the trials are not waited for
+            if now:
+                self._kill_jobs()
+            self._abandon(exc)
+            if now:  # trial threads still wait for their (killed) jobs
+                log.error(
+                    "sweep stopped by %s at once: its open runs are recorded KILLED; the same "
+                    "command resumes it",
+                    signal.Signals(self.state.signum).name,
+                )
+                logging.shutdown()
+                os._exit(128 + self.state.signum)
             raise
+        finally:
+            if self.runs:
+                self.runs.writer.flush(quietly=True)  # every trial told here is recorded
+        if self.state.signum:
+            self._stopped()
         wall = time.time() - t0
         busy = sum(e - s for s, e in self.state.spans)
         util = busy / (self.n_jobs * wall) if wall > 0 and self.state.spans else 0.0
@@ -314,6 +455,13 @@ class Sweep:
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result
+
+
+_REASON = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # as a single run's
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def run_sweep(

@@ -11,7 +11,13 @@ from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.owners import keyed_run
 from tunelab.tracking.policy import tag_filter
 
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "fail": "FAILED"}
+STATUS = {
+    "complete": "FINISHED",
+    "pruned": "KILLED",
+    "diverged": "FAILED",
+    "fail": "FAILED",
+    "interrupted": "KILLED",
+}
 
 
 class SweepRuns:
@@ -21,6 +27,7 @@ class SweepRuns:
         self.parent_id: str | None = None
         self._active: set[str] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def open_parent(self, tags: dict[str, Any], parent_run_id: str | None) -> str:
         key = {"run_key": f"sweep:{self.study_name}"}
@@ -29,6 +36,8 @@ class SweepRuns:
         return self.parent_id
 
     def start_trial(self, number: int, params: dict[str, Any], tags: dict[str, Any]) -> str:
+        if self._closed:
+            raise RuntimeError("the sweep was stopped")
         run_id = self.writer.create_run(
             trial_name(number, params),
             {**tags, "role": "trial", "optuna_state": "RUNNING"},
@@ -50,19 +59,29 @@ class SweepRuns:
     def _end(self, run_id: str, status: str, metrics: dict, tags: dict, params: dict) -> None:
         self.writer.log(run_id, metrics=metrics, params=params, tags=tags)
         self.writer.end_run(run_id, status)
+        if status == "KILLED" and tags.get("failure_reason"):  # a job killed while it recorded
+            self.close_stale(run_id, tags["failure_reason"])
 
-    def close_stale(self, run_id: str) -> None:
-        """A trial whose worker stopped beating (its machine died): its run and the runs still
-        RUNNING under it end KILLED."""
+    def close_stale(self, run_id: str, reason: str = "heartbeat_stale") -> None:
+        """A trial whose worker stopped beating (its machine died), or that a signal stopped: its
+        run and the runs still RUNNING under it end KILLED."""
         children = self.writer.search(tag_filter({"mlflow.parentRunId": run_id}))
         for rid in [run_id, *(r.info.run_id for r in children if r.info.status == "RUNNING")]:
-            self.writer.mark_killed(rid, "heartbeat_stale")
+            self.writer.mark_killed(rid, reason)
 
-    def interrupted(self) -> None:
-        """The sweep was stopped: its running trials and the parent end KILLED."""
+    def interrupted(self, reason: str = "interrupted") -> None:
+        """The sweep was stopped at once: its running trials (and the runs RUNNING under them)
+        and the parent end KILLED; no trial starts after this."""
+        self._closed = True
         self.writer.flush(quietly=True)
         for run_id in list(self._active):
             self.writer.set_tags(run_id, {"optuna_state": "INTERRUPTED"})
-            self.writer.end_run(run_id, "KILLED")
+            self.close_stale(run_id, reason)
+        self.end_parent(reason)
+
+    def end_parent(self, reason: str) -> None:
+        """The parent ends KILLED (the sweep was stopped) after every queued write is sent."""
+        self.writer.flush(quietly=True)
         if self.parent_id:
+            self.writer.set_tags(self.parent_id, {"failure_reason": reason})
             self.writer.end_run(self.parent_id, "KILLED")
