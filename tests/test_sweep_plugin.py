@@ -255,7 +255,7 @@ def test_max_failure_rate_stops_the_sweep(app):
     assert len(load(app, "stop").get_trials()) == 2  # stopped after more than 0.3 * 6 failures
 
 
-def test_resume_runs_only_the_remainder_and_retries_interrupted_trials(app):
+def test_resume_runs_only_the_remainder_and_retries_interrupted_trials(app, capfd):
     args = ["search=random", "hydra.sweeper.study_name=res", "hydra.sweeper.figures=false"]
     multirun(app, *args, "hydra.sweeper.n_trials=3", sweep_dir="first")
     storage = make_storage(f"journal:{app / 'optuna.journal'}")
@@ -276,8 +276,13 @@ def test_resume_runs_only_the_remainder_and_retries_interrupted_trials(app):
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 3)
     assert retry.state == TrialState.COMPLETE
     assert retry.params["optimizer.lr"] == trials[3].params["optimizer.lr"]
+    counts = result["counts"]  # the interrupted trial is not counted as a failure
+    assert (counts["complete"], counts["fail"], counts["interrupted"]) == (5, 0, 1)
+    capfd.readouterr()
     multirun(app, *args, "hydra.sweeper.n_trials=5", sweep_dir="third")
     assert len(load(app, "res").get_trials()) == 6  # nothing left to do
+    said = "".join(capfd.readouterr())  # Hydra's own log handlers print it
+    assert "all 5 trials of study res are done; raise hydra.sweeper.n_trials to run more" in said
 
 
 def test_changed_fixed_settings_never_join_a_study(app):

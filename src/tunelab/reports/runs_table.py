@@ -36,14 +36,27 @@ def jobs_table(runs: list[Any], metric: str, direction: str) -> str:
     return _table(rows, ["job", "status", f"best {metric}", "test/acc", "time"])
 
 
+def trial_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Trials per state, lower-case; a FAIL that was not the configuration's fault (a stopped
+    sweep, a dead process, a server away: marked stale and run again) counts as interrupted."""
+    counts = {s.name.lower(): 0 for s in TrialState}
+    counts["interrupted"] = 0
+    for t in trials:
+        stale = t.state == TrialState.FAIL and t.user_attrs.get("stale")
+        counts["interrupted" if stale else t.state.name.lower()] += 1
+    return counts
+
+
 def trials_table(study: optuna.Study, metrics: list[str], k: int = 5) -> str:
     """The study's counts and its best k trials with their parameters."""
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    counts = trial_counts(trials)
     head = (
-        f"study {study.study_name}: {counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+        f"study {study.study_name}: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['fail']} failed"
     )
+    if counts["interrupted"]:
+        head += f", {counts['interrupted']} interrupted and run again"
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if not done:
         return head

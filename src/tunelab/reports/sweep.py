@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from tunelab.config.identity import override_key
 from tunelab.config.secrets import mask
 from tunelab.config.space import describe, to_overrides
+from tunelab.reports.runs_table import trial_counts
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ def write_figures(study: optuna.Study, metrics: list[str], out_dir: Path) -> lis
 
 def summary(study: optuna.Study, metrics: list[str]) -> dict[str, Any]:
     """Counts per state, best values and params (for logs and the sweep run)."""
-    trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    counts = trial_counts(study.get_trials(deepcopy=False))
     out: dict[str, Any] = {"counts": counts, "best": []}
     for t in best_trials(study):
         out["best"].append(

@@ -448,6 +448,12 @@ class Sweep:
         busy = sum(e - s for s, e in self.state.spans)
         util = busy / (self.n_jobs * wall) if wall > 0 and self.state.spans else 0.0
         ran_here = len(self.state.spans)
+        if ran_here == 0 and not self.state.stop:
+            log.info(
+                "all %d trials of study %s are done; raise hydra.sweeper.n_trials to run more",
+                self.n_trials,
+                self.study_name,
+            )
         if studies.reports_due(self.storage, self.storage_url, self.study, ran_here, self.runs):
             result = results.finalize(self, util, ran_here)
         else:
