@@ -85,9 +85,15 @@ def train(repo: Path, *args: str) -> str:
 
 
 def tunelab(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunelab", *args], cwd=repo.parent / "work",
-                          env=env(repo), capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "tunelab", *args],
+        cwd=repo.parent / "work",
+        env=env(repo),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def runs(work: Path) -> list:
@@ -344,8 +350,9 @@ def test_text_from_the_store_reaches_the_terminal_neutralised(rec):
     c = rec.client
     run_id = copy_run(rec, tags={"device_name": f"cpu{ESCAPES}"}, name=f"copy{ESCAPES}")
     experiment = c.get_run(run_id).info.experiment_id
-    child = c.create_run(experiment, run_name="child",
-                         tags={"mlflow.parentRunId": run_id, "role": f"seed{ESCAPES}"}).info.run_id  # fmt: skip
+    child = c.create_run(
+        experiment, run_name="child", tags={"mlflow.parentRunId": run_id, "role": f"seed{ESCAPES}"}
+    ).info.run_id
     shown = [tunelab(rec.repo, "trace", run_id), tunelab(rec.repo, "trace", child)]
     assert "children:" in shown[0].stdout and "parent:" in shown[1].stdout
     shown.append(reproduce(rec, run_id))  # the environment rows show the recorded device_name
@@ -363,8 +370,9 @@ def test_the_comparison_is_with_the_run_the_reproduction_reports(rec):
     in every metric, started in the future)."""
     c, src = rec.client, rec.client.get_run(rec.run_id)
     future = int(time.time() * 1000) + 10**9
-    decoy = c.create_run(src.info.experiment_id, start_time=future,
-                         tags={"reproduces": rec.run_id}).info.run_id  # fmt: skip
+    decoy = c.create_run(
+        src.info.experiment_id, start_time=future, tags={"reproduces": rec.run_id}
+    ).info.run_id
     c.log_batch(decoy, [Metric(k, v + 1.0, future, 0) for k, v in src.data.metrics.items()])
     proc = reproduce(rec, rec.run_id)
     assert proc.returncode == 0 and "identical" in proc.stdout, proc.stdout + proc.stderr
@@ -412,3 +420,35 @@ def test_a_run_of_a_commit_whose_jobs_report_no_run_id_still_reproduces(rec):
         git(rec.repo, "commit", "-qam", "metrics.json with run_id")
     proc = reproduce(rec, run_id)
     assert proc.returncode == 0 and "identical" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_at_a_terminal_the_diff_is_applied_only_on_a_typed_y(rec, tmp_path, answer):
+    import pty
+
+    marker = tmp_path / "planted-line-ran"
+    run_id = copy_run(
+        rec, tags={"git_dirty": "true"}, files={"git.diff": planted_diff(rec, marker)}
+    )
+    n = n_runs(rec)
+    terminal, stdin = pty.openpty()
+    os.write(terminal, f"{answer}\n".encode())  # typed ahead: waits in the terminal's input
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunelab", "reproduce", run_id, "--repo", str(rec.repo)],
+            cwd=rec.repo.parent / "work",
+            env=env(rec.repo),
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        os.close(stdin)
+        os.close(terminal)
+    assert "apply this diff and run the code it changes? [y/N]" in proc.stdout
+    if answer == "y":
+        assert proc.returncode == 0 and marker.exists(), proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == 2 and "--apply-diff" in proc.stderr, proc.stdout + proc.stderr
+        assert not marker.exists() and n_runs(rec) == n

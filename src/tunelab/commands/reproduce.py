@@ -46,14 +46,25 @@ def add_arguments(p: Any) -> None:
     p.add_argument("run_id", help="a training run, a sweep trial, a study or pipeline seed run")
     p.add_argument("--tracking-uri", help="the MLflow store (default: the project's)")
     p.add_argument("--repo", default=".", help="the git repository holding the commit")
-    p.add_argument("--trust-target", action="append", default=[], metavar="TARGET",
-                   help="a _target_ of your own the run used (README: Your own model or dataset); "
-                        "repeatable. A run record's own allowed_targets are never trusted")  # fmt: skip
-    p.add_argument("--show-diff", action="store_true",
-                   help="print the whole recorded git.diff of a run from a dirty tree")  # fmt: skip
-    p.add_argument("--apply-diff", action="store_true",
-                   help="apply the recorded git.diff (the code it changes will run); without it "
-                        "only a 'y' typed at a terminal applies it")  # fmt: skip
+    p.add_argument(
+        "--trust-target",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="a _target_ of your own the run used (README: Your own model or dataset); "
+        "repeatable. A run record's own allowed_targets are never trusted",
+    )
+    p.add_argument(
+        "--show-diff",
+        action="store_true",
+        help="print the whole recorded git.diff of a run from a dirty tree",
+    )
+    p.add_argument(
+        "--apply-diff",
+        action="store_true",
+        help="apply the recorded git.diff (the code it changes will run); without it "
+        "only a 'y' typed at a terminal applies it",
+    )
 
 
 @dataclass(frozen=True)
@@ -262,8 +273,15 @@ def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path
     ctx = RunContext(tags=tag, data_digest=original.data.tags.get("data_digest"))
     env = {**os.environ, **ctx.to_env(), "PYTHONPATH": str(tree / "src")}
     out = tmp / "outputs"
-    cmd = [sys.executable, str(tree / "src" / "train.py"), "--config-dir", str(tmp),
-           "--config-name", "reproduce", f"hydra.run.dir={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(tree / "src" / "train.py"),
+        "--config-dir",
+        str(tmp),
+        "--config-name",
+        "reproduce",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         tail = [printable(x) for x in (proc.stderr or proc.stdout).strip().splitlines()[-12:]]
@@ -289,8 +307,9 @@ def reported_run(mlflow: Any, original: Any, out: Path, key: str) -> Any:
         try:
             new = mlflow.get_run(reported)
         except Exception:
-            raise CommandError(f"the reproduction reported run {printable(reported)}, which is "
-                               "not in this store") from None  # fmt: skip
+            raise CommandError(
+                f"the reproduction reported run {printable(reported)}, which is not in this store"
+            ) from None
         if new.data.tags.get("reproduction_key") != key:
             raise CommandError(f"the reproduction reported run {new.info.run_id}, which is not it")
         return new
@@ -347,8 +366,9 @@ def _seed_spread(mlflow: Any, original: Any) -> dict[str, float] | None:
 
 
 def _git(cwd: Path, *args: str) -> str | None:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                         errors="replace", check=False)  # fmt: skip
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, errors="replace", check=False
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 
