@@ -10,8 +10,9 @@ is checked out or trained, the recorded config must pass the check a command-lin
 (never the record's own `allowed_targets`; a `hydra:` block or an interpolation is refused too);
 `git_sha` must be a full commit id; a recorded diff is shown (`git apply --stat`, all of it with
 --show-diff) and applied only with --apply-diff or a "y" typed at a terminal. The comparison is
-with the run the reproduction itself reports, never a search for the newest tagged run. Text from
-the store is printed with its control characters shown (common.printable).
+with the run the reproduction itself reports (reported_run), never the newest run tagged
+`reproduces=`. Text from the store is printed with its control characters shown
+(common.printable).
 
 Exit status 0: the reproduction matches (identical; or, where the environment differs, every
 final metric within the original's seed spread). 1: it differs. 2: it could not be made or was
@@ -174,8 +175,8 @@ def checked_config(text: str, trusted: frozenset[str], who: str, uri: str) -> An
     cfg.pop("allowed_targets", None)
     if trusted:
         cfg.allowed_targets = sorted(trusted)  # what the child's own check admits beyond SHIPPED
-    OmegaConf.update(cfg, "tracking.tracking_uri", uri)  # the same store, wherever run from
     try:
+        OmegaConf.update(cfg, "tracking.tracking_uri", uri)  # the same store, wherever run from
         validate(cfg, check_data=False)  # the data files are checked by the child, before it runs
     except ConfigError as exc:
         hint = (
