@@ -52,7 +52,8 @@ def job(cfg: DictConfig) -> RunResult:
             log.error("stopped by %s before its run was recorded", sig.name)
         raise SystemExit(128 + sig) from None
     if output_dir:
-        Path(output_dir, "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+        written = {"run_id": result.run_id, **result.metrics}  # the MLflow run (None untracked)
+        Path(output_dir, "metrics.json").write_text(json.dumps(written, indent=2))
     log.info("result: %s", summary_line(result))
     return result
 

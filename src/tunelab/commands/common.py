@@ -1,4 +1,5 @@
-"""What the tunelab commands share: the store they read, the runs in it, errors for the user."""
+"""What the tunelab commands share: the store they read, the runs in it, errors for the user, and
+text from a run record made safe to print."""
 
 from __future__ import annotations
 
@@ -55,10 +56,23 @@ def run_link(experiment_id: str, run_id: str | None = None, port: int = 5000) ->
     return f"{base}/runs/{run_id}" if run_id else f"{base}/runs?workflowType=machine_learning"
 
 
+def printable(text: object, keep: str = "") -> str:
+    """Text from a store (a run's name, tags, params, artifacts), safe to print on a terminal:
+    every control or formatting character (escape sequences, carriage returns, newlines, bidi
+    overrides) is shown as its escape (`\\x1b`), except those in `keep` (e.g. a diff's tabs)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
-    """A plain-text table (columns padded to their widest cell)."""
-    cells = [header, *rows]
-    widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    """A plain-text table (columns padded to their widest cell); cells are printable()."""
+    cells = [[printable(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)

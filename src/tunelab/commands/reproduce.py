@@ -1,45 +1,97 @@
 """Re-run a recorded run from its own record: the resolved config it logged (not today's conf/),
 the commit it ran (in a temporary git worktree, with its recorded diff applied when the tree was
-dirty) and data with the digest it recorded. The reproduction is a new run in the same store,
-tagged `reproduces=<run id>`; every final and per-epoch metric is compared with the original.
+dirty and the user agrees) and data with the digest it recorded. The reproduction is a new run in
+the same store, tagged `reproduces=<run id>`; every final and per-epoch metric is compared with the
+original.
+
+A run record is untrusted input: anyone who can write to the store can change it. Before anything
+is checked out or trained, the recorded config must pass the check a command-line config gets
+(config.validate) with the shipped targets only, plus those the user names with --trust-target
+(never the record's own `allowed_targets`; a `hydra:` block or an interpolation is refused too);
+`git_sha` must be a full commit id; a recorded diff is shown (`git apply --stat`, all of it with
+--show-diff) and applied only with --apply-diff or a "y" typed at a terminal. The comparison is
+with the run the reproduction itself reports (reported_run), never the newest run tagged
+`reproduces=`. Text from the store is printed with its control characters shown
+(common.printable).
 
 Exit status 0: the reproduction matches (identical; or, where the environment differs, every
-final metric within the original's seed spread). 1: it differs. 2: it could not be made (an
-unknown run, no config.yaml, a missing commit, a diff that no longer applies, changed data)."""
+final metric within the original's seed spread). 1: it differs. 2: it could not be made or was
+refused (an unknown run, no config.yaml, a refused config, a bad git_sha, a missing commit, a diff
+not agreed to or that no longer applies, changed data)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import re
+import secrets
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.commands import common
-from tunelab.commands.common import CommandError
+from tunelab.commands.common import CommandError, printable
 
 HELP = "re-run a recorded run from its config, commit and data, and compare"
 ENVIRONMENT = ("version.torch", "version.numpy", "device", "device_name", "threads")
+FULL_SHA = re.compile(r"[0-9a-fA-F]{40}")
 
 
 def add_arguments(p: Any) -> None:
     p.add_argument("run_id", help="a training run, a sweep trial, a study or pipeline seed run")
     p.add_argument("--tracking-uri", help="the MLflow store (default: the project's)")
     p.add_argument("--repo", default=".", help="the git repository holding the commit")
+    p.add_argument(
+        "--trust-target",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="a _target_ of your own the run used (README: Your own model or dataset); "
+        "repeatable. A run record's own allowed_targets are never trusted",
+    )
+    p.add_argument(
+        "--show-diff",
+        action="store_true",
+        help="print the whole recorded git.diff of a run from a dirty tree",
+    )
+    p.add_argument(
+        "--apply-diff",
+        action="store_true",
+        help="apply the recorded git.diff (the code it changes will run); without it "
+        "only a 'y' typed at a terminal applies it",
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run to reproduce, every check passed: the config the child trains, its commit, diff."""
+
+    original: Any
+    config: Any  # the checked DictConfig
+    sha: str
+    diff: str  # "" when the tree was clean
+    top: Path  # the repository holding the commit
 
 
 def run(args: Any) -> int:
     uri = common.store_uri(args.tracking_uri)
     mlflow = common.client(uri)
     original = common.get_run(mlflow, args.run_id, uri)
-    seeds = _seed_runs(mlflow, original)
+    trusted = frozenset(args.trust_target)
+    # every seed run is checked, and its diff agreed to, before any is checked out or trained
+    repo = Path(args.repo)
+    plans = [plan(mlflow, uri, r, repo, trusted) for r in _seed_runs(mlflow, original)]
+    for p in plans:
+        agree_to_diff(p, show=args.show_diff, apply=args.apply_diff)
     worst = 0
-    for seed_run in seeds:
-        worst = max(worst, reproduce_one(mlflow, uri, seed_run, Path(args.repo)))
+    for p in plans:
+        worst = max(worst, reproduce_one(mlflow, uri, p))
     return worst
 
 
@@ -55,76 +107,219 @@ def _seed_runs(mlflow: Any, run: Any) -> list[Any]:
     return sorted(children, key=lambda r: r.data.tags.get("replicate", "0"))
 
 
-def reproduce_one(mlflow: Any, uri: str, original: Any, repo: Path) -> int:
+def plan(mlflow: Any, uri: str, original: Any, repo: Path, trusted: frozenset[str]) -> Plan:
+    """Every check of a run's record that needs no checkout: its config, commit and diff."""
     run_id, tags = original.info.run_id, original.data.tags
-    config = common.artifact_text(mlflow, run_id, "config.yaml")
-    if config is None:
+    text = common.artifact_text(mlflow, run_id, "config.yaml")
+    if text is None:
         raise CommandError(f"run {run_id} has no config.yaml: it was not recorded by a tunelab run")
+    config = checked_config(text, trusted, f"run {run_id}", uri)
     sha = tags.get("git_sha", "unknown")
     if sha == "unknown":
         raise CommandError(f"run {run_id} records no git commit: it cannot be rebuilt")
+    if not FULL_SHA.fullmatch(sha):
+        raise CommandError(
+            f"run {run_id}: its git_sha '{printable(sha[:80])}' is not a commit id (40 hex "
+            "digits): refused"
+        )
     top = _git(repo, "rev-parse", "--show-toplevel")
     if top is None:
         raise CommandError(f"{repo.resolve()} is not a git repository (pass --repo)")
     if _git(Path(top), "cat-file", "-e", f"{sha}^{{commit}}") is None:
         raise CommandError(f"run {run_id}: commit {sha} is not in the repository {top} (fetch it)")
-    diff = (
-        common.artifact_text(mlflow, run_id, "git.diff") if tags.get("git_dirty") == "true" else ""
+    diff = ""
+    if tags.get("git_dirty") == "true":
+        diff = common.artifact_text(mlflow, run_id, "git.diff") or ""
+        if not diff.strip():
+            raise CommandError(
+                f"run {run_id} was recorded from a dirty tree but has no git.diff: it cannot be "
+                "rebuilt"
+            )
+    return Plan(original, config, sha, diff, Path(top))
+
+
+def checked_config(text: str, trusted: frozenset[str], who: str, uri: str) -> Any:
+    """The recorded config.yaml as the reproduction will train it, checked as a command-line
+    config is (config.validate) before anything runs. Its targets may be the shipped ones and
+    those in `trusted` (--trust-target) only: a recorded `allowed_targets` that names anything
+    else, a `hydra:` block (Hydra acts on it before tunelab checks anything) or an interpolation
+    (a recorded config is resolved; `${oc.env:...}` would copy a secret into the new run) is
+    refused."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from tunelab.config import ConfigError, validate
+
+    try:
+        cfg = OmegaConf.create(text)
+    except Exception as exc:
+        raise CommandError(f"{who}: its config.yaml is not YAML: {printable(exc)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise CommandError(f"{who}: its config.yaml is not a mapping of settings")
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    refused = []
+    if "hydra" in plain:
+        refused.append("it has a hydra: block (a recorded config has none)")
+    listed = plain.get("allowed_targets")
+    if listed is not None:
+        names = [str(t) for t in listed] if isinstance(listed, list) else [str(listed)]
+        if untrusted := [t for t in names if t not in trusted]:
+            refused.append(
+                f"its allowed_targets lists {printable(untrusted)}: a run record cannot add code "
+                "that may run; if a target is your own, trust it yourself with --trust-target "
+                f"{printable(untrusted[0])}"
+            )
+    if interpolated := _interpolations(plain):
+        refused.append(f"it has interpolations ({printable(', '.join(interpolated[:3]))})")
+    if refused:
+        raise CommandError(f"{who}: its config.yaml is refused: " + "; ".join(refused))
+    cfg.pop("allowed_targets", None)
+    if trusted:
+        cfg.allowed_targets = sorted(trusted)  # what the child's own check admits beyond SHIPPED
+    try:
+        OmegaConf.update(cfg, "tracking.tracking_uri", uri)  # the same store, wherever run from
+        validate(cfg, check_data=False)  # the data files are checked by the child, before it runs
+    except ConfigError as exc:
+        hint = (
+            "; a target of your own is named with --trust-target" if "_target_" in str(exc) else ""
+        )
+        raise CommandError(
+            f"{who}: its config.yaml: {printable(exc, keep=chr(10))}{hint}"
+        ) from None
+    except Exception as exc:  # e.g. a mandatory value left as ???
+        raise CommandError(f"{who}: its config.yaml is invalid: {printable(exc)}") from None
+    return cfg
+
+
+def _interpolations(node: Any, path: str = "") -> list[str]:
+    """The keys whose values are interpolations (`${...}`)."""
+    if isinstance(node, dict):
+        items: list = list(node.items())
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    else:
+        return [path] if isinstance(node, str) and "${" in node else []
+    return [
+        k for key, v in items for k in _interpolations(v, f"{path}.{key}" if path else str(key))
+    ]
+
+
+def agree_to_diff(p: Plan, *, show: bool, apply: bool) -> None:
+    """A recorded diff is code from the store: show what it changes, and apply it only when the
+    user says so (--apply-diff, or "y" at a terminal)."""
+    if not p.diff:
+        return
+    run_id = p.original.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        patch = Path(tmp) / "git.diff"
+        patch.write_text(p.diff)
+        stat = _git(p.top, "apply", "--stat", str(patch))
+    if stat is None:
+        raise CommandError(f"run {run_id}: its recorded git.diff is not a patch git can read")
+    print(f"run {run_id} was recorded from a dirty tree; its diff (git apply --stat):")
+    print("\n".join("  " + printable(line) for line in stat.splitlines()))
+    if show:
+        print(printable(p.diff, keep="\t\n"))
+    if apply or (
+        sys.stdin.isatty() and _answer("apply this diff and run the code it changes? [y/N] ")
+    ):
+        return
+    raise CommandError(
+        f"run {run_id}: its recorded diff was not applied and nothing ran: read it with "
+        "--show-diff, then pass --apply-diff to apply it (the code it changes will run)"
     )
-    print(f"reproducing run {run_id} at commit {sha[:12]}" + (" with its diff" if diff else ""))
-    with _worktree(Path(top), sha) as tree, tempfile.TemporaryDirectory() as tmp:
-        if diff:
+
+
+def _answer(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def reproduce_one(mlflow: Any, uri: str, p: Plan) -> int:
+    original, run_id = p.original, p.original.info.run_id
+    print(f"reproducing run {run_id} at commit {p.sha[:12]}" + (" with its diff" if p.diff else ""))
+    with _worktree(p.top, p.sha) as tree, tempfile.TemporaryDirectory() as tmp:
+        if p.diff:
             patch = Path(tmp) / "git.diff"
-            patch.write_text(diff)
+            patch.write_text(p.diff)
             if _git(tree, "apply", "--whitespace=nowarn", str(patch)) is None:
-                raise CommandError(f"run {run_id}: its recorded diff does not apply to {sha[:12]}")
-        new_id = _train(uri, original, config, tree, Path(tmp))
-    new = mlflow.get_run(new_id)
+                raise CommandError(
+                    f"run {run_id}: its recorded diff does not apply to {p.sha[:12]}"
+                )
+        new = _train(mlflow, uri, original, p.config, tree, Path(tmp))
     rows, verdict, status = compare(mlflow, original, new)
     print(common.table(rows, ["", "original", "reproduction", "difference"]))
-    print(verdict)
+    print(printable(verdict))
     report = {"reproduces": run_id, "verdict": verdict, "rows": rows}
+    new_id = new.info.run_id
     mlflow.log_dict(new_id, report, "reproduction.json")
     mlflow.set_tag(new_id, "reproduction", "match" if status == 0 else "differs")
     print(f"the reproduction: run {new_id}  {common.run_link(new.info.experiment_id, new_id)}")
     return status
 
 
-def _train(uri: str, original: Any, config: str, tree: Path, tmp: Path) -> str:
-    """Train the recorded config with the worktree's code; the new run's id."""
+def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path) -> Any:
+    """Train the checked config with the worktree's code; the new run."""
     from omegaconf import OmegaConf
 
     from tunelab.run.context import RunContext
 
-    cfg = OmegaConf.create(config)
-    cfg.tracking.tracking_uri = uri  # the same store, wherever this is run from
+    cfg = cfg.copy()
     cfg.trainer.checkpoint_dir = str(tmp / "checkpoints")  # never the original's checkpoints
     cfg.trainer.resume = "never"
     (tmp / "reproduce.yaml").write_text(OmegaConf.to_yaml(cfg))
-    tag = {"reproduces": original.info.run_id}
+    key = secrets.token_hex(16)  # names the new run for a commit whose metrics.json has no run_id
+    tag = {"reproduces": original.info.run_id, "reproduction_key": key}
     ctx = RunContext(tags=tag, data_digest=original.data.tags.get("data_digest"))
     env = {**os.environ, **ctx.to_env(), "PYTHONPATH": str(tree / "src")}
-    cmd = [sys.executable, str(tree / "src" / "train.py"), "--config-dir", str(tmp),
-           "--config-name", "reproduce", f"hydra.run.dir={tmp / 'outputs'}"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = tmp / "outputs"
+    cmd = [
+        sys.executable,
+        str(tree / "src" / "train.py"),
+        "--config-dir",
+        str(tmp),
+        "--config-name",
+        "reproduce",
+        f"hydra.run.dir={out}",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+        tail = [printable(x) for x in (proc.stderr or proc.stdout).strip().splitlines()[-12:]]
         changed = next((line for line in tail if "data changed" in line), None)
         if changed:
             raise CommandError(
                 f"run {original.info.run_id}: {changed[changed.index('data changed') :]}"
             )
         raise CommandError("the reproduction failed:\n  " + "\n  ".join(tail))
-    mlflow = common.client(uri)
+    return reported_run(mlflow, original, out, key)
+
+
+def reported_run(mlflow: Any, original: Any, out: Path, key: str) -> Any:
+    """The run the reproduction reports as its own (`run_id` in the metrics.json of its job
+    directory `out`), never a search for runs tagged `reproduces=`: anyone can tag a run so. A
+    commit whose metrics.json has no run_id is answered by the one run carrying this
+    reproduction's random `reproduction_key`."""
+    try:
+        reported = json.loads((out / "metrics.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        reported = None
+    if isinstance(reported, str) and reported:
+        try:
+            new = mlflow.get_run(reported)
+        except Exception:
+            raise CommandError(
+                f"the reproduction reported run {printable(reported)}, which is not in this store"
+            ) from None
+        if new.data.tags.get("reproduction_key") != key:
+            raise CommandError(f"the reproduction reported run {new.info.run_id}, which is not it")
+        return new
     found = mlflow.search_runs(
-        [original.info.experiment_id],
-        f"tags.reproduces = '{original.info.run_id}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        [original.info.experiment_id], f"tags.reproduction_key = '{key}'", max_results=2
     )
-    if not found:
-        raise CommandError("the reproduction ran but recorded no run in this store")
-    return found[0].info.run_id
+    if len(found) != 1:
+        raise CommandError("the reproduction ran but no single run in this store records it")
+    return found[0]
 
 
 def compare(mlflow: Any, original: Any, new: Any) -> tuple[list[list[str]], str, int]:
@@ -172,7 +367,9 @@ def _seed_spread(mlflow: Any, original: Any) -> dict[str, float] | None:
 
 
 def _git(cwd: Path, *args: str) -> str | None:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, errors="replace", check=False
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 

@@ -5,7 +5,9 @@
     tunelab trace RUN_ID                                    a run: its stage, dvc.lock entry,
                                                             sweep or study, parent and children
 
-Each run is listed with its seed, git commit, data digest and a link into the MLflow UI."""
+Each run is listed with its seed, git commit, data digest and a link into the MLflow UI. What the
+store holds is printed with its control characters and escape sequences shown, never sent raw to
+the terminal (common.printable)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import yaml
 
 from tunelab.commands import common
-from tunelab.commands.common import CommandError
+from tunelab.commands.common import CommandError, printable
 
 HELP = "list the runs behind a metric, a sweep or a study, or where a run came from"
 LINEAGE = "lineage.json"  # written beside a stage's metrics: the runs they were computed from
@@ -104,19 +106,20 @@ def describe(mlflow: Any, run: Any) -> int:
     for label, key in (("sweep", "sweep"), ("trial", "trial"), ("study", "study"), ("cell", "cell"),
                        ("reproduces", "reproduces")):  # fmt: skip
         if t.get(key):
-            print(f"{label}: {t[key]}")
+            print(f"{label}: {printable(t[key])}")
     parent = t.get("mlflow.parentRunId")
     if parent:
         p = mlflow.get_run(parent)
-        print(f"parent: {parent} ({p.data.tags.get('role', '')} {p.info.run_name})")
+        print(printable(f"parent: {parent} ({p.data.tags.get('role', '')} {p.info.run_name})"))
     stage = t.get("dvc_stage")
     if stage:
-        print(f"DVC stage: {stage}" + (f" (experiment {t['dvc_exp']})" if t.get("dvc_exp") else ""))
+        exp = f" (experiment {t['dvc_exp']})" if t.get("dvc_exp") else ""
+        print(printable(f"DVC stage: {stage}{exp}"))
         entry = lock_entry(stage)
         if entry:
-            print(f"  dvc.lock: {entry['cmd']}")
+            print(f"  dvc.lock: {printable(entry['cmd'])}")
             for dep in entry.get("deps", []):
-                print(f"    {dep.get('path')}  {dep.get('md5') or dep.get('hash', '')}")
+                print(printable(f"    {dep.get('path')}  {dep.get('md5') or dep.get('hash', '')}"))
     children = mlflow.search_runs(
         [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
     )
