@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -46,8 +47,11 @@ def test_single_run_prints_where_to_look(tmp_path):
     assert "runs?workflowType=machine_learning" in proc.stdout
     (r,) = _runs(tmp_path)
     assert r.info.run_name == ",".join(FAST)
-    assert list(tmp_path.glob("outputs/*/*/metrics.json"))
-    assert list(tmp_path.glob("outputs/*/*/train.log"))
+    (metrics,) = tmp_path.glob("outputs/*/*/metrics.json")
+    assert json.loads(metrics.read_text())["run_id"] == r.info.run_id
+    (train_log,) = tmp_path.glob("outputs/*/*/train.log")
+    result = next(line for line in train_log.read_text().splitlines() if "result: " in line)
+    assert result.endswith(f"; run {r.info.run_id}")  # the id reproduce and trace take
 
 
 @pytest.mark.slow

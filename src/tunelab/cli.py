@@ -61,12 +61,13 @@ def job(cfg: DictConfig) -> RunResult:
 def summary_line(result: RunResult) -> str:
     """The run's outcome in words: the selected epoch and its scores, or a diagnostic's metrics."""
     m = result.metrics
+    run = f"; run {result.run_id}" if result.run_id else ""  # what reproduce and trace take
     if "best_epoch" not in m:
-        return "  ".join(f"{k}={v:.4g}" for k, v in m.items())
+        return "  ".join(f"{k}={v:.4g}" for k, v in m.items()) + run
     return (
         f"{result.objective} {result.value:.4f} at epoch {int(m['best_epoch'])} of "
         f"{int(m['epochs_run'])} (selected), test/acc {m['test/acc']:.4f}, "
-        f"{m['perf/epoch_s']:.2f} s per epoch"
+        f"{m['perf/epoch_s']:.2f} s per epoch{run}"
     )
 
 
