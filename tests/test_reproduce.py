@@ -452,3 +452,33 @@ def test_at_a_terminal_the_diff_is_applied_only_on_a_typed_y(rec, tmp_path, answ
     else:
         assert proc.returncode == 2 and "--apply-diff" in proc.stderr, proc.stdout + proc.stderr
         assert not marker.exists() and n_runs(rec) == n
+
+
+@pytest.mark.slow
+def test_a_run_on_your_own_dataset_reproduces_from_your_folder(tmp_path):
+    """The README's own-data example (examples/own_data) in a clone: its run reproduces when the
+    user trusts the target and has the folder on PYTHONPATH; without the folder the message says
+    the target's code is not part of the commit and how to import it."""
+    repo = make_repo(tmp_path / "repo")
+    own = repo / "examples" / "own_data"
+    shutil.copytree(ROOT / "examples" / "own_data", own)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "own data")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mine = {**env(repo), "MLFLOW_TRACKING_URI": store}
+    mine["PYTHONPATH"] = os.pathsep.join([".", mine["PYTHONPATH"]])
+    args = ["hydra.searchpath=[file://conf]", "data=wine", "model=mlp", "trainer.max_epochs=2"]
+    train_py = [sys.executable, str(repo / "src" / "train.py"), *args]
+    proc = subprocess.run(train_py, cwd=own, env=mine, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = json.loads(next(own.glob("outputs/*/*/metrics.json")).read_text())["run_id"]
+
+    cmd = [sys.executable, "-m", "tunelab", "reproduce", run_id, "--trust-target", "mydata.make"]
+    quiet = {"capture_output": True, "text": True, "timeout": 600, "stdin": subprocess.DEVNULL}
+    ok = subprocess.run(cmd, cwd=own, env=mine, **quiet)
+    assert ok.returncode == 0 and "identical" in ok.stdout, ok.stdout + ok.stderr
+    away = {**mine, "PYTHONPATH": env(repo)["PYTHONPATH"]}
+    failed = subprocess.run(cmd, cwd=own, env=away, **quiet)
+    assert failed.returncode == 2
+    assert "could not import a target" in failed.stderr
+    assert "not part of the recorded commit" in failed.stderr and "PYTHONPATH" in failed.stderr

@@ -272,7 +272,14 @@ def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path
     key = secrets.token_hex(16)  # names the new run for a commit whose metrics.json has no run_id
     tag = {"reproduces": original.info.run_id, "reproduction_key": key}
     ctx = RunContext(tags=tag, data_digest=original.data.tags.get("data_digest"))
-    env = {**os.environ, **ctx.to_env(), "PYTHONPATH": str(tree / "src")}
+    # the commit's code; a target the user trusts (--trust-target) is theirs, not the commit's:
+    # it is imported from their own PYTHONPATH, as it is today
+    own = os.environ.get("PYTHONPATH", "") if cfg.get("allowed_targets") else ""
+    env = {
+        **os.environ,
+        **ctx.to_env(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tree / "src"), own])),
+    }
     out = tmp / "outputs"
     cmd = [
         sys.executable,
@@ -286,6 +293,12 @@ def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         tail = [printable(x) for x in (proc.stderr or proc.stdout).strip().splitlines()[-12:]]
+        if located := next((line for line in tail if "Error locating target" in line), None):
+            raise CommandError(
+                f"the reproduction could not import a target: {located.strip()}; a target of "
+                "your own is not part of the recorded commit: put the folder holding its module "
+                "on PYTHONPATH (PYTHONPATH=. tunelab reproduce …) or install it"
+            )
         changed = next((line for line in tail if "data changed" in line), None)
         if changed:
             raise CommandError(
