@@ -303,8 +303,10 @@ def test_tunelab_ui_puts_no_password_on_a_command_line(team_db, tmp_path):
         text=True,
     )
     try:
-        first = ui.stdout.readline()  # printed once the server answers
-        assert "MLflow UI on postgresql://mlflow:***@" in first, first + ui.stderr.read()
+        first = ui.stdout.readline()  # printed at once, before the server starts
+        assert "starting the MLflow UI on postgresql://mlflow:***@" in first, first
+        ready = next(line for line in ui.stdout if "MLflow UI on" in line or "starting" not in line)
+        assert "MLflow UI on postgresql://mlflow:***@" in ready, ready + ui.stderr.read()
         tree = process_tree(ui.pid)
         (mlflow_ui,) = [p for p, c in tree.items() if " mlflow ui " in c]
         assert len(tree) >= 3, tree  # tunelab, mlflow ui, its server

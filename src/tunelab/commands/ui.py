@@ -4,7 +4,9 @@ experiment's runs table."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,49 +19,45 @@ from tunelab.commands.common import CommandError
 from tunelab.config.secrets import mask
 
 HELP = "the MLflow UI on the project's store, with the link to its runs"
+DEFAULT_PORT = 5000
 
 
 def add_arguments(p: Any) -> None:
     p.add_argument("--tracking-uri", help="the MLflow store (default: the project's)")
     p.add_argument("--experiment", default="tunelab", help="whose runs table to link")
-    p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="default: 5000 (what printed links name), else a free one",
+    )
     p.add_argument(
         "--check", action="store_true", help="start, check the link answers, stop (for scripts)"
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free on 127.0.0.1, else a port the system picks."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise CommandError("no free port on 127.0.0.1")
 
 
 def run(args: Any) -> int:
     uri = common.store_uri(args.tracking_uri)
+    print(f"starting the MLflow UI on {mask(uri)} …", flush=True)
     exp = common.client(uri).get_experiment_by_name(args.experiment)
     if exp is None:
         raise CommandError(f"no experiment {args.experiment!r} in {mask(uri)} (pass --experiment)")
-    port = args.port or free_port()
-    # the store's URI may hold a password: the environment carries it, the command line (which
-    # `ps` shows every user) does not
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--app-name",
-        "tunelab",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
-    server = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    server = None
     try:
-        wait_until_up(server, f"http://127.0.0.1:{port}/health")
+        server, port = serve(uri, args.port)
         link = common.run_link(exp.experiment_id, port=port)
         print(f"MLflow UI on {mask(uri)}: {link}", flush=True)
         if args.check:
@@ -69,9 +67,66 @@ def run(args: Any) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            stop(server)
     return 0
+
+
+def serve(uri: str, port: int) -> tuple[subprocess.Popen, int]:
+    """`mlflow ui` on `port`, or on 5000 (what printed links name) when free, else on a free
+    port (said); answering on /health. Another server taking 5000 first moves it to a free one."""
+    for attempt in range(2):
+        chosen = port or free_port(DEFAULT_PORT if attempt == 0 else 0)
+        if not port and chosen != DEFAULT_PORT:
+            print(f"port {DEFAULT_PORT} is taken: serving on {chosen} (its link below)", flush=True)
+        server = start(uri, chosen)
+        try:
+            wait_until_up(server, f"http://127.0.0.1:{chosen}/health")
+            return server, chosen
+        except CommandError as exc:
+            stop(server)
+            if port or "address already in use" not in str(exc).lower():
+                raise
+        except BaseException:
+            stop(server)
+            raise
+    raise CommandError("no free port for the MLflow UI")
+
+
+def start(uri: str, port: int) -> subprocess.Popen:
+    """The server in its own process group (stop() ends it and all its workers). The store's URI
+    may hold a password: the environment carries it, not the command line `ps` shows."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--app-name", "tunelab"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    # one server worker starts in a few seconds and serves one user; MLFLOW_WORKERS overrides it
+    env = {"MLFLOW_WORKERS": "1", **os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends it as Ctrl-C does
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop the server's whole process group (mlflow ui and its workers); kill what lingers."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        try:
+            server.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # workers that outlived their parent
+        return
 
 
 def wait_until_up(server: subprocess.Popen, url: str, timeout_s: float = 120) -> None:
