@@ -26,7 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+        module.add_arguments(
+            sub.add_parser(
+                name,
+                help=module.HELP,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,  # examples keep their lines
+            )
+        )
     args = parser.parse_args(argv)
     try:
         return int(COMMANDS[args.command].run(args) or 0)

@@ -76,9 +76,10 @@ def directory_runs(mlflow: Any, path: Path) -> list[str]:
         raise CommandError(f"{path}: no summary.json of a sweep or study there")
     if "cells" in data:  # a playbook study
         return [r for c in data["cells"] for r in (c.get("confirm_runs") or {}).values()]
-    runs = mlflow.search_runs(
-        search_all(mlflow), f"tags.sweep = '{data['study_name']}' and tags.role = 'seed'"
-    )
+    name = str(data.get("study_name", ""))
+    if not name or "'" in name or "\\" in name:  # it goes into a search filter as a literal
+        raise CommandError(f"{path}: summary.json names no usable study ({printable(name)!r})")
+    runs = mlflow.search_runs(search_all(mlflow), f"tags.sweep = '{name}' and tags.role = 'seed'")
     return [r.info.run_id for r in runs]
 
 
@@ -110,7 +111,9 @@ def describe(mlflow: Any, run: Any) -> int:
     parent = t.get("mlflow.parentRunId")
     if parent:
         p = mlflow.get_run(parent)
-        print(printable(f"parent: {parent} ({p.data.tags.get('role', '')} {p.info.run_name})"))
+        role, name = p.data.tags.get("role", ""), p.info.run_name or ""
+        what = name if name.startswith(role) else f"{role} {name}".strip()  # "trial 3 …" once
+        print(printable(f"parent: {parent} ({what})"))
     stage = t.get("dvc_stage")
     if stage:
         exp = f" (experiment {t['dvc_exp']})" if t.get("dvc_exp") else ""
