@@ -8,7 +8,7 @@ from typing import Any
 
 from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
-from tunelab.tracking.owners import keyed_run
+from tunelab.tracking.owners import keyed_run, leave
 from tunelab.tracking.policy import tag_filter
 
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "fail": "FAILED"}
@@ -51,6 +51,16 @@ class SweepRuns:
         self.writer.log(run_id, metrics=metrics, params=params, tags=tags)
         self.writer.end_run(run_id, status)
 
+    def end_late(
+        self, run_id: str, kind: str, metrics: dict, params: dict, told: int | None, n_seeds: int
+    ) -> None:
+        """The end of a trial that another worker failed while it ran (its heartbeat went stale):
+        the run keeps its values, tagged late_result with where they went in Optuna."""
+        late = f"told as trial {told}" if told is not None else "not told: the trial had failed"
+        state = "COMPLETE" if told is not None else "FAIL"
+        tags = {"late_result": late, "optuna_state": state, "n_seeds": str(n_seeds)}
+        self.end_trial(run_id, kind, metrics, tags, params)
+
     def close_stale(self, run_id: str) -> None:
         """A trial whose worker stopped beating (its machine died): its run and the runs still
         RUNNING under it end KILLED."""
@@ -58,11 +68,18 @@ class SweepRuns:
         for rid in [run_id, *(r.info.run_id for r in children if r.info.status == "RUNNING")]:
             self.writer.mark_killed(rid, "heartbeat_stale")
 
+    def leave(self) -> None:
+        """This process is done with the sweep: it is no longer listed as working on the parent
+        (which the worker that ends the study ends FINISHED)."""
+        if self.parent_id:
+            leave(self.writer, self.parent_id)
+
     def interrupted(self) -> None:
-        """The sweep was stopped: its running trials and the parent end KILLED."""
+        """The sweep was stopped: its running trials end KILLED, and the parent too unless
+        another process still works on the sweep."""
         self.writer.flush(quietly=True)
         for run_id in list(self._active):
             self.writer.set_tags(run_id, {"optuna_state": "INTERRUPTED"})
             self.writer.end_run(run_id, "KILLED")
         if self.parent_id:
-            self.writer.end_run(self.parent_id, "KILLED")
+            leave(self.writer, self.parent_id, "KILLED")
