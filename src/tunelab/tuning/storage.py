@@ -187,6 +187,27 @@ def still_running(storage: BaseStorage, study: optuna.Study, number: int) -> boo
 
 
 def tell_late(
+    sweep: Any, trial: optuna.Trial, out: Any, means: dict, run_id: str | None, params: dict
+) -> None:
+    """The result of a trial another worker failed while it ran (its heartbeat went stale): a
+    complete one is told as the trial's retry if that still waits (retry_for); the trial's MLflow
+    run keeps it either way, tagged late_result."""
+    told = None
+    if out.kind == "complete":
+        attrs: dict[str, Any] = {"mlflow_run_id": run_id, "mlflow_seed_run_ids": out.run_ids}
+        if len(out.per_seed) > 1:
+            attrs.update({f"seeds:{m}": [v[m] for v in out.per_seed] for m in sweep.metrics})
+        values = [means[m] for m in sweep.metrics]
+        told = retry_for(sweep.storage, sweep.study, trial.number, values, attrs)
+    where = f"told as its retry, trial {told}" if told is not None else "not told to Optuna"
+    log.warning(
+        "trial %d ended %s after a stale heartbeat failed it: %s", trial.number, out.kind, where
+    )
+    if sweep.runs and run_id:
+        sweep.runs.end_late(run_id, out.kind, means, params, told, len(out.per_seed))
+
+
+def retry_for(
     storage: BaseStorage, study: optuna.Study, number: int, values: list[float], attrs: dict
 ) -> int | None:
     """Tell the values of trial `number`, failed by a stale heartbeat while it ran, as its retry:
@@ -244,7 +265,10 @@ def reports_due(
 ) -> bool:
     """Whether this process writes the study's reports: the one that ends it. With trials still
     running elsewhere, their process will; a state another worker has already reported is not
-    reported again (a process that ran no trial, a user regenerating them, always reports)."""
+    reported again (a process that ran no trial, a user regenerating them, always reports). This
+    process is no longer listed among the workers on the sweep's MLflow run (`runs`) either way."""
+    if runs is not None:
+        runs.leave()
     with ask_lock(storage, url, study.study_name):
         fail_lost(storage, study, runs)
         trials = study.get_trials(deepcopy=False)

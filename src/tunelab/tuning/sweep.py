@@ -227,7 +227,7 @@ class Sweep:
         end_tags: dict[str, str] = {}
         with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
             if not studies.still_running(self.storage, self.study, trial.number):
-                return self._tell_late(trial, out, means, run_id, params)
+                return studies.tell_late(self, trial, out, means, run_id, params)
             if out.run_ids and out.run_ids[0]:
                 trial.set_user_attr("mlflow_seed_run_ids", out.run_ids)
             if out.kind == "complete":
@@ -254,26 +254,6 @@ class Sweep:
         if self.runs and run_id:
             end_tags.update(optuna_state=state, n_seeds=str(len(out.per_seed)))
             self.runs.end_trial(run_id, out.kind, means, end_tags, params)
-
-    def _tell_late(
-        self, trial: optuna.Trial, out: Outcome, means: dict, run_id: str | None, params: dict
-    ) -> None:
-        """The result of a trial another worker failed while it ran (its heartbeat went stale):
-        a complete one is told as the trial's retry if that still waits; on MLflow the trial's
-        run keeps it either way, tagged late_result."""
-        told = None
-        if out.kind == "complete":
-            attrs: dict[str, Any] = {"mlflow_run_id": run_id, "mlflow_seed_run_ids": out.run_ids}
-            if len(self.seeds) > 1:
-                attrs.update({f"seeds:{m}": [v[m] for v in out.per_seed] for m in self.metrics})
-            values = [means[m] for m in self.metrics]
-            told = studies.tell_late(self.storage, self.study, trial.number, values, attrs)
-        where = f"told as its retry, trial {told}" if told is not None else "not told to Optuna"
-        log.warning(
-            "trial %d ended %s after a stale heartbeat failed it: %s", trial.number, out.kind, where
-        )
-        if self.runs and run_id:
-            self.runs.end_late(run_id, out.kind, means, params, told, len(out.per_seed))
 
     # ---- loop + analysis -------------------------------------------------------------------
     def _worker(self, slot: int = 0) -> None:
@@ -305,8 +285,6 @@ class Sweep:
             result = results.finalize(self, util, ran_here)
         else:
             result = {**results.summary(self.study, self.metrics), "reported_here": False}
-        if self.runs:
-            self.runs.leave()
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result
