@@ -116,7 +116,7 @@ def test_workers_share_one_postgres_study_and_one_tracking_server(
 @pytest.mark.slow
 def test_a_trial_whose_heartbeat_stops_is_failed_and_run_again(postgres):
     url = postgres.url("heartbeat")
-    storage = make_storage(url, heartbeat_interval_s=1, grace_period_s=2, max_retries=1)
+    storage = make_storage(url, heartbeat_interval_s=1, grace_period_s=3, max_retries=1)
     study = optuna.create_study(study_name="hb", storage=storage)
     trial = study.ask()
     study.tell(study.ask(), 1.0)  # a finished one beside it
@@ -125,7 +125,7 @@ def test_a_trial_whose_heartbeat_stops_is_failed_and_run_again(postgres):
     rdb.fail_stale(storage, study)
     assert study.trials[trial.number].state == TrialState.RUNNING  # still beating: alive
     beat.stop()  # its machine died
-    time.sleep(3)
+    time.sleep(4)
     rdb.fail_stale(storage, study)
     trials = study.get_trials()
     assert trials[trial.number].state == TrialState.FAIL

@@ -16,10 +16,15 @@ except ImportError:  # pragma: no cover - non-POSIX: no cross-process protection
     fcntl = None
 
 
+def identity(hostname: str, namespace: str, boot_id: str) -> str:
+    """A machine as owner stamps name it: its hostname, its pid namespace (containers sharing a
+    hostname differ) and its boot id (cloned VMs, which share hostname and namespace inode, differ;
+    so does one machine before and after a reboot, when every pid it stamped is gone)."""
+    return "~".join(part for part in (hostname, namespace, boot_id) if part).replace(":", "_")
+
+
 def _host() -> str:
-    """This machine as owner stamps name it: `$TUNELAB_HOST`, else the hostname and the pid
-    namespace, so that containers sharing a hostname (host networking) never judge each other's
-    processes by their own pids."""
+    """This machine: `$TUNELAB_HOST`, else identity() of this hostname, pid namespace and boot id."""
     named = os.environ.get("TUNELAB_HOST", "").strip()
     if named:
         return named.replace(":", "_")
@@ -27,7 +32,11 @@ def _host() -> str:
         namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
     except OSError:
         namespace = ""
-    return f"{socket.gethostname()}~{namespace}" if namespace else socket.gethostname()
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = ""
+    return identity(socket.gethostname(), namespace, boot_id)
 
 
 HOST = _host()

@@ -15,6 +15,30 @@ from tunelab.config import rules as r
 SAMPLER_NAMES = ("bruteforce", "cmaes", "gp", "grid", "line", "nsgaii", "qmc", "random", "tpe")
 PRUNER_NAMES = ("hyperband", "median", "none", "percentile", "successive_halving", "wilcoxon")
 STORAGE_SCHEMES = ("journal", "sqlite", "postgresql", "mysql")
+# a trial is stale after this many heartbeat intervals without one (the default and the minimum):
+# a single late or failed beat never gets a live trial failed by another worker
+GRACE_INTERVALS = 3
+
+
+def grace_period(interval_s: int, grace_s: int | None) -> int:
+    """The grace period of a heartbeat interval: grace_s, else GRACE_INTERVALS intervals; a
+    ValueError when grace_s is shorter than that."""
+    if (problem := grace_problem(interval_s, grace_s)) is not None:
+        raise ValueError(f"hydra.sweeper.grace_period_s={grace_s!r} is invalid: expected {problem}")
+    return int(grace_s) if grace_s is not None else GRACE_INTERVALS * int(interval_s)
+
+
+def grace_problem(interval_s: Any, grace_s: Any) -> str | None:
+    """Why grace_s cannot go with interval_s (None: it can)."""
+    if grace_s is None or r.POSITIVE_INT(interval_s) is not None:
+        return None
+    least = GRACE_INTERVALS * int(interval_s)
+    if r.POSITIVE_INT(grace_s) is not None or grace_s < least:
+        return (
+            f"null or at least {GRACE_INTERVALS} x heartbeat_interval_s ({least} s): a shorter "
+            "one lets a late heartbeat get a live trial failed"
+        )
+    return None
 
 
 def storage(v: Any) -> str | None:
@@ -46,6 +70,7 @@ COMMON: dict[str, r.Check] = {
     "storage": storage,
     "max_failure_rate": r.UNIT,
     "max_retries": r.NON_NEGATIVE_INT,
+    "heartbeat_interval_s": r.POSITIVE_INT,
     "grid_points": r.number(2, integer=True),
     "sampler.name": r.one_of(*SAMPLER_NAMES),
     "pruner.name": r.one_of(*PRUNER_NAMES),
@@ -84,6 +109,10 @@ def sweeper_problems(cfg: DictConfig) -> list[str]:
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if (allowed := check(value)) is not None:
             out.append(f"hydra.sweeper.{key}={value!r} is invalid: expected {allowed}")
+    interval = OmegaConf.select(cfg, "hydra.sweeper.heartbeat_interval_s", default=None)
+    grace = OmegaConf.select(cfg, "hydra.sweeper.grace_period_s", default=None)
+    if (allowed := grace_problem(interval, grace)) is not None:
+        out.append(f"hydra.sweeper.grace_period_s={grace!r} is invalid: expected {allowed}")
     return out
 
 

@@ -147,17 +147,24 @@ class MlflowWriter:
         )
         return run.info.run_id
 
-    def reopen_run(self, run_id: str, tags: dict[str, Any] | None = None) -> bool:
-        """Set a run RUNNING again (a resumed run, sweep or study); False if this store lacks it."""
+    def reopen_run(
+        self, run_id: str, tags: dict[str, Any] | None = None, claim: bool = True
+    ) -> bool:
+        """Set a run RUNNING again (a resumed run, sweep or study); False if this store lacks it.
+        claim: this process becomes its owner (a shared run keeps its first owner)."""
         try:
             retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         except Exception as exc:  # deleted, or from another store
             log.warning("cannot reopen MLflow run %s (%s)", run_id, str(exc).splitlines()[0])
             return False
-        self.set_tags(run_id, {**(tags or {}), owners.OWNER_TAG: ownership.me()})
+        owner = {owners.OWNER_TAG: ownership.me()} if claim else {}
+        self.set_tags(run_id, {**(tags or {}), **owner})
         return True
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """A FINISHED run loses the failure reason an earlier end (killed, failed) left on it."""
+        if status == "FINISHED":
+            self.delete_tags(run_id, ["failure_reason"])
         retry(lambda: self.client.set_terminated(run_id, status=status))
 
     def run_status(self, run_id: str) -> str | None:

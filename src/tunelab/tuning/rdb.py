@@ -3,14 +3,18 @@ Optuna's RDBStorage with heartbeats, a database lock in place of the file lock t
 ask() on one machine, and errors that name the server, never its password.
 
 Heartbeats: every running trial's process records a heartbeat every `heartbeat_interval_s`; a
-trial whose heartbeat is older than `grace_period_s` (its machine died, its job was preempted) is
-failed by the next process that asks, and Optuna's RetryHeartbeatStaleTrialCallback queues it again
-(at most `max_retries` times), so the study still ends with n_trials trials."""
+trial whose heartbeat is older than `grace_period_s` (at least three intervals: its machine died, its
+job was preempted) is failed by the next process that asks, and Optuna's
+RetryHeartbeatStaleTrialCallback queues it again (at most `max_retries` times), so the study still
+ends with n_trials trials. A beat that cannot be recorded is logged and retried at the next one; a
+trial that finishes after it was failed this way still has its result recorded (storage.tell_late).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import warnings
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ from optuna.trial import TrialState
 
 from tunelab.config.secrets import host_of, mask
 
+log = logging.getLogger(__name__)
 # Optuna warns on every ask/tell of a heartbeat storage outside Study.optimize; here the sweep
 # records the heartbeats itself (Heartbeat below).
 warnings.filterwarnings(
@@ -148,8 +153,15 @@ class Heartbeat:
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            with contextlib.suppress(Exception):  # a missed beat is retried at the next one
+            try:
                 self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # retried at the next beat; the grace period spans several
+                log.warning(
+                    "heartbeat of trial id %s not recorded (retried in %g s): %s",
+                    self.trial_id,
+                    interval,
+                    _reason(exc),
+                )
 
     def stop(self) -> None:
         self._stop.set()

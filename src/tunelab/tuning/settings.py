@@ -55,8 +55,9 @@ class SweepSettings:
     # re-runs of a trial interrupted by a killed sweep (or, on a database server, a lost heartbeat)
     max_retries: int = 1
     # database servers: a running trial's heartbeat interval, and how long without one makes it stale
+    # (at least 3 intervals)
     heartbeat_interval_s: int = 60
-    grace_period_s: int | None = None  # null: twice the interval
+    grace_period_s: int | None = None  # null: three times the interval
     # GPUs to spread concurrent trials over (null: the node's CUDA devices) and trials per GPU
     gpus: int | None = None
     trials_per_gpu: int = 1

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from tunelab import ownership
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, contains
+from tunelab.config.sweeps import grace_period
 from tunelab.tracking.policy import transient_text
 from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
@@ -81,7 +82,7 @@ def make_storage(
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     if url.startswith("sqlite:"):
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    grace = grace_period_s or 2 * heartbeat_interval_s
+    grace = grace_period(heartbeat_interval_s, grace_period_s)
     return rdb.open_server_storage(url, heartbeat_interval_s, grace, max_retries)
 
 
@@ -178,6 +179,57 @@ def claim(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> Non
     storage.set_trial_system_attr(tid, OWNER, ownership.me())
 
 
+def still_running(storage: BaseStorage, study: optuna.Study, number: int) -> bool:
+    """Whether trial `number` is RUNNING in the storage now, so its worker may tell it: another
+    worker fails it when its heartbeat went stale (call under ask_lock, which that check takes)."""
+    tid = trial_id(storage, study.study_name, number)
+    return storage.get_trial(tid).state == TrialState.RUNNING
+
+
+def tell_late(
+    sweep: Any, trial: optuna.Trial, out: Any, means: dict, run_id: str | None, params: dict
+) -> None:
+    """The result of a trial another worker failed while it ran (its heartbeat went stale): a
+    complete one is told as the trial's retry if that still waits (retry_for); the trial's MLflow
+    run keeps it either way, tagged late_result."""
+    told = None
+    if out.kind == "complete":
+        attrs: dict[str, Any] = {"mlflow_run_id": run_id, "mlflow_seed_run_ids": out.run_ids}
+        if len(out.per_seed) > 1:
+            attrs.update({f"seeds:{m}": [v[m] for v in out.per_seed] for m in sweep.metrics})
+        values = [means[m] for m in sweep.metrics]
+        told = retry_for(sweep.storage, sweep.study, trial.number, values, attrs)
+    where = f"told as its retry, trial {told}" if told is not None else "not told to Optuna"
+    log.warning(
+        "trial %d ended %s after a stale heartbeat failed it: %s", trial.number, out.kind, where
+    )
+    if sweep.runs and run_id:
+        sweep.runs.end_late(run_id, out.kind, means, params, told, len(out.per_seed))
+
+
+def retry_for(
+    storage: BaseStorage, study: optuna.Study, number: int, values: list[float], attrs: dict
+) -> int | None:
+    """Tell the values of trial `number`, failed by a stale heartbeat while it ran, as its retry:
+    the WAITING trial with its params that RetryHeartbeatStaleTrialCallback queued, claimed here so
+    the study counts the result once (the failed trial is in the retry's history). The number told;
+    None when no retry waits (another worker has taken it, or the retries are used up)."""
+    failed = storage.get_trial(trial_id(storage, study.study_name, number))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        history = t.system_attrs.get("retry_history") or [None]
+        if history[-1] != number or t.params != failed.params:
+            continue
+        tid = trial_id(storage, study.study_name, t.number)
+        if not storage.set_trial_state_values(tid, TrialState.RUNNING):  # taken meanwhile
+            continue
+        storage.set_trial_system_attr(tid, OWNER, ownership.me())
+        for key, value in {**attrs, "late_result_of": number}.items():
+            storage.set_trial_user_attr(tid, key, value)
+        study.tell(t.number, values)
+        return t.number
+    return None
+
+
 def enqueue_baseline(study: optuna.Study, space: list[Param], config: Any) -> bool:
     """Queue the config's own values of the searched keys as the study's next trial (the untuned
     reference, user attr baseline=true); False when one of them lies outside the space."""
@@ -213,7 +265,10 @@ def reports_due(
 ) -> bool:
     """Whether this process writes the study's reports: the one that ends it. With trials still
     running elsewhere, their process will; a state another worker has already reported is not
-    reported again (a process that ran no trial, a user regenerating them, always reports)."""
+    reported again (a process that ran no trial, a user regenerating them, always reports). This
+    process is no longer listed among the workers on the sweep's MLflow run (`runs`) either way."""
+    if runs is not None:
+        runs.leave()
     with ask_lock(storage, url, study.study_name):
         fail_lost(storage, study, runs)
         trials = study.get_trials(deepcopy=False)

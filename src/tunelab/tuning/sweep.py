@@ -273,7 +273,9 @@ class Sweep:
     ) -> None:
         means = aggregate(out.per_seed) if out.kind == "complete" else {}
         end_tags: dict[str, str] = {}
-        with self.state.lock:
+        with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
+            if not studies.still_running(self.storage, self.study, trial.number):
+                return studies.tell_late(self, trial, out, means, run_id, params)
             if out.run_ids and out.run_ids[0]:
                 trial.set_user_attr("mlflow_seed_run_ids", out.run_ids)
             if out.kind == "complete":

@@ -8,7 +8,7 @@ from typing import Any
 
 from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
-from tunelab.tracking.owners import keyed_run
+from tunelab.tracking.owners import keyed_run, leave
 from tunelab.tracking.policy import tag_filter
 
 STATUS = {
@@ -62,6 +62,16 @@ class SweepRuns:
         if status == "KILLED" and tags.get("failure_reason"):  # a job killed while it recorded
             self.close_stale(run_id, tags["failure_reason"])
 
+    def end_late(
+        self, run_id: str, kind: str, metrics: dict, params: dict, told: int | None, n_seeds: int
+    ) -> None:
+        """The end of a trial that another worker failed while it ran (its heartbeat went stale):
+        the run keeps its values, tagged late_result with where they went in Optuna."""
+        late = f"told as trial {told}" if told is not None else "not told: the trial had failed"
+        state = "COMPLETE" if told is not None else "FAIL"
+        tags = {"late_result": late, "optuna_state": state, "n_seeds": str(n_seeds)}
+        self.end_trial(run_id, kind, metrics, tags, params)
+
     def close_stale(self, run_id: str, reason: str = "heartbeat_stale") -> None:
         """A trial whose worker stopped beating (its machine died), or that a signal stopped: its
         run and the runs still RUNNING under it end KILLED."""
@@ -69,9 +79,16 @@ class SweepRuns:
         for rid in [run_id, *(r.info.run_id for r in children if r.info.status == "RUNNING")]:
             self.writer.mark_killed(rid, reason)
 
+    def leave(self) -> None:
+        """This process is done with the sweep: it is no longer listed as working on the parent
+        (which the worker that ends the study ends FINISHED)."""
+        if self.parent_id:
+            leave(self.writer, self.parent_id)
+
     def interrupted(self, reason: str = "interrupted") -> None:
         """The sweep was stopped at once: its running trials (and the runs RUNNING under them)
-        and the parent end KILLED; no trial starts after this."""
+        end KILLED, and the parent too unless another process still works on the sweep; no trial
+        starts after this."""
         self._closed = True
         self.writer.flush(quietly=True)
         for run_id in list(self._active):
@@ -80,8 +97,9 @@ class SweepRuns:
         self.end_parent(reason)
 
     def end_parent(self, reason: str) -> None:
-        """The parent ends KILLED (the sweep was stopped) after every queued write is sent."""
+        """The parent ends KILLED (the sweep was stopped) after every queued write is sent, unless
+        another process still works on it."""
         self.writer.flush(quietly=True)
         if self.parent_id:
-            self.writer.set_tags(self.parent_id, {"failure_reason": reason})
-            self.writer.end_run(self.parent_id, "KILLED")
+            if leave(self.writer, self.parent_id, "KILLED"):  # the last worker to leave ends it
+                self.writer.set_tags(self.parent_id, {"failure_reason": reason})
