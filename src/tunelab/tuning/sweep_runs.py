@@ -100,6 +100,6 @@ class SweepRuns:
         """The parent ends KILLED (the sweep was stopped) after every queued write is sent, unless
         another process still works on it."""
         self.writer.flush(quietly=True)
-        if self.parent_id:
-            if leave(self.writer, self.parent_id, "KILLED"):  # the last worker to leave ends it
-                self.writer.set_tags(self.parent_id, {"failure_reason": reason})
+        # the last worker to leave ends it
+        if self.parent_id and leave(self.writer, self.parent_id, "KILLED"):
+            self.writer.set_tags(self.parent_id, {"failure_reason": reason})
