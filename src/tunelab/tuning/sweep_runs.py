@@ -3,13 +3,17 @@ again on resume) and one child per trial, under which the trial's seed runs nest
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
+from tunelab.config.secrets import mask
 from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.owners import keyed_run, leave
 from tunelab.tracking.policy import tag_filter
+
+log = logging.getLogger(__name__)
 
 STATUS = {
     "complete": "FINISHED",
@@ -79,11 +83,19 @@ class SweepRuns:
         for rid in [run_id, *(r.info.run_id for r in children if r.info.status == "RUNNING")]:
             self.writer.mark_killed(rid, reason)
 
-    def leave(self) -> None:
+    def leave(self, status: str | None = None) -> bool:
         """This process is done with the sweep: it is no longer listed as working on the parent
-        (which the worker that ends the study ends FINISHED)."""
-        if self.parent_id:
-            leave(self.writer, self.parent_id)
+        (which the worker that ends the study ends FINISHED; with a status, the last worker to
+        leave ends it so). True if it ended the parent. A store that is away is logged, not
+        raised: the sweep's own outcome (e.g. too many failed trials) is what the user must see,
+        and the next tunelab process on this host closes what is left."""
+        if not self.parent_id:
+            return False
+        try:
+            return leave(self.writer, self.parent_id, status)
+        except Exception as exc:
+            log.warning("could not leave the sweep's run %s: %s", self.parent_id, mask(str(exc)))
+            return False
 
     def interrupted(self, reason: str = "interrupted") -> None:
         """The sweep was stopped at once: its running trials (and the runs RUNNING under them)
@@ -100,6 +112,5 @@ class SweepRuns:
         """The parent ends KILLED (the sweep was stopped) after every queued write is sent, unless
         another process still works on it."""
         self.writer.flush(quietly=True)
-        # the last worker to leave ends it
-        if self.parent_id and leave(self.writer, self.parent_id, "KILLED"):
+        if self.leave("KILLED"):  # the last worker to leave ends it
             self.writer.set_tags(self.parent_id, {"failure_reason": reason})
