@@ -205,7 +205,12 @@ class TunelabCallback(Callback):
         run: its description and the `compare.runs` tag `tunelab ui --compare` reads), and the runs
         table of its jobs sorted by the objective, with it, test/acc and the swept params as
         columns (a shared view keyed by the parent's id). Returns the printed lines."""
-        from tunelab.tracking.mlflow_writer import compare_hint, share_view, table_view
+        from tunelab.tracking.mlflow_writer import (
+            COMPARE_TAG,
+            compare_hint,
+            share_view,
+            table_view,
+        )
 
         objective = config.objective.metric
         runs = [j.info.run_id for j in sorted(jobs, key=lambda j: j.info.start_time or 0)]
@@ -221,6 +226,6 @@ class TunelabCallback(Callback):
         share_view(self.writer, self.parent_id, view)
         hint = compare_hint(self.writer.experiment_id, runs, objective)
         note = f"{len(runs)} jobs.\n\n{hint}"
-        tags = {"compare.runs": ",".join(runs), "mlflow.note.content": note}
+        tags = {COMPARE_TAG: ",".join(runs), "mlflow.note.content": note}
         self.writer.set_tags(self.parent_id, tags)
         return hint

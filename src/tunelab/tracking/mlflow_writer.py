@@ -66,6 +66,8 @@ _KIND = (EXPERIMENT_KIND, "custom_model_development")
 # opened by `#/experiments/<id>/runs?viewStateShareKey=<key>`. The store keeps it, so any MLflow UI on
 # the store (plain `mlflow ui`/`mlflow server` too) opens the view.
 SHARED_VIEW = "mlflow.sharedViewState."
+# The runs a multirun's, a sweep's or a study's run lists for comparison (`tunelab ui --compare`).
+COMPARE_TAG = "compare.runs"
 
 
 def table_view(
