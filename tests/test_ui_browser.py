@@ -8,12 +8,14 @@ $TUNELAB_TEST_ARTIFACTS (default: test-artifacts/ in the repository)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, TRAIN, free_port, wait_for_health
@@ -47,25 +49,32 @@ def _chromium() -> str:
     pytest.skip(why)
 
 
-def _train(cwd: Path, *args: str) -> None:
+MULTIRUN = "optimizer=sgd,adam"
+ASSISTANT_PANEL = "[data-component-id='mlflow.assistant.chat_panel.close']"
+
+
+def _train(cwd: Path, *args: str) -> str:
     proc = subprocess.run([sys.executable, str(TRAIN), "-m", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory):
-    """An MLflow server (tunelab's app) on a store made by a multirun and a small sweep."""
-    exe = _chromium()
-    store = tmp_path_factory.mktemp("ui_store")
-    _train(store, "optimizer=sgd,adam", "trainer.max_epochs=2")
-    _train(store, "search=random", "hydra.sweeper.n_trials=3", "trainer.max_epochs=2",
-           "data=synthetic", "hydra.sweeper.study_name=lr-sweep")  # fmt: skip
+def _links(printed: str) -> dict[str, str]:
+    """The UI links a command printed, by what they open (`mlflow ui`'s default port 5000)."""
+    links = re.findall(r"http://127\.0\.0\.1:5000/(#/\S+)", printed)
+    kinds = {"runs": "/runs?", "compare": "/compare-runs?", "curves": "/metric?"}
+    return {k: next(x for x in links if mark in x) for k, mark in kinds.items()}
+
+
+@contextlib.contextmanager
+def _server(store: Path, *app: str):
+    """`mlflow server` on the store: tunelab's app (`app`: "--app-name", "tunelab") or plain."""
     port = free_port()
-    log = store / "server.log"
+    log = store / f"server-{port}.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--app-name", "tunelab", "--workers", "1",
+            [sys.executable, "-m", "mlflow", "server", *app, "--workers", "1",
              "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=store, stdout=out, stderr=subprocess.STDOUT,
@@ -73,24 +82,43 @@ def ui(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(server, url, log, timeout=120)
-        yield url, exe
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """An MLflow server (tunelab's app) on a store made by a multirun and a small sweep, and the
+    links the multirun printed."""
+    exe = _chromium()
+    store = tmp_path_factory.mktemp("ui_store")
+    printed = _train(store, MULTIRUN, "trainer.max_epochs=2", "data=synthetic",
+                     "tracking.log_model=false")  # fmt: skip
+    _train(store, "search=random", "hydra.sweeper.n_trials=3", "trainer.max_epochs=2",
+           "data=synthetic", "hydra.sweeper.study_name=lr-sweep")  # fmt: skip
+    with _server(store, "--app-name", "tunelab") as url:
+        yield SimpleNamespace(url=url, exe=exe, store=store, links=_links(printed))
+
+
+def _browser(p, exe: str, profile: Path):
+    browser = p.chromium.launch_persistent_context(
+        str(profile), executable_path=exe, args=CHROMIUM_FLAGS, headless=True,
+        viewport={"width": 1600, "height": 1000},
+    )  # fmt: skip
+    browser.set_default_timeout(60_000)
+    return browser
 
 
 @pytest.fixture
 def page(ui, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, exe = ui
+    url, exe = ui.url, ui.exe
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=exe, args=CHROMIUM_FLAGS, headless=True,
-            viewport={"width": 1600, "height": 1000},
-        )  # fmt: skip
-        browser.set_default_timeout(60_000)
+        browser = _browser(p, exe, tmp_path / "profile")
         pg = browser.new_page()
         pg.base = url
         try:
@@ -156,7 +184,7 @@ def test_the_experiment_opens_in_the_runs_table_with_children_named_by_their_ove
     _open_runs_table(page)
     assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
     assert page.get_by_text("Token Usage").count() == 0  # not the GenAI overview
-    multirun = "multirun: optimizer=sgd,adam trainer.max_epochs=2"
+    multirun = MULTIRUN
     assert _row(page, multirun).count() == 1 and _row(page, "lr-sweep").count() == 1
     _expand(page, multirun)
     for child in ("optimizer=sgd", "optimizer=adam"):
@@ -170,7 +198,7 @@ def test_the_experiment_opens_in_the_runs_table_with_children_named_by_their_ove
 
 def test_the_compare_view_shows_the_differing_parameter_and_the_val_acc_curves(page):
     _open_runs_table(page)
-    _expand(page, "multirun: optimizer=sgd,adam trainer.max_epochs=2")
+    _expand(page, MULTIRUN)
     for child in ("optimizer=sgd", "optimizer=adam"):
         _row(page, child).locator("input.ag-checkbox-input").check()
     page.get_by_role("button", name=re.compile("^Compare")).click()
@@ -202,3 +230,51 @@ def test_the_sweep_parent_lists_its_reports_as_artifacts(page):
     # the figure itself, previewed (a decoded image wider than any icon)
     page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 300)")
     _shot(page, "05-sweep-figures.png")
+
+
+def _sees_the_comparison(page, links: dict[str, str], base: str, shot: str) -> None:
+    """The printed compare and curves links, opened as they are (no clicks): both runs by name,
+    the optimizer.name row with both values, the val/acc chart with one curve per run."""
+    page.goto(f"{base}/{links['compare']}")
+    page.get_by_text("Comparing 2 Runs").first.wait_for()
+    for child in ("optimizer=sgd", "optimizer=adam"):
+        page.get_by_text(child, exact=True).first.wait_for()
+    row = page.locator("tr").filter(has=page.get_by_text("optimizer.name", exact=True))
+    cells = row.first.inner_text().split()
+    assert cells[0] == "optimizer.name" and sorted(cells[1:]) == ["adam", "sgd"], cells
+    _shot(page, f"{shot}-compare.png")
+    page.goto(f"{base}/{links['curves']}")
+    _wait_for_legend(page, [f"{child} (val/acc)" for child in ("optimizer=sgd", "optimizer=adam")])
+    page.locator("svg .scatterlayer .trace").nth(1).wait_for()  # a curve per run, drawn
+    _shot(page, f"{shot}-val-acc.png")
+
+
+def test_the_printed_links_show_the_multiruns_comparison_and_its_jobs_without_a_click(ui, page):
+    links = ui.links
+    _sees_the_comparison(page, links, ui.url, "06-printed")
+    # the runs table: the jobs as rows of their own, sorted by val/acc, its value a column
+    page.goto(f"{ui.url}/{links['runs']}")
+    for child in ("optimizer=sgd", "optimizer=adam"):
+        _row(page, child).wait_for()
+    # the jobs as top-level rows: the view's filter is applied; the parent and the sweep are out
+    assert _row(page, MULTIRUN).count() == 0 and _row(page, "lr-sweep").count() == 0
+    headers = page.locator(".ag-header-cell").evaluate_all(
+        "els => els.map(e => e.getAttribute('col-id'))"
+    )
+    assert {"metrics.`val/acc`", "metrics.`test/acc`", "params.`optimizer.name`"} <= set(headers)
+    _shot(page, "06-printed-runs-table.png")
+    assert page.locator(ASSISTANT_PANEL).count() == 0  # tunelab's app: the Assistant stays closed
+
+
+def test_the_printed_compare_link_works_in_a_plain_mlflow_server(ui, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with _server(ui.store) as url, sync_playwright() as p:
+        browser = _browser(p, ui.exe, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            _sees_the_comparison(page, ui.links, url, "07-plain-server")
+            # the control: MLflow's own app opens its Assistant panel on a first visit
+            page.locator(ASSISTANT_PANEL).first.wait_for()
+        finally:
+            browser.close()

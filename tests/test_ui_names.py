@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tunelab.run import names as run_names
 from tunelab.tracking import ui_app
 
@@ -47,3 +49,66 @@ def test_the_app_is_registered_for_mlflow_app_name():
 
     apps = {a.name: a.value for a in get_entry_points("mlflow.app")}
     assert apps.get("tunelab") == "tunelab.tracking.ui_app:create_app"
+
+
+def test_tunelabs_app_keeps_the_assistant_closed_unless_the_user_opened_it():
+    script = ui_app.default_view_script()
+    # MLflow opens its Assistant on a first visit unless this flag says it did; set only if unset
+    key = '"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"'
+    assert f'if(localStorage.getItem({key})===null)localStorage.setItem({key},"true")' in script
+    assert "panelOpen" not in script  # the user's own open/closed choice is never touched
+
+
+def test_a_multirun_parent_is_named_by_what_it_sweeps():
+    from tunelab.cli import multirun_name
+
+    assert multirun_name(["optimizer=sgd,adam", "trainer.max_epochs=2"]) == "optimizer=sgd,adam"
+    both = ["optimizer=sgd,adam", "data=synthetic", "optimizer.lr=0.1,0.01"]
+    assert multirun_name(both) == "optimizer=sgd,adam optimizer.lr=0.1,0.01"
+    assert multirun_name(["trainer.max_epochs=2"]) == "trainer.max_epochs=2"  # nothing swept
+
+
+def test_the_links_carry_mlflows_own_url_view_state():
+    from urllib.parse import parse_qs, urlsplit
+
+    from tunelab.tracking.mlflow_writer import table_view, ui_link
+
+    def query(link: str) -> tuple[str, dict[str, str]]:
+        route, _, qs = urlsplit(link).fragment.partition("?")
+        return route, {k: v[0] for k, v in parse_qs(qs).items()}
+
+    route, q = query(ui_link("3", runs=["a", "b"], port=5001))
+    assert route == "/compare-runs" and q == {"runs": '["a","b"]', "experiments": '["3"]'}
+    route, q = query(ui_link(["3", "1"], runs=["a", "b"], metric="val/acc"))
+    assert route == "/metric" and q["metric"] == '"val/acc"' and q["experiments"] == '["1","3"]'
+    assert q["plot_metric_keys"] == '["val/acc"]'
+    route, q = query(ui_link("3", view_key="p1"))
+    assert route == "/experiments/3/runs" and q["viewStateShareKey"] == "p1"
+    view = table_view("p1", "val/loss", True, ["test/acc"], ["optimizer.name"])
+    assert view == {
+        "searchFilter": "tags.mlflow.parentRunId = 'p1'",
+        "orderByKey": "metrics.`val/loss`",
+        "orderByAsc": True,
+        "selectedColumns": ["metrics.`val/loss`", "metrics.`test/acc`", "params.`optimizer.name`"],
+    }
+
+
+def test_ui_compare_finds_a_parents_runs_by_its_id_or_its_name(tmp_path):
+    from mlflow import MlflowClient
+
+    from tunelab.commands.common import CommandError
+    from tunelab.commands.ui import compared
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("lr-sweep")
+    sweep = client.create_run(exp, run_name="lr-sweep").info.run_id
+    trials = [client.create_run(exp, run_name=f"trial {i}").info.run_id for i in range(3)]
+    client.set_tag(sweep, "compare.runs", ",".join(trials[:2]))  # the best two
+    assert compared(client, "lr-sweep") == (trials[:2], [exp])
+    assert compared(client, sweep) == (trials[:2], [exp])
+    # a parent without the list: its children
+    parent = client.create_run(exp, run_name="optimizer=sgd,adam").info.run_id
+    kids = [client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id for _ in "ab"]
+    assert sorted(compared(client, "optimizer=sgd,adam")[0]) == sorted(kids)
+    with pytest.raises(CommandError, match="no run with that id or name"):
+        compared(client, "no-such-sweep")

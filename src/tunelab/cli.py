@@ -103,6 +103,16 @@ def swept_keys(overrides: list[str]) -> list[str]:
     return [o.get_key_element() for o in parsed if o.is_sweep_override()]
 
 
+def multirun_name(overrides: list[str]) -> str:
+    """A multirun's parent run is named by what it sweeps (`optimizer=sgd,adam`), the rest of the
+    command line is in its `overrides` tag; without a sweep, by the whole command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = [o.input_line for o in parsed if o.is_sweep_override() and o.input_line]
+    return mask(" ".join(swept or overrides)) or "multirun"
+
+
 def parallel_threads(config: DictConfig) -> int | None:
     """Torch threads per job when jobs run side by side: the cores divided between them (unless
     trainer.num_threads says otherwise). Without this each job takes every core's threads and
@@ -170,7 +180,7 @@ class TunelabCallback(Callback):
             overrides = mask(" ".join(config.hydra.overrides.task))
             swept = {"swept": ",".join(swept_keys(list(config.hydra.overrides.task)))}
             self.parent_id = self.writer.create_run(
-                f"multirun: {overrides}",
+                multirun_name(list(config.hydra.overrides.task)),
                 {**ctx.tags, "role": "multirun", "overrides": overrides, **swept},
             )
             ctx = ctx.derive(parent_run_id=self.parent_id, tags=swept)
@@ -197,14 +207,47 @@ class TunelabCallback(Callback):
             from tunelab.reports.runs_table import jobs_table
             from tunelab.tracking.policy import tag_filter
 
-            self.writer.end_run(self.parent_id, "FINISHED")
             jobs = self.writer.search(tag_filter({"mlflow.parentRunId": self.parent_id}))
-            print(jobs_table(jobs, config.objective.metric, config.objective.direction))
-            writer = self.writer
-        else:  # a tunelab sweep or study: its own experiment; it printed its best trials
-            from tunelab.tuning.settings import tracking_target
+            objective = config.objective.metric
+            compare = self._describe_parent(jobs, config)
+            self.writer.end_run(self.parent_id, "FINISHED")
+            print(jobs_table(jobs, objective, config.objective.direction))
+            print(runs_link(uri, self.writer.experiment_id, view_key=self.parent_id))
+            print(compare)
+            return
+        # a tunelab sweep or study: its own experiment; it printed its best trials and their link
+        from tunelab.tuning.settings import tracking_target
 
-            sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
-            uri, experiment = tracking_target(sweeper, config)
-            writer = MlflowWriter(uri, experiment)
-        print(runs_link(uri, writer.experiment_id))
+        sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+        uri, experiment = tracking_target(sweeper, config)
+        print(runs_link(uri, MlflowWriter(uri, experiment).experiment_id))
+
+    def _describe_parent(self, jobs: list[Any], config: DictConfig) -> str:
+        """The multirun's views: its jobs side by side and their objective's curves (on the parent
+        run: its description and the `compare.runs` tag `tunelab ui --compare` reads), and the runs
+        table of its jobs sorted by the objective, with it, test/acc and the swept params as
+        columns (a shared view keyed by the parent's id). Returns the printed lines."""
+        from tunelab.tracking.mlflow_writer import (
+            COMPARE_TAG,
+            compare_hint,
+            share_view,
+            table_view,
+        )
+
+        objective = config.objective.metric
+        runs = [j.info.run_id for j in sorted(jobs, key=lambda j: j.info.start_time or 0)]
+        logged = {k for j in jobs for k in j.data.params}
+        params = [
+            p
+            for key in swept_keys(list(config.hydra.overrides.task))
+            for p in (key, f"{key}.name")
+            if p in logged
+        ]
+        ascending = config.objective.direction == "minimize"
+        view = table_view(self.parent_id, objective, ascending, ["test/acc"], params)
+        share_view(self.writer, self.parent_id, view)
+        hint = compare_hint(self.writer.experiment_id, runs, objective)
+        note = f"{len(runs)} jobs.\n\n{hint}"
+        tags = {COMPARE_TAG: ",".join(runs), "mlflow.note.content": note}
+        self.writer.set_tags(self.parent_id, tags)
+        return hint

@@ -34,6 +34,12 @@ def add_arguments(p: Any) -> None:
     p.add_argument(
         "--check", action="store_true", help="start, check the link answers, stop (for scripts)"
     )
+    p.add_argument(
+        "--compare",
+        metavar="RUN_ID|SWEEP",
+        help="also link MLflow's compare view of a multirun's jobs, a sweep's best trials or a "
+        "study's confirmed cells (the parent run's id, or the sweep's or study's name)",
+    )
 
 
 def free_port(preferred: int = 0) -> int:
@@ -48,10 +54,40 @@ def free_port(preferred: int = 0) -> int:
     raise CommandError("no free port on 127.0.0.1")
 
 
+def compared(client: Any, target: str) -> tuple[list[str], list[str]]:
+    """The runs `--compare` names (the ones its parent run lists, else its children) and their
+    experiments. `target`: a parent run's id, or a sweep's or study's run name."""
+    from mlflow.exceptions import MlflowException
+
+    from tunelab.tracking.mlflow_writer import COMPARE_TAG
+
+    try:
+        parents = [client.get_run(target)]
+    except MlflowException:
+        ids = [e.experiment_id for e in client.search_experiments()]
+        name = target.replace("'", "\\'")
+        found = client.search_runs(ids, f"attributes.run_name = '{name}'") if ids else []
+        parents = [r for r in found if r.data.tags.get(COMPARE_TAG)] or found
+    if not parents:
+        raise CommandError(f"--compare {target!r}: no run with that id or name")
+    parent = parents[0]
+    runs = [r for r in parent.data.tags.get(COMPARE_TAG, "").split(",") if r]
+    if not runs:
+        children = client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+        runs = [r.info.run_id for r in children]
+    if not runs:
+        raise CommandError(f"--compare {target!r}: run {parent.info.run_id} has no runs to compare")
+    experiments = {client.get_run(r).info.experiment_id for r in runs}
+    return runs, sorted(experiments)
+
+
 def run(args: Any) -> int:
     uri = common.store_uri(args.tracking_uri)
     print(f"starting the MLflow UI on {mask(uri)} …", flush=True)
     exp = common.client(uri).get_experiment_by_name(args.experiment)
+    compare = compared(common.client(uri), args.compare) if args.compare else None
     if exp is None:
         raise CommandError(f"no experiment {args.experiment!r} in {mask(uri)} (pass --experiment)")
     previous = signal.signal(signal.SIGTERM, _terminated)
@@ -60,6 +96,11 @@ def run(args: Any) -> int:
         server, port = serve(uri, args.port)
         link = common.run_link(exp.experiment_id, port=port)
         print(f"MLflow UI on {mask(uri)}: {link}", flush=True)
+        if compare:
+            from tunelab.tracking.mlflow_writer import ui_link
+
+            runs, experiments = compare
+            print(f"side by side: {ui_link(experiments, runs=runs, port=port)}", flush=True)
         if args.check:
             return 0
         print("Ctrl-C stops it", flush=True)

@@ -248,6 +248,14 @@ def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
     }
     tags = {"top_set": ",".join(summary["top_set"]), "n_cells": str(len(spec.cells)),
             "mlflow.note.content": _description(summary)}  # fmt: skip
+    cells = [c["mlflow_run_id"] for c in summary["cells"] if c["mlflow_run_id"]]
+    if cells:  # the confirmed cells side by side, linked from the description and the console
+        from tunelab.tracking.mlflow_writer import COMPARE_TAG, ui_link
+
+        link = ui_link(writer.experiment_id, runs=cells)
+        tags[COMPARE_TAG] = ",".join(cells)
+        tags["mlflow.note.content"] += f"\n\nThe confirmed cells side by side: {link}"
+        log.info("the confirmed cells side by side: %s", link)
     writer.log(run.run_id, metrics=study_metrics, params=params, tags=tags, keep_existing=True)
     writer.log_artifacts(run.run_id, out)
 

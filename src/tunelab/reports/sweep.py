@@ -195,11 +195,18 @@ def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -
         head = f"Pareto front: trials {tags['pareto.trials']} (pareto_front.csv)"
     else:
         head = "No trial finished."
+    from tunelab.tracking.mlflow_writer import COMPARE_TAG
+
     counts = ", ".join(f"{v} {k}" for k, v in result["counts"].items() if v)
+    compare = compare_best(sweep)
     tags["mlflow.note.content"] = (
         f"{head}\n\nTrials: {counts}. In the artifacts: trials.csv, best_overrides.txt "
         "(`python src/train.py $(cat best_overrides.txt)`) and Optuna's figures."
+        + (f"\n\nThe best {len(compare[0])} trials, {compare[1]}" if compare else "")
     )
+    if compare:
+        tags[COMPARE_TAG] = ",".join(compare[0])
+        log.info("the best %d trials, %s", len(compare[0]), compare[1])
     params = {
         "n_trials": sweep.n_trials,
         "sampler": sweep.sampler_name,
@@ -212,6 +219,21 @@ def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -
     for path in files:
         writer.log_artifact(run_id, path, "figures" if str(path).endswith(".png") else None)
     writer.end_run(run_id, "FINISHED")
+
+
+def compare_best(sweep: Any, most: int = 10) -> tuple[list[str], str] | None:
+    """The MLflow runs of the best finished trials (at most `most`, best first, by the first
+    objective) and the printed links to them side by side and to their objective's curves."""
+    from tunelab.tracking.mlflow_writer import compare_hint
+
+    study = sweep.study
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
+    done = [t for t in done if t.user_attrs.get("mlflow_run_id")]
+    done.sort(key=lambda t: -_sign(study, 0) * t.values[0])
+    runs = [str(t.user_attrs["mlflow_run_id"]) for t in done[:most]]
+    if not runs:
+        return None
+    return runs, compare_hint(sweep.runs.writer.experiment_id, runs, sweep.metrics[0])
 
 
 def _sign(study: optuna.Study, i: int) -> float:

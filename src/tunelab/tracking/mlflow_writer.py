@@ -20,6 +20,7 @@ retries it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from tunelab import ownership
 from tunelab.background import BackgroundWriter
@@ -60,11 +62,88 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 _KIND = (EXPERIMENT_KIND, "custom_model_development")
 
 
-def runs_link(tracking_uri: str, experiment_id: str | None) -> str:
-    """The command that opens the MLflow UI on this store, and a direct link to the runs table."""
-    link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+# MLflow's shared views: an experiment tag holding a runs table's view state (filter, sort, columns),
+# opened by `#/experiments/<id>/runs?viewStateShareKey=<key>`. The store keeps it, so any MLflow UI on
+# the store (plain `mlflow ui`/`mlflow server` too) opens the view.
+SHARED_VIEW = "mlflow.sharedViewState."
+# The runs a multirun's, a sweep's or a study's run lists for comparison (`tunelab ui --compare`).
+COMPARE_TAG = "compare.runs"
+
+
+def table_view(
+    children_of: str | None = None,
+    order_by: str | None = None,
+    ascending: bool = False,
+    metrics: list[str] = (),
+    params: list[str] = (),
+) -> dict[str, Any]:
+    """A runs table's view state: only the children of `children_of` (as rows of their own),
+    sorted by the metric `order_by`, these metrics and params as its columns."""
+    view: dict[str, Any] = {}
+    if children_of:
+        view["searchFilter"] = f"tags.mlflow.parentRunId = '{children_of}'"
+    if order_by:
+        view.update(orderByKey=f"metrics.`{order_by}`", orderByAsc=ascending)
+    columns = [
+        f"metrics.`{m}`" for m in dict.fromkeys([*([order_by] if order_by else []), *metrics])
+    ]
+    if columns or params:
+        view["selectedColumns"] = [*columns, *(f"params.`{p}`" for p in params)]
+    return view
+
+
+def ui_link(
+    experiment_ids: str | list[str] | None,
+    runs: list[str] | None = None,
+    metric: str | None = None,
+    view_key: str | None = None,
+    port: int = 5000,
+) -> str:
+    """Every link into the MLflow UI: the compare view of `runs` (MLflow's
+    `#/compare-runs?runs=[...]&experiments=[...]`), or with `metric` their curves of that metric
+    in one chart; else the experiment's runs table, in the shared view `view_key` if given."""
+    base = f"http://127.0.0.1:{port}/#"
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids or [])
+    js = functools.partial(json.dumps, separators=(",", ":"))
+    if runs:
+        query = {"runs": js(list(runs)), "experiments": js(sorted(set(ids)))}
+        if not metric:
+            return f"{base}/compare-runs?{urlencode(query, quote_via=quote)}"
+        curves = {"metric": js(metric), "plot_metric_keys": js([metric]), "x_axis": "step"}
+        query.update(curves, y_axis_scale="linear", line_smoothness="1", show_point="false")
+        return f"{base}/metric?{urlencode(query, quote_via=quote)}"
+    query = {
+        "workflowType": "machine_learning",
+        **({"viewStateShareKey": view_key} if view_key else {}),
+    }
+    return f"{base}/experiments/{ids[0] if ids else None}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def runs_link(tracking_uri: str, experiment_id: str | None, **view: Any) -> str:
+    """The command that opens the MLflow UI on this store, and a direct link to the runs table
+    (`view`: what `ui_link` takes)."""
     ui = f"mlflow ui --app-name tunelab --backend-store-uri {mask(tracking_uri)}"
-    return f"see the runs: {ui}  then open {link}"
+    return (
+        f"see the runs: {ui}  then open {ui_link(experiment_id, **view)}\n"
+        "(the links open in any MLflow UI on this store; only tunelab's app, `--app-name tunelab`"
+        " or `tunelab ui`, also keeps MLflow's Assistant panel closed)"
+    )
+
+
+def share_view(writer: MlflowWriter, key: str, view: dict[str, Any]) -> str:
+    """Store `view` (see `table_view`) as the experiment's shared view `key`; `ui_link(...,
+    view_key=key)` opens it."""
+    tag = (writer.experiment_id, SHARED_VIEW + key, json.dumps(view))
+    retry(lambda: writer.client.set_experiment_tag(*tag))
+    return key
+
+
+def compare_hint(experiment_ids: str | list[str], runs: list[str], metric: str) -> str:
+    """The printed lines with the compare view of `runs` and their curves of `metric` (on the
+    server `runs_link` starts)."""
+    side = ui_link(experiment_ids, runs=runs)
+    curves = ui_link(experiment_ids, runs=runs, metric=metric)
+    return f"compare them side by side: {side}\n{metric} curves: {curves}"
 
 
 _swept: set[str] = set()  # stores whose dead runs this process has already closed

@@ -1,10 +1,12 @@
 """The MLflow server as tunelab serves it (`mlflow ui --app-name tunelab`): MLflow's own app, whose
-UI opens experiments in the runs table ("Model training") instead of the GenAI view.
+UI opens experiments in the runs table ("Model training") instead of the GenAI view, with the
+Assistant panel closed.
 
 From MLflow 3.x the UI decides which view an experiment opens in from one browser-wide setting
 (local storage `mlflow.workflowType_v1`, GenAI unless the user switched), not from the
 experiment's `mlflow.experimentKind` tag. This app serves the UI's page with that setting's
-default set to "Model training"; a browser where the user has chosen a view keeps its choice."""
+default set to "Model training" and the Assistant's first-visit opening marked as done; a browser
+where the user has chosen a view or opened the Assistant keeps its choice."""
 
 from __future__ import annotations
 
@@ -15,14 +17,20 @@ from flask import Flask, Response
 
 STORAGE_KEY = "mlflow.workflowType_v1"
 DEFAULT_VIEW = "machine_learning"
-_SCRIPT = (
-    "<script>try{if(localStorage.getItem(%(key)s)===null)"
-    "localStorage.setItem(%(key)s,%(value)s)}catch(e){}</script>"
-)
+# MLflow opens its Assistant panel (a third of the page) on a browser's first visit unless this
+# setting says it already did; the user's own opening and closing is `mlflow.assistant.panelOpen_v1`.
+ASSISTANT_KEY = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
+DEFAULTS = {STORAGE_KEY: DEFAULT_VIEW, ASSISTANT_KEY: True}
+_SET = "if(localStorage.getItem(%(key)s)===null)localStorage.setItem(%(key)s,%(value)s);"
 
 
 def default_view_script() -> str:
-    return _SCRIPT % {"key": json.dumps(STORAGE_KEY), "value": json.dumps(json.dumps(DEFAULT_VIEW))}
+    """Fill each unset browser setting (stored as the UI stores it: JSON); set ones stay."""
+    sets = "".join(
+        _SET % {"key": json.dumps(key), "value": json.dumps(json.dumps(value))}
+        for key, value in DEFAULTS.items()
+    )
+    return f"<script>try{{{sets}}}catch(e){{}}</script>"
 
 
 def with_default_view(html: str) -> str:
