@@ -278,6 +278,20 @@ def test_the_team_server_refuses_to_serve_the_network_without_tls(tmp_path):
     assert proc.returncode == 2 and "set TLS_CERT_FILE" in proc.stderr, proc.stderr
 
 
+def start_ui(cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`tunelab ui` as a user starts it from a terminal (a suite started in the background
+    inherits SIGINT ignored), its output readable line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunelab", "ui"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 @pytest.mark.slow
 def test_tunelab_ui_puts_no_password_on_a_command_line(team_db, tmp_path):
     from mlflow import MlflowClient
@@ -294,16 +308,7 @@ def test_tunelab_ui_puts_no_password_on_a_command_line(team_db, tmp_path):
         "PYTHONUNBUFFERED": "1",
         "MLFLOW_WORKERS": "1",
     }
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "ui"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # as from a terminal: a suite started in the background inherits SIGINT ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    ui = start_ui(tmp_path, env)
     try:
         first = ui.stdout.readline()  # printed at once, before the server starts
         assert "starting the MLflow UI on postgresql://mlflow:***@" in first, first

@@ -7,15 +7,13 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import NO_TELEMETRY
 from mlflow import MlflowClient
-from test_deploy import process_tree
+from test_deploy import process_tree, start_ui
 
 
 def _alive(pid: int) -> bool:
@@ -37,15 +35,7 @@ def test_a_signal_stops_the_server_and_all_its_workers(tmp_path, sig):
             taken.bind(("127.0.0.1", 5000))
         env = {**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": store, "PYTHONUNBUFFERED": "1"}
         env["MLFLOW_WORKERS"] = "2"  # workers of their own, which must stop too
-        ui = subprocess.Popen(
-            [sys.executable, "-m", "tunelab", "ui"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        ui = start_ui(tmp_path, env)
         try:
             t0 = time.monotonic()
             first = ui.stdout.readline()
