@@ -69,6 +69,13 @@ def url(pg: LocalPostgres, role: str, db: str, with_password: bool = True) -> st
     return f"postgresql://{auth}@127.0.0.1:{pg.port}/{db}"
 
 
+def role_powers(conn) -> tuple[bool, bool, bool]:
+    """(superuser, may create roles, may create databases) of the connected role."""
+    return conn.execute(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+
+
 def test_the_init_gives_the_worker_the_optuna_database_only(team_db):
     import optuna
 
@@ -87,10 +94,7 @@ def test_the_init_gives_the_worker_the_optuna_database_only(team_db):
     marker = team_db.root / "ran"  # the server's directory: its OS user may write there
     payload = f"cat > /dev/null; touch {marker}"
     with connect(team_db, "tunelab_worker", "optuna") as conn:
-        row = conn.execute(
-            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        assert row == (False, False, False)
+        assert role_powers(conn) == (False, False, False)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"COPY (SELECT 1) TO PROGRAM '{payload}'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -112,10 +116,7 @@ def test_the_init_gives_the_mlflow_server_its_two_databases_and_no_superuser(tea
             conn.execute("CREATE TABLE t (x int)")  # an owner's schema: MLflow's migrations
             conn.execute("DROP TABLE t")
     with connect(team_db, "mlflow", "mlflow") as conn:
-        row = conn.execute(
-            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        assert row == (False, False, False)
+        assert role_powers(conn) == (False, False, False)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("COPY (SELECT 1) TO PROGRAM 'true'")
     for db in ("optuna", "postgres"):
