@@ -107,8 +107,13 @@ def instrument(clock: Clock) -> dict[str, list[float]]:
     from tunelab.reports import sweep as reports
     from tunelab.tuning import sweep as sweeps
 
-    sampler_methods = ["infer_relative_search_space", "sample_relative", "sample_independent",
-                       "before_trial", "after_trial"]  # fmt: skip
+    sampler_methods = [
+        "infer_relative_search_space",
+        "sample_relative",
+        "sample_independent",
+        "before_trial",
+        "after_trial",
+    ]
     for cls in (optuna.samplers.TPESampler, optuna.samplers.RandomSampler):
         clock.wrap(cls, "sampler", [m for m in sampler_methods if m in vars(cls)])
     for cls in (JournalStorage, RDBStorage, _CachedStorage):
@@ -162,23 +167,30 @@ def sweep_worker(storage: str, trials: int, out: Path) -> None:
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     conf = APP_CONFIG.replace("TRACKING", tracking).replace("REPO", str(ROOT))
     (work / "conf" / "config.yaml").write_text(conf)
-    url = {"journal": f"journal:{work / 'optuna.journal'}",
-           "sqlite": f"sqlite:///{work / 'optuna.db'}",
-           "postgresql": os.environ.get("GROWTH_POSTGRES_URL", "")}[storage]  # fmt: skip
+    url = {
+        "journal": f"journal:{work / 'optuna.journal'}",
+        "sqlite": f"sqlite:///{work / 'optuna.db'}",
+        "postgresql": os.environ.get("GROWTH_POSTGRES_URL", ""),
+    }[storage]
     clock = Clock()
     marks = instrument(clock)
     overrides = [
-        "search=tpe", f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.storage={url}",
-        "hydra.sweeper.study_name=growth", f"hydra.sweep.dir={work / 'multirun'}",
-    ]  # fmt: skip
+        "search=tpe",
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.study_name=growth",
+        f"hydra.sweep.dir={work / 'multirun'}",
+    ]
     os.chdir(work)
     GlobalHydra.instance().clear()
     t0 = time.perf_counter()
     with initialize_config_dir(str(work / "conf"), job_name="growth", version_base="1.3"):
         GlobalHydra.instance().hydra.multirun(
-            config_name="config", task_function=objective_task(clock), overrides=overrides,
+            config_name="config",
+            task_function=objective_task(clock),
+            overrides=overrides,
             with_log_configuration=False,
-        )  # fmt: skip
+        )
     wall = time.perf_counter() - t0
     asks = marks["ask"]
     per_trial = [b - a for a, b in zip(asks, asks[1:], strict=False)]
@@ -214,8 +226,10 @@ def sweep_table(storage: str, data: dict) -> list[str]:
 
 def run_sweeps(storages: list[str], trials: int) -> None:
     print(f"== one sweep grown to {trials} trials (TPE, trivial objective, MLflow on) ==")
-    print("per trial, ms, mean of the 10 trials ending at the mark; 'ours' = wall - objective - "
-          "sampler ask")  # fmt: skip
+    print(
+        "per trial, ms, mean of the 10 trials ending at the mark; 'ours' = wall - objective - "
+        "sampler ask"
+    )
     head = "storage   trial      ours   sampler  storage   mlflow  mlflow bg  hydra+other"
     results = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
@@ -226,8 +240,16 @@ def run_sweeps(storages: list[str], trials: int) -> None:
             os.environ["GROWTH_POSTGRES_URL"] = pg.url("growth")
         for storage in storages:
             t0 = time.perf_counter()
-            cmd = [sys.executable, __file__, "--worker", storage, "--trials", str(trials),
-                   "--out", tmp]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                storage,
+                "--trials",
+                str(trials),
+                "--out",
+                tmp,
+            ]
             subprocess.run(cmd, check=True)
             results[storage] = json.loads((Path(tmp) / f"{storage}.json").read_text())
             print(f"  {storage}: {trials} trials in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -249,8 +271,9 @@ def run_sweeps(storages: list[str], trials: int) -> None:
 
 # ---- a large store -----------------------------------------------------------------------------
 def _run_shape(i: int) -> tuple[dict, dict, list]:
-    params = {f"group{g}.key{k}": f"{(i * 7 + g * 13 + k) % 97 / 10}" for g in range(6)
-              for k in range(10)}  # fmt: skip
+    params = {
+        f"group{g}.key{k}": f"{(i * 7 + g * 13 + k) % 97 / 10}" for g in range(6) for k in range(10)
+    }
     tags = {f"tag{k}": f"value {i % 50}-{k}" for k in range(20)}
     tags.update(
         sweep=f"sweep-{i // 100}",
@@ -289,8 +312,9 @@ def run_store(n_runs: int) -> None:
             t1 = time.perf_counter()
             now = int(time.time() * 1000)
             epoch0 = [Metric(k, v, now, s) for k, v, s in metrics if s == 0]
-            client.log_batch(run.info.run_id, metrics=epoch0,
-                             params=[Param(k, v) for k, v in params.items()])  # fmt: skip
+            client.log_batch(
+                run.info.run_id, metrics=epoch0, params=[Param(k, v) for k, v in params.items()]
+            )
             t2 = time.perf_counter()
             rest = [Metric(k, v, now, s) for k, v, s in metrics if s > 0]
             client.log_batch(run.info.run_id, metrics=rest, tags=[RunTag("done", "1")])

@@ -101,8 +101,13 @@ def end_to_end(args: argparse.Namespace) -> None:
         f"{'model':6} {'K runs s':>9} {'replicas s':>11} {'speed-up':>9}  how the replicas trained"
     )
     for name in args.models:
-        base = ["data=mnist1d", *MODELS[name], f"trainer.max_epochs={args.epochs}",
-                f"tracking.tracking_uri={uri}", f"tracking.experiment=bench-{name}"]  # fmt: skip
+        base = [
+            "data=mnist1d",
+            *MODELS[name],
+            f"trainer.max_epochs={args.epochs}",
+            f"tracking.tracking_uri={uri}",
+            f"tracking.experiment=bench-{name}",
+        ]
         ctx = RunContext(log_model=False)
         run(compose_cfg([*base, "seed=1000", "trainer.checkpoint_dir=ck-warm"]), ctx)  # warm-up
         t0 = time.perf_counter()
@@ -139,8 +144,10 @@ def main() -> None:
     splits0 = build.build_data(compose_cfg(["data=mnist1d"]).data)
     mlp_recipe = build.build_model(recipe_mlp, splits0.input_shape, splits0.num_classes)
     print(f"model=mlp as composed (its recipe) cannot batch: {can_batch(mlp_recipe)}")
-    print(f"{'model':6} {'K':>3} {'sequential s':>13} {'replicas s':>11} {'speed-up':>9} "
-          f"{'max|dloss|':>11} {'val/acc seq':>12} {'val/acc rep':>12}")  # fmt: skip
+    print(
+        f"{'model':6} {'K':>3} {'sequential s':>13} {'replicas s':>11} {'speed-up':>9} "
+        f"{'max|dloss|':>11} {'val/acc seq':>12} {'val/acc rep':>12}"
+    )
     at8 = {}
     for name in args.models:
         overrides = ["data=mnist1d", *MODELS[name], f"trainer.max_epochs={args.epochs}"]
@@ -166,16 +173,20 @@ def main() -> None:
             accs = [
                 sum(s.history["val/acc"][-1] for s in st) / k for st in (seq_states, rep_states)
             ]
-            print(f"{name:6} {k:>3} {seq_s:>13.2f} {rep_s:>11.2f} {seq_s / rep_s:>8.2f}x "
-                  f"{dloss:>11.1e} {accs[0]:>12.4f} {accs[1]:>12.4f}")  # fmt: skip
+            print(
+                f"{name:6} {k:>3} {seq_s:>13.2f} {rep_s:>11.2f} {seq_s / rep_s:>8.2f}x "
+                f"{dloss:>11.1e} {accs[0]:>12.4f} {accs[1]:>12.4f}"
+            )
             if k == 8:
                 at8[name] = seq_s / rep_s
     if args.end_to_end:
         end_to_end(args)
     for name, ratio in at8.items():
         verdict = "met" if ratio >= TARGETS[name] else "NOT met"
-        print(f"K=8 {name}: replicas take {1 / ratio:.2f}x the time of 8 sequential runs, a "
-              f"speed-up of {ratio:.2f}x (target >= {TARGETS[name]:g}x: {verdict})")  # fmt: skip
+        print(
+            f"K=8 {name}: replicas take {1 / ratio:.2f}x the time of 8 sequential runs, a "
+            f"speed-up of {ratio:.2f}x (target >= {TARGETS[name]:g}x: {verdict})"
+        )
 
 
 if __name__ == "__main__":

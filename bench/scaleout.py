@@ -69,12 +69,27 @@ def _free_port() -> int:
 
 def start_server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination",
-           str(artifacts), "--workers", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--workers",
+        "2",
+    ]
     with log.open("w") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **QUIET})  # fmt: skip
+        server = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **QUIET}
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -91,13 +106,30 @@ def start_server(backend: str, artifacts: Path, log: Path) -> tuple[subprocess.P
 
 def run_workers(app: Path, n: int, name: str, storage: str, tracking: str, args) -> float:
     env = {**os.environ, **QUIET, "TUNELAB_OPTUNA_STORAGE": storage}
-    cmd = [sys.executable, "app.py", "-m", "search=random", f"hydra.sweeper.n_trials={args.trials}",
-           f"hydra.sweeper.study_name={name}", f"trial_s={args.trial_s}",
-           f"tracking.tracking_uri={tracking}", "hydra.sweeper.figures=false", f"experiment={name}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "app.py",
+        "-m",
+        "search=random",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweeper.study_name={name}",
+        f"trial_s={args.trial_s}",
+        f"tracking.tracking_uri={tracking}",
+        "hydra.sweeper.figures=false",
+        f"experiment={name}",
+    ]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([*cmd, f"hydra.sweep.dir=multirun/{name}/w{i}"], cwd=app, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(n)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"hydra.sweep.dir=multirun/{name}/w{i}"],
+            cwd=app,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(n)
+    ]
     outs = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - t0
     for p, out in zip(procs, outs, strict=True):
@@ -162,8 +194,10 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
-    print(f"\n{args.trials} trials of {args.trial_s} s each (the objective sleeps: no CPU), "
-          f"{os.cpu_count()} cores")  # fmt: skip
+    print(
+        f"\n{args.trials} trials of {args.trial_s} s each (the objective sleeps: no CPU), "
+        f"{os.cpu_count()} cores"
+    )
     print("backend   workers  wall s  trials/min  overhead s/trial  lost or duplicated")
     for backend, n, wall, rate, overhead, verdict in rows:
         print(f"{backend:9} {n:7d} {wall:7.1f} {rate:11.1f} {overhead:17.2f}  {verdict}")

@@ -26,9 +26,18 @@ from pathlib import Path
 
 # The MLP's recipe (conf/recipe/mlp_adamw.yaml) would apply with AdamW: the problem pins its own
 # architecture and batch so that its figures stay comparable.
-PROBLEM = ["data=mnist1d", "data.val_fraction=0.25", "model=mlp", "optimizer=adamw",
-           "scheduler=cosine", "model.width=256", "model.depth=2", "model.norm=none",
-           "trainer.batch_size=128", "trainer.label_smoothing=0.1"]  # fmt: skip
+PROBLEM = [
+    "data=mnist1d",
+    "data.val_fraction=0.25",
+    "model=mlp",
+    "optimizer=adamw",
+    "scheduler=cosine",
+    "model.width=256",
+    "model.depth=2",
+    "model.norm=none",
+    "trainer.batch_size=128",
+    "trainer.label_smoothing=0.1",
+]
 SPACE = [
     "optimizer.lr=tag(log, interval(1.0e-5, 1.0))",
     "optimizer.weight_decay=tag(log, interval(1.0e-6, 1.0e-1))",
@@ -54,12 +63,19 @@ def run_study(method: str, seed: int, n_trials: int, epochs: int, work: Path, ex
     storage = f"journal:{work / 'optuna.journal'}"
     overrides = [
         *METHODS[method],
-        f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.sampler.seed={seed}",
-        f"hydra.sweeper.study_name={name}", f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.figures=false", f"hydra.sweep.dir={work / name}",
-        f"hydra.sweeper.grid_points={GRID_POINTS}", f"trainer.max_epochs={epochs}",
-        "tracking=none", "trainer.resume=never", "trainer.checkpoint_every_epochs=0", *extra,
-    ]  # fmt: skip
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.sampler.seed={seed}",
+        f"hydra.sweeper.study_name={name}",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.figures=false",
+        f"hydra.sweep.dir={work / name}",
+        f"hydra.sweeper.grid_points={GRID_POINTS}",
+        f"trainer.max_epochs={epochs}",
+        "tracking=none",
+        "trainer.resume=never",
+        "trainer.checkpoint_every_epochs=0",
+        *extra,
+    ]
     multirun(overrides)
     study = optuna.load_study(study_name=name, storage=make_storage(storage))
     return sorted(study.trials, key=lambda t: t.number)
@@ -84,13 +100,25 @@ def main() -> None:
         "--epochs", type=int, default=27, help="per full trial (Hyperband: 1, 3, 9, 27)"
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=GRID_POINTS ** len(SPACE),
-                    help="budget for every method; default: the grid's size")  # fmt: skip
-    ap.add_argument("--no-space", action="store_true",
-                    help="use the presets' own spaces and the default problem instead")  # fmt: skip
+    ap.add_argument(
+        "--trials",
+        type=int,
+        default=GRID_POINTS ** len(SPACE),
+        help="budget for every method; default: the grid's size",
+    )
+    ap.add_argument(
+        "--no-space",
+        action="store_true",
+        help="use the presets' own spaces and the default problem instead",
+    )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--grid-seeds", type=int, nargs="+", default=[0],
-                    help="the grid's points do not depend on the seed, only their order")  # fmt: skip
+    ap.add_argument(
+        "--grid-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="the grid's points do not depend on the seed, only their order",
+    )
     ap.add_argument("--tol", type=float, default=0.005, help="also: epochs to within tol of it")
     ap.add_argument("--summarize", nargs="+", metavar="CSV", help="only tabulate saved curves.csv")
     ap.add_argument("--out", default="results/search_efficiency")
@@ -124,8 +152,11 @@ def main() -> None:
                     )
                     curves.setdefault(method, []).append(curve(trials))
                     c = curves[method][-1][-1]
-                    print(f"{method} seed {seed}: best {c[2]:.4f} epochs {c[1]} "
-                          f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+                    print(
+                        f"{method} seed {seed}: best {c[2]:.4f} epochs {c[1]} "
+                        f"({time.time() - t0:.0f} s)",
+                        flush=True,
+                    )
         with open(out / "curves.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["method", "seed", "trial", "epochs", "best_val_acc"])
@@ -139,16 +170,20 @@ def main() -> None:
     print(f"\nMNIST-1D, equal budget per study; study seeds {seeds}")
     if not args.summarize:
         print("problem:", " ".join(["data=mnist1d"] if args.no_space else [*PROBLEM, *SPACE]))
-    print(f"{'method':<15}{'best val/acc':>18}{'epochs':>8}   epochs to reach the grid's best "
-          f"(exact | within {args.tol:g})")  # fmt: skip
+    print(
+        f"{'method':<15}{'best val/acc':>18}{'epochs':>8}   epochs to reach the grid's best "
+        f"(exact | within {args.tol:g})"
+    )
     for m, runs in curves.items():
         finals = [c[-1][2] for c in runs]
         spent = statistics.mean(c[-1][1] for c in runs)
         targets = [None if grid_best is None else grid_best - tol for tol in (1e-9, args.tol)]
         reach = [_reach(runs, t, grid_epochs) for t in targets]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        print(f"{m:<15}{statistics.mean(finals):>11.4f} ± {sd:.4f}{spent:>8.0f}   "
-              f"{reach[0]} | {reach[1]}")  # fmt: skip
+        print(
+            f"{m:<15}{statistics.mean(finals):>11.4f} ± {sd:.4f}{spent:>8.0f}   "
+            f"{reach[0]} | {reach[1]}"
+        )
     _plot(curves, out / "best_vs_epochs.png")
     print(f"\ncurves: {out / 'curves.csv'}, figure: {out / 'best_vs_epochs.png'}")
 
@@ -169,8 +204,13 @@ def _reach(runs, target: float | None, grid_epochs: float | None) -> str:
 def _read(path: str):
     with open(path) as fh:
         for row in csv.DictReader(fh):
-            yield (row["method"], int(row["seed"]), int(row["trial"]), int(row["epochs"]),
-                   float(row["best_val_acc"]))  # fmt: skip
+            yield (
+                row["method"],
+                int(row["seed"]),
+                int(row["trial"]),
+                int(row["epochs"]),
+                float(row["best_val_acc"]),
+            )
 
 
 def _plot(curves, path: Path) -> None:

@@ -53,12 +53,17 @@ def sweep(trials: int, epochs: int, seed: int) -> dict:
     spans: list[tuple[float, float]] = []
     tunelab.run.api.run = _timed_run(spans)
     overrides = [
-        "hydra/sweeper=tunelab", "hydra.sweeper.sampler.name=random",
-        f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.n_trials={trials}",
-        "data=synthetic", f"trainer.max_epochs={epochs}", "trainer.resume=never",
-        "hydra.sweep.dir=multirun", "hydra.sweeper.study_name=bench",
+        "hydra/sweeper=tunelab",
+        "hydra.sweeper.sampler.name=random",
+        f"hydra.sweeper.sampler.seed={seed}",
+        f"hydra.sweeper.n_trials={trials}",
+        "data=synthetic",
+        f"trainer.max_epochs={epochs}",
+        "trainer.resume=never",
+        "hydra.sweep.dir=multirun",
+        "hydra.sweeper.study_name=bench",
         *[f"{k}=tag(log, interval({lo}, {hi}))" for k, (lo, hi) in SPACE.items()],
-    ]  # fmt: skip
+    ]
     t0 = time.perf_counter()
     multirun(overrides)
     t1 = time.perf_counter()
@@ -78,8 +83,10 @@ def plain(trials: int, epochs: int, seed: int) -> dict:
     from tunelab.run.context import RunContext
 
     with initialize_config_dir(str(REPO / "conf"), job_name="train", version_base="1.3"):
-        base = compose("train", overrides=["data=synthetic", f"trainer.max_epochs={epochs}",
-                                           "trainer.resume=never"])  # fmt: skip
+        base = compose(
+            "train",
+            overrides=["data=synthetic", f"trainer.max_epochs={epochs}", "trainer.resume=never"],
+        )
     spans: list[tuple[float, float]] = []
     run = _timed_run(spans)
 
@@ -119,8 +126,18 @@ def main() -> None:
     results = {}
     for mode in ("plain", "sweep"):
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, __file__, "--mode", mode, "--trials", str(args.trials),
-                   "--epochs", str(args.epochs), "--seed", str(args.seed)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--mode",
+                mode,
+                "--trials",
+                str(args.trials),
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+            ]
             out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=os.environ)
             if out.returncode != 0:
                 sys.exit(out.stderr[-3000:])
@@ -129,13 +146,19 @@ def main() -> None:
     print(
         f"trials={args.trials} epochs={args.epochs} (synthetic data, MLflow sqlite on both sides)"
     )
-    print(f"plain optuna.optimize + run(): {p['per_trial_s']:.3f} s/trial outside run() "
-          f"(run() {p['train_s']:.2f} s)")  # fmt: skip
-    print(f"tunelab sweeper (train.py -m): {s['per_trial_s']:.3f} s/trial outside run() "
-          f"(run() {s['train_s']:.2f} s)")  # fmt: skip
+    print(
+        f"plain optuna.optimize + run(): {p['per_trial_s']:.3f} s/trial outside run() "
+        f"(run() {p['train_s']:.2f} s)"
+    )
+    print(
+        f"tunelab sweeper (train.py -m): {s['per_trial_s']:.3f} s/trial outside run() "
+        f"(run() {s['train_s']:.2f} s)"
+    )
     print(f"extra per trial: {s['per_trial_s'] - p['per_trial_s']:.3f} s (target <= 0.15)")
-    print(f"sweep one-off costs: setup {s['setup_s']:.2f} s, final analysis + figures "
-          f"{s['finish_s']:.2f} s")  # fmt: skip
+    print(
+        f"sweep one-off costs: setup {s['setup_s']:.2f} s, final analysis + figures "
+        f"{s['finish_s']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

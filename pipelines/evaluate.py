@@ -59,8 +59,9 @@ def main() -> None:
     _summary(metrics)
 
 
-def _record(writer: MlflowWriter, run_id: str, metrics: dict, confirmed: dict, out: Path,
-            result: dict) -> None:  # fmt: skip
+def _record(
+    writer: MlflowWriter, run_id: str, metrics: dict, confirmed: dict, out: Path, result: dict
+) -> None:
     """The evaluate run's metrics, figure and lineage (what `tunelab trace` reads)."""
     writer.log(run_id, metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
     fig = confusion_figure(result["confusion"])

@@ -46,8 +46,11 @@ def job(cfg: DictConfig) -> RunResult:
     except (Terminated, KeyboardInterrupt) as exc:
         sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
         if getattr(exc, "run_id", None):
-            log.error("stopped by %s: run %s is recorded KILLED; the same command resumes it",
-                      sig.name, exc.run_id)  # fmt: skip
+            log.error(
+                "stopped by %s: run %s is recorded KILLED; the same command resumes it",
+                sig.name,
+                exc.run_id,
+            )
         else:
             log.error("stopped by %s before its run was recorded", sig.name)
         raise SystemExit(128 + sig) from None

@@ -83,15 +83,35 @@ class LocalPostgres:
         pwfile.write_text(self.password)
         if self.as_root:
             shutil.chown(pwfile, "postgres")
-        out = self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user,
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8")  # fmt: skip
+        out = self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+        )
         pwfile.unlink()
         if out.returncode:
             raise RuntimeError(f"initdb failed: {out.stderr[-2000:]}")
-        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")  # fmt: skip
-        out = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-w",
-                        "-l", str(self.root / "server.log"), "start")  # fmt: skip
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        out = self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            str(self.root / "server.log"),
+            "start",
+        )
         if out.returncode:
             log = (
                 (self.root / "server.log").read_text()
@@ -110,8 +130,14 @@ class LocalPostgres:
     def create_database(self, name: str) -> None:
         import psycopg
 
-        conn = psycopg.connect(host="127.0.0.1", port=self.port, user=self.user,
-                               password=self.password, dbname="postgres", autocommit=True)  # fmt: skip
+        conn = psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname="postgres",
+            autocommit=True,
+        )
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))

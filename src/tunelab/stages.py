@@ -65,9 +65,12 @@ def stage_run(stage: str, params: str | Path, **tags: str) -> Iterator[RunContex
     writer = MlflowWriter(uri, str(cfg.experiment))
     key = digest(OmegaConf.to_container(OmegaConf.load(params), resolve=True))
     pipeline = keyed_run(
-        writer, f"pipeline {key[:8]}", {"run_key": f"pipeline:{key}"},
-        {"role": "pipeline", **_dvc_tags(), "params_digest": key}, ctx.parent_run_id,
-    )  # fmt: skip
+        writer,
+        f"pipeline {key[:8]}",
+        {"run_key": f"pipeline:{key}"},
+        {"role": "pipeline", **_dvc_tags(), "params_digest": key},
+        ctx.parent_run_id,
+    )
     try:
         yield ctx.derive(parent_run_id=pipeline, tags=extra)
     except BaseException:

@@ -32,10 +32,18 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--budget", default="full", help="a budget of claims.yaml (default: full)")
     p.add_argument("--only", nargs="+", metavar="CLAIM", help="run only these claims (run)")
     p.add_argument("--claims", type=Path, default=ROOT / "docs/findings/claims.yaml")
-    p.add_argument("--out", type=Path, default=ROOT / "docs/FINDINGS.md",
-                   help="the document; its figures go to findings/ beside it")  # fmt: skip
-    p.add_argument("--work", type=Path, default=Path("results/findings"),
-                   help="the studies' output directories and logs")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs/FINDINGS.md",
+        help="the document; its figures go to findings/ beside it",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("results/findings"),
+        help="the studies' output directories and logs",
+    )
     p.add_argument("--jobs", type=int, default=1, help="studies and sweeps run side by side")
     p.add_argument(
         "--tracking-uri", help=f"the MLflow store (default: $MLFLOW_TRACKING_URI, else {STORE})"
@@ -58,8 +66,10 @@ def run(args: Any) -> int:
                 Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             runner.run_all(claims, args.budget, uri, args.work / args.budget, args.only, args.jobs)
             if args.only:
-                print("ran the claims asked for; `tunelab findings write` writes the document "
-                      "once every claim is in the store")  # fmt: skip
+                print(
+                    "ran the claims asked for; `tunelab findings write` writes the document "
+                    "once every claim is in the store"
+                )
                 return 0
         else:
             uri = common.store_uri(given)
@@ -67,6 +77,8 @@ def run(args: Any) -> int:
         written = document.write(claims, args.budget, reader, args.out)
     except (spec.SpecError, runner.RunFailed, store.Missing, KeyError) as exc:
         raise CommandError(str(exc).strip("'\"")) from None
-    print(f"wrote {written.path} ({len(written.figures)} figures, {len(set(written.run_ids))} runs "
-          f"cited, {sum(e - s for s, e in written.spans) / 3600:.2f} h of compute)")  # fmt: skip
+    print(
+        f"wrote {written.path} ({len(written.figures)} figures, {len(set(written.run_ids))} runs "
+        f"cited, {sum(e - s for s, e in written.spans) / 3600:.2f} h of compute)"
+    )
     return 0

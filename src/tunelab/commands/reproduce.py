@@ -395,5 +395,9 @@ def _worktree(repo: Path, sha: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo,
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(path)],
+            cwd=repo,
+            capture_output=True,
+            check=False,
+        )

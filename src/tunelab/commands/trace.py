@@ -92,10 +92,17 @@ def listing(runs: list[Any]) -> str:
     for r in runs:
         t = r.data.tags
         where = t.get("cell") or t.get("sweep") or t.get("dvc_stage") or ""
-        rows.append([
-            r.info.run_id, t.get("role", ""), where, t.get("seed", ""), t.get("git_sha", "")[:12],
-            t.get("data_digest", "")[:12], common.run_link(r.info.experiment_id, r.info.run_id),
-        ])  # fmt: skip
+        rows.append(
+            [
+                r.info.run_id,
+                t.get("role", ""),
+                where,
+                t.get("seed", ""),
+                t.get("git_sha", "")[:12],
+                t.get("data_digest", "")[:12],
+                common.run_link(r.info.experiment_id, r.info.run_id),
+            ]
+        )
     header = ["run", "role", "from", "seed", "git", "data", "link"]
     return f"{len(runs)} run(s)\n" + common.table(rows, header)
 
@@ -104,8 +111,13 @@ def describe(mlflow: Any, run: Any) -> int:
     """Where one run came from, and what it holds."""
     t = run.data.tags
     print(listing([run]))
-    for label, key in (("sweep", "sweep"), ("trial", "trial"), ("study", "study"), ("cell", "cell"),
-                       ("reproduces", "reproduces")):  # fmt: skip
+    for label, key in (
+        ("sweep", "sweep"),
+        ("trial", "trial"),
+        ("study", "study"),
+        ("cell", "cell"),
+        ("reproduces", "reproduces"),
+    ):
         if t.get(key):
             print(f"{label}: {printable(t[key])}")
     parent = t.get("mlflow.parentRunId")

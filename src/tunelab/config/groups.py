@@ -19,15 +19,26 @@ BOOKKEEPING = ("name", "_target_", "_partial_")
 ACTIVATIONS = ("elu", "gelu", "leaky_relu", "relu", "silu", "tanh")
 NORMS = ("batch", "group", "layer", "none")
 INITS = (
-    "default", "kaiming_normal", "kaiming_uniform", "orthogonal", "xavier_normal", "xavier_uniform"
-)  # fmt: skip
+    "default",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "orthogonal",
+    "xavier_normal",
+    "xavier_uniform",
+)
 
 # The metrics every epoch reports (tunelab/run/loop.py): what an objective or a stopping rule
 # can watch.
 EPOCH_METRICS = (
-    "train/loss", "train/acc", "val/loss", "val/acc", "opt/lr", "train/grad_norm",
-    "perf/epoch_s", "perf/samples_per_s",
-)  # fmt: skip
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "opt/lr",
+    "train/grad_norm",
+    "perf/epoch_s",
+    "perf/samples_per_s",
+)
 
 SEED = r.number(0, 2**32 - 1, integer=True)
 DATA_COMMON = {"val_fraction": r.OPEN_UNIT, "split_seed": SEED}
@@ -35,39 +46,60 @@ SUBSET = {"train_subset": r.OPTIONAL_POSITIVE_INT}
 
 DATA: dict[str, dict[str, r.Check]] = {
     "tunelab.data.sources.mnist1d": {
-        **DATA_COMMON, **SUBSET, "num_samples": r.number(10, integer=True),
-        "train_split": r.OPEN_UNIT, "data_seed": SEED, "cache_dir": r.optional_text,
+        **DATA_COMMON,
+        **SUBSET,
+        "num_samples": r.number(10, integer=True),
+        "train_split": r.OPEN_UNIT,
+        "data_seed": SEED,
+        "cache_dir": r.optional_text,
     },
     "tunelab.data.sources.digits": {**DATA_COMMON, "test_fraction": r.OPEN_UNIT},
     "tunelab.data.sources.cifar10": {**DATA_COMMON, **SUBSET, "path": r.text},
     "tunelab.data.sources.npz": {
-        **DATA_COMMON, "path": r.text, "standardize": r.boolean, "x_key": r.text,
-        "y_key": r.text, "x_test_key": r.text, "y_test_key": r.text,
+        **DATA_COMMON,
+        "path": r.text,
+        "standardize": r.boolean,
+        "x_key": r.text,
+        "y_key": r.text,
+        "x_test_key": r.text,
+        "y_test_key": r.text,
     },
     "tunelab.data.sources.synthetic": {
-        **DATA_COMMON, "num_samples": r.number(8, integer=True),
-        "num_classes": r.number(2, integer=True), "length": r.POSITIVE_INT,
-        "noise": r.NON_NEGATIVE, "data_seed": SEED,
+        **DATA_COMMON,
+        "num_samples": r.number(8, integer=True),
+        "num_classes": r.number(2, integer=True),
+        "length": r.POSITIVE_INT,
+        "noise": r.NON_NEGATIVE,
+        "data_seed": SEED,
     },
     "tunelab.data.sources.prepared": {"path": r.text, "source": r.anything},
-}  # fmt: skip
+}
 
 BLOCK = {
-    "activation": r.one_of(*ACTIVATIONS), "norm": r.one_of(*NORMS), "dropout": r.FRACTION,
-    "init": r.one_of(*INITS), "width": r.POSITIVE_INT,
-}  # fmt: skip
+    "activation": r.one_of(*ACTIVATIONS),
+    "norm": r.one_of(*NORMS),
+    "dropout": r.FRACTION,
+    "init": r.one_of(*INITS),
+    "width": r.POSITIVE_INT,
+}
 MODEL: dict[str, dict[str, r.Check]] = {
     "tunelab.models.nets.logreg": {"init": r.one_of(*INITS)},
     "tunelab.models.nets.mlp": {**BLOCK, "depth": r.NON_NEGATIVE_INT},
     "tunelab.models.nets.cnn": {
-        **BLOCK, "depth": r.POSITIVE_INT, "width_mult": r.POSITIVE, "kernel_size": r.POSITIVE_INT,
-        "pool_every": r.POSITIVE_INT, "max_pools": r.NON_NEGATIVE_INT,
+        **BLOCK,
+        "depth": r.POSITIVE_INT,
+        "width_mult": r.POSITIVE,
+        "kernel_size": r.POSITIVE_INT,
+        "pool_every": r.POSITIVE_INT,
+        "max_pools": r.NON_NEGATIVE_INT,
         "head": r.one_of("flatten", "global_avg"),
     },
     "tunelab.models.nets.resnet": {
-        **BLOCK, "blocks_per_stage": r.positive_ints, "kernel_size": r.POSITIVE_INT,
+        **BLOCK,
+        "blocks_per_stage": r.positive_ints,
+        "kernel_size": r.POSITIVE_INT,
     },
-}  # fmt: skip
+}
 
 DECAY = {
     "lr": r.POSITIVE,
@@ -82,19 +114,26 @@ OPTIMIZER: dict[str, dict[str, r.Check]] = {
     "torch.optim.AdamW": {**ADAPTIVE, "amsgrad": r.boolean},
     "torch.optim.Adamax": ADAPTIVE,
     "torch.optim.NAdam": {
-        **ADAPTIVE, "momentum_decay": r.NON_NEGATIVE, "decoupled_weight_decay": r.boolean
+        **ADAPTIVE,
+        "momentum_decay": r.NON_NEGATIVE,
+        "decoupled_weight_decay": r.boolean,
     },
     "torch.optim.RAdam": {**ADAPTIVE, "decoupled_weight_decay": r.boolean},
     "torch.optim.RMSprop": {
-        **DECAY, "alpha": r.FRACTION, "eps": r.POSITIVE, "momentum": r.FRACTION,
+        **DECAY,
+        "alpha": r.FRACTION,
+        "eps": r.POSITIVE,
+        "momentum": r.FRACTION,
         "centered": r.boolean,
     },
     "torch.optim.Adagrad": {
-        **DECAY, "lr_decay": r.NON_NEGATIVE, "eps": r.POSITIVE,
+        **DECAY,
+        "lr_decay": r.NON_NEGATIVE,
+        "eps": r.POSITIVE,
         "initial_accumulator_value": r.NON_NEGATIVE,
     },
     "torch.optim.Adadelta": {**DECAY, "rho": r.FRACTION, "eps": r.POSITIVE},
-}  # fmt: skip
+}
 
 # The knobs of every conf/scheduler/<name>.yaml; `warmup` holds the keys every schedule has.
 SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {
@@ -103,37 +142,62 @@ SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {
     "step": {"step_epochs": r.POSITIVE, "gamma": r.SHARE},
     "multistep": {"milestones_epochs": r.increasing_epochs, "gamma": r.SHARE},
     "exponential": {
-        "gamma": r.POSITIVE, "decay_epochs": r.POSITIVE, "staircase": r.boolean,
+        "gamma": r.POSITIVE,
+        "decay_epochs": r.POSITIVE,
+        "staircase": r.boolean,
         "decay_rate": r.OPTIONAL_NON_NEGATIVE,
     },
     "piecewise": {"boundaries_epochs": r.increasing_epochs, "values": r.positive_numbers},
     "polynomial": {
-        "power": r.POSITIVE, "end_lr_factor": r.NON_NEGATIVE, "end_lr": r.OPTIONAL_NON_NEGATIVE,
-        "decay_epochs": r.OPTIONAL_POSITIVE, "cycle": r.boolean,
+        "power": r.POSITIVE,
+        "end_lr_factor": r.NON_NEGATIVE,
+        "end_lr": r.OPTIONAL_NON_NEGATIVE,
+        "decay_epochs": r.OPTIONAL_POSITIVE,
+        "cycle": r.boolean,
     },
-    "inverse_time": {"decay_rate": r.NON_NEGATIVE, "decay_epochs": r.POSITIVE, "staircase": r.boolean},
+    "inverse_time": {
+        "decay_rate": r.NON_NEGATIVE,
+        "decay_epochs": r.POSITIVE,
+        "staircase": r.boolean,
+    },
     "cosine": {"min_lr_factor": r.UNIT},
     "cosine_restarts": {
-        "first_cycle_epochs": r.POSITIVE, "t_mul": r.AT_LEAST_ONE, "m_mul": r.POSITIVE,
+        "first_cycle_epochs": r.POSITIVE,
+        "t_mul": r.AT_LEAST_ONE,
+        "m_mul": r.POSITIVE,
         "min_lr_factor": r.UNIT,
     },
     "linear_cosine": {
-        "num_periods": r.NON_NEGATIVE, "alpha": r.NON_NEGATIVE, "beta": r.NON_NEGATIVE,
-        "noise": r.NON_NEGATIVE, "noise_decay": r.NON_NEGATIVE, "noise_seed": r.INTEGER,
+        "num_periods": r.NON_NEGATIVE,
+        "alpha": r.NON_NEGATIVE,
+        "beta": r.NON_NEGATIVE,
+        "noise": r.NON_NEGATIVE,
+        "noise_decay": r.NON_NEGATIVE,
+        "noise_seed": r.INTEGER,
     },
     "onecycle": {
-        "max_lr_factor": r.POSITIVE, "max_lr": r.OPTIONAL_POSITIVE, "pct_start": r.OPEN_UNIT,
-        "anneal": r.one_of("cos", "cosine", "linear"), "div_factor": r.POSITIVE,
-        "final_div_factor": r.POSITIVE, "three_phase": r.boolean, "cycle_momentum": r.boolean,
-        "base_momentum": r.UNIT, "max_momentum": r.UNIT,
+        "max_lr_factor": r.POSITIVE,
+        "max_lr": r.OPTIONAL_POSITIVE,
+        "pct_start": r.OPEN_UNIT,
+        "anneal": r.one_of("cos", "cosine", "linear"),
+        "div_factor": r.POSITIVE,
+        "final_div_factor": r.POSITIVE,
+        "three_phase": r.boolean,
+        "cycle_momentum": r.boolean,
+        "base_momentum": r.UNIT,
+        "max_momentum": r.UNIT,
     },
     "plateau": {
-        "mode": r.one_of("min", "max"), "factor": r.OPEN_UNIT, "patience": r.NON_NEGATIVE_INT,
-        "threshold": r.NON_NEGATIVE, "threshold_mode": r.one_of("rel", "abs"),
-        "cooldown": r.NON_NEGATIVE_INT, "min_lr": r.NON_NEGATIVE,
+        "mode": r.one_of("min", "max"),
+        "factor": r.OPEN_UNIT,
+        "patience": r.NON_NEGATIVE_INT,
+        "threshold": r.NON_NEGATIVE,
+        "threshold_mode": r.one_of("rel", "abs"),
+        "cooldown": r.NON_NEGATIVE_INT,
+        "min_lr": r.NON_NEGATIVE,
         "monitor": r.one_of(*EPOCH_METRICS),
     },
-}  # fmt: skip
+}
 SCHEDULER = {
     f"tunelab.optim.schedules.{name}": {**SCHEDULER_KNOBS["warmup"], **knobs}
     for name, knobs in SCHEDULER_KNOBS.items()
@@ -142,12 +206,15 @@ SCHEDULER = {
 
 TRACKING: dict[str, dict[str, r.Check]] = {
     "tunelab.tracking.mlflow_tracker.MlflowTracker": {
-        "tracking_uri": r.tracking_uri, "experiment": r.experiment_name, "log_model": r.boolean,
-        "metrics_every_s": r.NON_NEGATIVE, "system_metrics": r.boolean,
+        "tracking_uri": r.tracking_uri,
+        "experiment": r.experiment_name,
+        "log_model": r.boolean,
+        "metrics_every_s": r.NON_NEGATIVE,
+        "system_metrics": r.boolean,
         "system_metrics_every_s": r.number(0.1),
     },
     "tunelab.tracking.base.NullTracker": {},
-}  # fmt: skip
+}
 
 BY_TARGET: dict[str, dict[str, dict[str, r.Check]]] = {
     "data": DATA,
@@ -190,23 +257,34 @@ FINETUNE: dict[str, r.Check] = {
 }
 DIAGNOSE: dict[str, dict[str, r.Check]] = {
     "datacheck": {
-        "imbalance_ratio": r.AT_LEAST_ONE, "shift_tolerance": r.POSITIVE,
-        "std_ratio": r.AT_LEAST_ONE, "fail_on_warning": r.boolean,
+        "imbalance_ratio": r.AT_LEAST_ONE,
+        "shift_tolerance": r.POSITIVE,
+        "std_ratio": r.AT_LEAST_ONE,
+        "fail_on_warning": r.boolean,
     },
     "gradcheck": {
-        "n_examples": r.POSITIVE_INT, "eps": r.POSITIVE, "max_params_per_tensor": r.POSITIVE_INT,
-        "tolerance": r.POSITIVE, "train_mode": r.boolean,
+        "n_examples": r.POSITIVE_INT,
+        "eps": r.POSITIVE,
+        "max_params_per_tensor": r.POSITIVE_INT,
+        "tolerance": r.POSITIVE,
+        "train_mode": r.boolean,
     },
     "lr_range": {
-        "min_lr": r.POSITIVE, "max_lr": r.POSITIVE, "num_steps": r.number(2, integer=True),
-        "batch_size": r.OPTIONAL_POSITIVE_INT, "smoothing": r.SHARE,
+        "min_lr": r.POSITIVE,
+        "max_lr": r.POSITIVE,
+        "num_steps": r.number(2, integer=True),
+        "batch_size": r.OPTIONAL_POSITIVE_INT,
+        "smoothing": r.SHARE,
         "diverge_factor": r.number(1, lo_open=True),
     },
     "overfit": {
-        "n_examples": r.POSITIVE_INT, "max_steps": r.POSITIVE_INT, "target_loss": r.POSITIVE,
-        "lr": r.OPTIONAL_POSITIVE, "regularisation_off": r.boolean,
+        "n_examples": r.POSITIVE_INT,
+        "max_steps": r.POSITIVE_INT,
+        "target_loss": r.POSITIVE,
+        "lr": r.OPTIONAL_POSITIVE,
+        "regularisation_off": r.boolean,
     },
-}  # fmt: skip
+}
 TOP: dict[str, r.Check] = {
     "seed": SEED,
     "experiment": r.experiment_name,
@@ -218,9 +296,18 @@ OBJECTIVE: dict[str, r.Check] = {
 }
 # Top-level nodes besides the groups: what train.yaml and pipeline.yaml define.
 TOP_NODES = (
-    "data", "model", "optimizer", "scheduler", "trainer", "tracking", "finetune", "diagnose",
-    "objective", "hydra", "pipeline",
-)  # fmt: skip
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "tracking",
+    "finetune",
+    "diagnose",
+    "objective",
+    "hydra",
+    "pipeline",
+)
 
 
 def settings_of(group: str, node: dict[str, Any]) -> dict[str, r.Check] | None:

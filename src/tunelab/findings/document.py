@@ -19,8 +19,14 @@ ARTICLES = {
     "003": "seed 003, 深度学习如炼丹，你有哪些迷信做法 (a Reddit thread on ML superstitions)",
     "004": "seed 004, 深度学习调参常用方法总结 (tuning methods)",
 }
-GLANCE = ["claim", "data", "comparison (a − b)", "test/acc difference, points",
-          "interval (family level)", "verdict"]  # fmt: skip
+GLANCE = [
+    "claim",
+    "data",
+    "comparison (a − b)",
+    "test/acc difference, points",
+    "interval (family level)",
+    "verdict",
+]
 
 
 @dataclass
@@ -45,12 +51,25 @@ def commands(spec: Spec, budget: str, claim: Claim) -> list[str]:
     return [shlex.join(["python", "src/train.py", "-m", *j.overrides, exp]) for j in jobs]
 
 
-def section(spec: Spec, budget: str, claim: Claim, reader: Reader, fig_dir: Path,
-            number: int) -> Section:  # fmt: skip
-    out = Section([f"## {number}. {claim.title}", "", f"> {claim.quote}", ">",
-                   f"> — {ARTICLES.get(claim.article, 'seed ' + claim.article)}. In English: "
-                   f"{claim.says}", "", "Re-tested with:", "", "```bash",
-                   *commands(spec, budget, claim), "```", ""])  # fmt: skip
+def section(
+    spec: Spec, budget: str, claim: Claim, reader: Reader, fig_dir: Path, number: int
+) -> Section:
+    out = Section(
+        [
+            f"## {number}. {claim.title}",
+            "",
+            f"> {claim.quote}",
+            ">",
+            f"> — {ARTICLES.get(claim.article, 'seed ' + claim.article)}. In English: {claim.says}",
+            "",
+            "Re-tested with:",
+            "",
+            "```bash",
+            *commands(spec, budget, claim),
+            "```",
+            "",
+        ]
+    )
     for d in claim.datasets:
         if claim.kind == "search":
             part = search_section.search(
@@ -67,8 +86,11 @@ def section(spec: Spec, budget: str, claim: Claim, reader: Reader, fig_dir: Path
     if budget == "full" and claim.conclusion:
         out.lines += ["**What it shows.** " + " ".join(claim.conclusion.split()), ""]
     elif claim.conclusion:
-        out.lines += ["*(The conclusion is written for the full budget; at this budget the numbers "
-                      "do not support one.)*", ""]  # fmt: skip
+        out.lines += [
+            "*(The conclusion is written for the full budget; at this budget the numbers "
+            "do not support one.)*",
+            "",
+        ]
     return out
 
 
@@ -95,9 +117,11 @@ def environment(reader: Reader) -> str:
     if not runs:
         return "no training run found"
     t = runs[0].data.tags
-    return (f"device {t.get('device', '?')}, torch threads per run {t.get('threads', '?')}, torch "
-            f"{t.get('version.torch', '?')}, MLflow {t.get('version.mlflow', '?')}, Optuna "
-            f"{t.get('version.optuna', '?')}, commit {t.get('git_sha', '?')[:10]}")  # fmt: skip
+    return (
+        f"device {t.get('device', '?')}, torch threads per run {t.get('threads', '?')}, torch "
+        f"{t.get('version.torch', '?')}, MLflow {t.get('version.mlflow', '?')}, Optuna "
+        f"{t.get('version.optuna', '?')}, commit {t.get('git_sha', '?')[:10]}"
+    )
 
 
 def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:

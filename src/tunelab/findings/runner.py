@@ -35,9 +35,13 @@ def train_script() -> Path:
 
 def command(job: Job, experiment: str, work: Path) -> list[str]:
     return [
-        sys.executable, str(train_script()), "-m", *job.overrides,
-        f"hydra.sweeper.experiment={experiment}", f"hydra.sweep.dir={work / job.name}",
-    ]  # fmt: skip
+        sys.executable,
+        str(train_script()),
+        "-m",
+        *job.overrides,
+        f"hydra.sweeper.experiment={experiment}",
+        f"hydra.sweep.dir={work / job.name}",
+    ]
 
 
 def _env(uri: str, jobs: int) -> dict[str, str]:
@@ -49,8 +53,15 @@ def _env(uri: str, jobs: int) -> dict[str, str]:
     return env
 
 
-def run_all(spec: Spec, budget: str, uri: str, work: Path, only: list[str] | None = None,
-            jobs: int = 1, echo: Any = print) -> dict[str, float]:  # fmt: skip
+def run_all(
+    spec: Spec,
+    budget: str,
+    uri: str,
+    work: Path,
+    only: list[str] | None = None,
+    jobs: int = 1,
+    echo: Any = print,
+) -> dict[str, float]:
     """Every job of the budget the store lacks, `jobs` at a time; seconds per job run."""
     experiment = spec.experiment_for(budget)
     todo = spec.jobs(budget, only)
@@ -67,14 +78,17 @@ def run_all(spec: Spec, budget: str, uri: str, work: Path, only: list[str] | Non
         echo(f"{head}: running (log {log})")
         t0 = time.monotonic()
         with open(log, "w") as fh:
-            done = subprocess.run(command(job, experiment, work), stdout=fh,
-                                  stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            done = subprocess.run(
+                command(job, experiment, work), stdout=fh, stderr=subprocess.STDOUT, env=env
+            )
         with lock:
             took[job.name] = time.monotonic() - t0
             if done.returncode != 0:
                 tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-                failed.append(f"{job.name} exited {done.returncode} after {took[job.name]:.0f} s; "
-                              f"its log: {log}\n{tail}")  # fmt: skip
+                failed.append(
+                    f"{job.name} exited {done.returncode} after {took[job.name]:.0f} s; "
+                    f"its log: {log}\n{tail}"
+                )
                 echo(f"{head}: FAILED after {took[job.name]:.0f} s")
             else:
                 echo(f"{head}: done in {took[job.name]:.0f} s")

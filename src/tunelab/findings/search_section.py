@@ -37,8 +37,9 @@ def _sd(x: list[float]) -> float:
     return statistics.stdev(x) if len(x) > 1 else 0.0
 
 
-def search(reader: Reader, claim: Claim, dataset: str, budget: Budget, fig_dir: Path,
-           margin: float) -> Section:  # fmt: skip
+def search(
+    reader: Reader, claim: Claim, dataset: str, budget: Budget, fig_dir: Path, margin: float
+) -> Section:
     seeds = list(budget.search["study_seeds"])
     out = Section([f"### {DATA[dataset]}", ""])
     curves: dict[str, list[list[tuple[int, float]]]] = {}
@@ -64,8 +65,11 @@ def search(reader: Reader, claim: Claim, dataset: str, budget: Budget, fig_dir: 
     verdicts = compare({m: v for m, v in test.items() if v}, "test/acc", "maximize")
     pairs = [p.as_dict() for p in verdicts.pairs]
     top = ", ".join(f"`{c}`" for c in verdicts.top_set)
-    out.lines += [f"Held-out verdict (test accuracy of the trial each search chose, paired over "
-                  f"study seeds {seeds}): top set {top}.", ""]  # fmt: skip
+    out.lines += [
+        f"Held-out verdict (test accuracy of the trial each search chose, paired over "
+        f"study seeds {seeds}): top set {top}.",
+        "",
+    ]
     seeded = {m.name for m in claim.methods if m.seeded}
     for check in claim.checks:
         j = judge(pairs, check, margin)
@@ -97,8 +101,10 @@ def _table(claim, seeds, curves, val, test, runs, grid) -> list[str]:
             test[m.name][s] for s in (seeds if m.seeded else seeds[:1]) if s in test.get(m.name, {})
         ]
         spent = statistics.mean(c[-1][0] for c in curves[m.name]) if curves[m.name] else 0
-        reach = [next((e for e, b in c if grid is not None and b >= grid - TOL), None)
-                 for c in curves[m.name]]  # fmt: skip
+        reach = [
+            next((e for e, b in c if grid is not None and b >= grid - TOL), None)
+            for c in curves[m.name]
+        ]
         hit = [r for r in reach if r is not None]
         reached = f"{statistics.mean(hit):.0f} ({len(hit)}/{len(reach)})" if hit else "never"
         ids = ", ".join(f"`{r}`" for r in runs[m.name])
@@ -120,8 +126,14 @@ def _plot(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (m, runs) in enumerate(curves.items()):
         for k, c in enumerate(runs):
-            ax.step([e for e, _ in c], [b * 100 for _, b in c], where="post", color=f"C{i}",
-                    alpha=0.75, label=m if k == 0 else None)  # fmt: skip
+            ax.step(
+                [e for e, _ in c],
+                [b * 100 for _, b in c],
+                where="post",
+                color=f"C{i}",
+                alpha=0.75,
+                label=m if k == 0 else None,
+            )
     ax.set(xlabel="epochs spent", ylabel="best val/acc so far (%)")
     ax.legend()
     fig.tight_layout()

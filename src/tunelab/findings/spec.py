@@ -104,10 +104,14 @@ class Spec:
 def study_jobs(c: Claim, b: Budget) -> list[Job]:
     extra = b.audit if c.kind == "audit" else b.study
     return [
-        Job(c.id, f"{c.id}-{d}", "study",
-            [f"study={c.study}", f"data={d}", *extra, f"hydra.sweeper.study_name={c.id}-{d}"])
+        Job(
+            c.id,
+            f"{c.id}-{d}",
+            "study",
+            [f"study={c.study}", f"data={d}", *extra, f"hydra.sweeper.study_name={c.id}-{d}"],
+        )
         for d in c.datasets
-    ]  # fmt: skip
+    ]
 
 
 def search_jobs(c: Claim, b: Budget) -> list[Job]:
@@ -118,12 +122,24 @@ def search_jobs(c: Claim, b: Budget) -> list[Job]:
             seeds = s["study_seeds"] if m.seeded else s["study_seeds"][:1]
             for seed in seeds:
                 name = f"{c.id}-{d}-{m.name}-s{seed}"
-                out.append(Job(c.id, name, "sweep", [
-                    f"data={d}", *c.problem, *(m.space if m.space is not None else c.space),
-                    *m.overrides, f"hydra.sweeper.n_trials={s['trials']}",
-                    f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.grid_points={s['grid_points']}",
-                    f"trainer.max_epochs={s['epochs']}", f"hydra.sweeper.study_name={name}",
-                ]))  # fmt: skip
+                out.append(
+                    Job(
+                        c.id,
+                        name,
+                        "sweep",
+                        [
+                            f"data={d}",
+                            *c.problem,
+                            *(m.space if m.space is not None else c.space),
+                            *m.overrides,
+                            f"hydra.sweeper.n_trials={s['trials']}",
+                            f"hydra.sweeper.sampler.seed={seed}",
+                            f"hydra.sweeper.grid_points={s['grid_points']}",
+                            f"trainer.max_epochs={s['epochs']}",
+                            f"hydra.sweeper.study_name={name}",
+                        ],
+                    )
+                )
     return out
 
 
@@ -156,8 +172,14 @@ def _budget(name: str, b: dict[str, Any]) -> Budget:
     if missing:
         raise SpecError(f"budget {name}: search needs {', '.join(missing)}")
     machine = str(b.get("machine", "the machine that ran them"))
-    return Budget(name, str(b.get("about", "")), machine, list(b.get("study", [])),
-                  list(b.get("audit", [])), search)  # fmt: skip
+    return Budget(
+        name,
+        str(b.get("about", "")),
+        machine,
+        list(b.get("study", [])),
+        list(b.get("audit", [])),
+        search,
+    )
 
 
 def _claim(c: dict[str, Any]) -> Claim:
@@ -182,8 +204,17 @@ def _claim(c: dict[str, Any]) -> Claim:
     if kind != "search" and not c.get("study"):
         raise SpecError(f"claim {cid}: names no study (conf/study/<name>.yaml)")
     return Claim(
-        id=cid, title=c["title"], article=str(c["article"]), quote=c["quote"],
-        says=" ".join(str(c["says"]).split()), kind=kind, datasets=datasets,
-        study=c.get("study"), checks=checks, conclusion=c.get("conclusion"),
-        problem=list(c.get("problem", [])), space=list(c.get("space", [])), methods=methods,
-    )  # fmt: skip
+        id=cid,
+        title=c["title"],
+        article=str(c["article"]),
+        quote=c["quote"],
+        says=" ".join(str(c["says"]).split()),
+        kind=kind,
+        datasets=datasets,
+        study=c.get("study"),
+        checks=checks,
+        conclusion=c.get("conclusion"),
+        problem=list(c.get("problem", [])),
+        space=list(c.get("space", [])),
+        methods=methods,
+    )

@@ -62,8 +62,13 @@ class Reader:
         query = tag_filter(tags) + (f" and {extra}" if extra else "")
         out, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], query, max_results=1000,
-                                           order_by=["attributes.start_time DESC"], page_token=token)  # fmt: skip
+            page = self.client.search_runs(
+                [self.experiment_id],
+                query,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
             out += list(page)
             token = page.token
             if not token:
@@ -127,8 +132,16 @@ class Reader:
             m, t = r.data.metrics, r.data.tags
             if "trial" not in t:
                 continue
-            out.append(Trial(int(t["trial"]), r.info.run_id, t.get("optuna_state", "?"),
-                             m.get("val/acc"), m.get("test/acc"), int(m.get("epochs_run", 0))))  # fmt: skip
+            out.append(
+                Trial(
+                    int(t["trial"]),
+                    r.info.run_id,
+                    t.get("optuna_state", "?"),
+                    m.get("val/acc"),
+                    m.get("test/acc"),
+                    int(m.get("epochs_run", 0)),
+                )
+            )
         return sorted(out, key=lambda x: x.number)
 
     @staticmethod

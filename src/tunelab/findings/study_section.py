@@ -44,8 +44,13 @@ def figure(
 
 
 def _params(best: dict[str, Any]) -> str:
-    return ", ".join(f"`{k.split('.')[-1]}={v:.3g}`" if isinstance(v, float) else f"`{k}={v}`"
-                     for k, v in (best or {}).items()) or "–"  # fmt: skip
+    return (
+        ", ".join(
+            f"`{k.split('.')[-1]}={v:.3g}`" if isinstance(v, float) else f"`{k}={v}`"
+            for k, v in (best or {}).items()
+        )
+        or "–"
+    )
 
 
 def _cells_table(summary: dict[str, Any], secs: dict[str, list[float]]) -> list[str]:
@@ -95,16 +100,21 @@ def _power(judged: dict[str, Any]) -> str:
     if not math.isfinite(pw.get("sd", math.nan)):
         return "Power: not enough seeds to estimate the spread."
     det = pw["detectable"]
-    found = (f"differences under {det * 100:.2f} points are not resolved with 80% power"
-             if math.isfinite(det) else "no difference can be resolved")  # fmt: skip
+    found = (
+        f"differences under {det * 100:.2f} points are not resolved with 80% power"
+        if math.isfinite(det)
+        else "no difference can be resolved"
+    )
     need = pw["seeds_for_min_effect"]
     plan = (
         f"{need} seeds would resolve {pw['min_effect'] * 100:.1f} points"
         if need
         else (f"over 200 seeds would be needed to resolve {pw['min_effect'] * 100:.1f} points")
     )
-    return (f"Power: {pw['n']} seeds, paired spread {pw['sd'] * 100:.2f} points; {found} "
-            f"({judged['family']}, {judged['level']:.2g} per pair); {plan}.")  # fmt: skip
+    return (
+        f"Power: {pw['n']} seeds, paired spread {pw['sd'] * 100:.2f} points; {found} "
+        f"({judged['family']}, {judged['level']:.2g} per pair); {plan}."
+    )
 
 
 def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: float) -> Section:
@@ -115,9 +125,12 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     if judged is None:
         raise KeyError(f"study {name} has no verdict on {TEST}: no cell finished a seed")
     out = Section([f"### {DATA[dataset]}", ""], spans=[reader.span(run)])
-    out.lines += [f"Study run `{run.info.run_id}`; {len(summary['seeds'])} confirmation seeds "
-                  f"{summary['seeds']}, {summary['n_trials']} nuisance trials per cell; "
-                  f"{reader.training(name)}.", ""]  # fmt: skip
+    out.lines += [
+        f"Study run `{run.info.run_id}`; {len(summary['seeds'])} confirmation seeds "
+        f"{summary['seeds']}, {summary['n_trials']} nuisance trials per cell; "
+        f"{reader.training(name)}.",
+        "",
+    ]
     out.lines += _cells_table(summary, reader.seconds_by_cell(name)) + [""]
     top = ", ".join(f"`{c}`" for c in judged["top_set"])
     out.lines += [f"Held-out verdict (test split, which no search saw): top set {top}.", ""]
@@ -130,8 +143,13 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     edges = [f"`{c['cell']}`: {w}" for c in summary["cells"] for w in c.get("edge_warnings", [])]
     out.lines += [f"- Search budget: {w}." for w in warned] + [f"- Range edge, {w}." for w in edges]
     out.lines += [""] if warned or edges else []
-    fig = figure(reader, run.info.run_id, summary["figures"].get("isolation"), fig_dir,
-                 f"{name}-isolation.png")  # fmt: skip
+    fig = figure(
+        reader,
+        run.info.run_id,
+        summary["figures"].get("isolation"),
+        fig_dir,
+        f"{name}-isolation.png",
+    )
     if fig:
         out.lines += [f"![{claim.title}, {DATA[dataset]}]({fig_dir.name}/{fig})", ""]
     details, ids = _seed_runs(summary)
@@ -141,8 +159,14 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
 
 
 def glance_row(claim: Claim, dataset: str, j: Judged) -> list[str]:
-    return [claim.title, DATA[dataset], f"`{j.check.a}` − `{j.check.b}`",
-            f"{points(j.diff)}", j.interval(), f"{j.word}"]  # fmt: skip
+    return [
+        claim.title,
+        DATA[dataset],
+        f"`{j.check.a}` − `{j.check.b}`",
+        f"{points(j.diff)}",
+        j.interval(),
+        f"{j.word}",
+    ]
 
 
 def audit(reader: Reader, claim: Claim, dataset: str, fig_dir: Path) -> Section:
@@ -166,27 +190,48 @@ def audit(reader: Reader, claim: Claim, dataset: str, fig_dir: Path) -> Section:
         f"| {pct(a['max'])} | {points(a['best_minus_median'])} | [{pct(one['low'])}, {pct(one['high'])}] "
         f"| ±{pct(one['split_se'])} |",
         "",
-    ]  # fmt: skip
+    ]
     if 42 in per:
-        out.lines.append(f"- Seed 42 ranks {ranked.index(42) + 1} of {len(per)} on test/acc "
-                         f"({pct(per[42])} %; the median run {pct(a['median'])} %).")  # fmt: skip
+        out.lines.append(
+            f"- Seed 42 ranks {ranked.index(42) + 1} of {len(per)} on test/acc "
+            f"({pct(per[42])} %; the median run {pct(a['median'])} %)."
+        )
     pick = c.get("picked_seed") or {}
     if pick.get(TEST) is not None:
-        out.lines.append(f"- Picking the seed with the best validation accuracy (seed {pick['seed']}) "
-                         f"would report test/acc {pct(pick[TEST])} %.")  # fmt: skip
+        out.lines.append(
+            f"- Picking the seed with the best validation accuracy (seed {pick['seed']}) "
+            f"would report test/acc {pct(pick[TEST])} %."
+        )
     out.lines.append("")
-    fig = figure(reader, run.info.run_id, summary["figures"].get("seed_spread"), fig_dir,
-                 f"{name}-seed_spread.png")  # fmt: skip
+    fig = figure(
+        reader,
+        run.info.run_id,
+        summary["figures"].get("seed_spread"),
+        fig_dir,
+        f"{name}-seed_spread.png",
+    )
     if fig:
         out.lines += [f"![seed spread, {DATA[dataset]}]({fig_dir.name}/{fig})", ""]
     runs = c.get("confirm_runs", {})
-    out.lines += ["<details><summary>The seed runs (MLflow run ids)</summary>", "",
-                  ", ".join(f"seed {s} `{r}`" for s, r in runs.items()), "", "</details>", ""]  # fmt: skip
+    out.lines += [
+        "<details><summary>The seed runs (MLflow run ids)</summary>",
+        "",
+        ", ".join(f"seed {s} `{r}`" for s, r in runs.items()),
+        "",
+        "</details>",
+        "",
+    ]
     out.run_ids = [run.info.run_id, *runs.values()]
-    out.glance.append([claim.title, DATA[dataset], "best seed − median seed",
-                       points(a["best_minus_median"]),
-                       f"one run: [{pct(one['low'])}, {pct(one['high'])}] %",
-                       f"spread {pct(a['max'] - a['min'])} points"])  # fmt: skip
+    out.glance.append(
+        [
+            claim.title,
+            DATA[dataset],
+            "best seed − median seed",
+            points(a["best_minus_median"]),
+            f"one run: [{pct(one['low'])}, {pct(one['high'])}] %",
+            f"spread {pct(a['max'] - a['min'])} points",
+        ]
+    )
     return out
 
 

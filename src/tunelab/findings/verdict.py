@@ -41,8 +41,14 @@ def oriented(pairs: list[dict[str, Any]], check: Check) -> dict[str, Any] | None
         if (p["a"], p["b"]) == (check.a, check.b):
             return p
         if (p["a"], p["b"]) == (check.b, check.a):
-            return {**p, "a": check.a, "b": check.b, "diff": -p["diff"],
-                    "low": -p["high"], "high": -p["low"]}  # fmt: skip
+            return {
+                **p,
+                "a": check.a,
+                "b": check.b,
+                "diff": -p["diff"],
+                "low": -p["high"],
+                "high": -p["low"],
+            }
     return None
 
 
@@ -57,11 +63,21 @@ def judge(pairs: list[dict[str, Any]], check: Check, margin: float) -> Judged:
     elif check.expect == "higher":
         word = ("supported" if diff > 0 else "contradicted") if resolved else "not resolved"
     elif check.expect == "not_lower":
-        word = ("contradicted" if resolved and diff < 0
-                else "supported" if low > -margin or (resolved and diff > 0) else "not resolved")  # fmt: skip
+        word = (
+            "contradicted"
+            if resolved and diff < 0
+            else "supported"
+            if low > -margin or (resolved and diff > 0)
+            else "not resolved"
+        )
     else:  # equal
-        word = ("contradicted" if resolved
-                else "supported" if -margin <= low and high <= margin else "not resolved")  # fmt: skip
+        word = (
+            "contradicted"
+            if resolved
+            else "supported"
+            if -margin <= low and high <= margin
+            else "not resolved"
+        )
     return Judged(check, diff, low, high, resolved, int(p["n"]), word)
 
 
@@ -77,5 +93,7 @@ def line(j: Judged, margin: float) -> str:
             f"searches are deterministic, so there is no spread to judge it by; the article: {exp})"
         )
     tail = f" (margin ±{margin * 100:.1f})" if j.check.expect != "higher" else ""
-    return (f"`{j.check.a}` − `{j.check.b}`: {points(j.diff)} points {j.interval()}, "
-            f"{j.n} seeds: **{j.word}** (the article: {exp}{tail})")  # fmt: skip
+    return (
+        f"`{j.check.a}` − `{j.check.b}`: {points(j.diff)} points {j.interval()}, "
+        f"{j.n} seeds: **{j.word}** (the article: {exp}{tail})"
+    )

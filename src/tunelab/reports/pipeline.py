@@ -44,9 +44,13 @@ def axis_plot(
     ax.scatter(x[done], trials["value"][done], s=18, alpha=0.7, label="complete")
     if pruned.any() and trials["value"][pruned].notna().any():
         ax.scatter(
-            x[pruned], trials["value"][pruned], s=14, marker="x", alpha=0.5,
+            x[pruned],
+            trials["value"][pruned],
+            s=14,
+            marker="x",
+            alpha=0.5,
             label="pruned (last value)",
-        )  # fmt: skip
+        )
     if "low" not in bounds:
         ax.set_xticks(range(len(labels)), labels)
     ax.scatter(

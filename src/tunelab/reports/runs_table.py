@@ -29,10 +29,15 @@ def jobs_table(runs: list[Any], metric: str, direction: str) -> str:
     for r in sorted(runs, key=score):
         m = r.data.metrics
         seconds = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
-        rows.append([
-            r.data.tags.get("overrides", r.info.run_name or ""), r.info.status,
-            _fmt(m.get(f"best/{metric}")), _fmt(m.get("test/acc")), f"{seconds:.0f} s",
-        ])  # fmt: skip
+        rows.append(
+            [
+                r.data.tags.get("overrides", r.info.run_name or ""),
+                r.info.status,
+                _fmt(m.get(f"best/{metric}")),
+                _fmt(m.get("test/acc")),
+                f"{seconds:.0f} s",
+            ]
+        )
     return _table(rows, ["job", "status", f"best {metric}", "test/acc", "time"])
 
 

@@ -121,14 +121,19 @@ def _cell_summary(
         "inert": sv.inert_settings(result.config),
         "one_run": {
             m: sv.one_run(list(v.values()), _n_split(result, m)) for m, v in per_seed.items()
-        },  # fmt: skip
+        },
     }
     info["bias"] = sv.bias_checks(info, spec.metric)
     if result.best is not None and result.space:
         names, warns = checks.axis_checks(
-            cell.name, result.trials, result.space, result.best, spec.metric,
-            spec.checks["edge_fraction"], out,
-        )  # fmt: skip
+            cell.name,
+            result.trials,
+            result.space,
+            result.best,
+            spec.metric,
+            spec.checks["edge_fraction"],
+            out,
+        )
         info.update(axis_figures=names, edge_warnings=warns)
     runs = _curves_runs(run, result, spec.checks["top_k"])
     if runs:
@@ -170,10 +175,14 @@ def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
     figures = {"best_so_far": bso_fig}
     if any(c["per_seed"][spec.metric] for c in cells):
         figures["isolation"] = checks.isolation(
-            names, per_seed, {c["cell"]: c["stats"] for c in cells},
+            names,
+            per_seed,
+            {c["cell"]: c["stats"] for c in cells},
             {c["cell"]: c["search_value"] for c in cells if c["search_value"] is not None},
-            metrics, spec.scientific, out,
-        )  # fmt: skip
+            metrics,
+            spec.scientific,
+            out,
+        )
         figures["seed_spread"] = checks.seed_spread(
             {c["cell"]: c["per_seed"][spec.metric] for c in cells}, spec.metric, spec.direction, out
         )
@@ -246,8 +255,11 @@ def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
         **{f"fixed.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in spec.fixed},
         **{f"nuisance.{c.name}": json.dumps(c.space) for c in spec.cells},
     }
-    tags = {"top_set": ",".join(summary["top_set"]), "n_cells": str(len(spec.cells)),
-            "mlflow.note.content": _description(summary)}  # fmt: skip
+    tags = {
+        "top_set": ",".join(summary["top_set"]),
+        "n_cells": str(len(spec.cells)),
+        "mlflow.note.content": _description(summary),
+    }
     cells = [c["mlflow_run_id"] for c in summary["cells"] if c["mlflow_run_id"]]
     if cells:  # the confirmed cells side by side, linked from the description and the console
         from tunelab.tracking.mlflow_writer import COMPARE_TAG, ui_link

@@ -126,10 +126,12 @@ def curves(
         flags[label] = codes
         color = f"C{i % 10}"
         tag = f"{label} [{', '.join(codes) or 'healthy'}]"
-        for ax, key, style in ((axes[0], "train/loss", {"label": f"{tag} train"}),
-                               (axes[0], "val/loss", {"ls": "--", "label": "val"}),
-                               (axes[1], "train/acc", {"alpha": 0.5}),
-                               (axes[1], "val/acc", {"ls": "--", "label": tag})):  # fmt: skip
+        for ax, key, style in (
+            (axes[0], "train/loss", {"label": f"{tag} train"}),
+            (axes[0], "val/loss", {"ls": "--", "label": "val"}),
+            (axes[1], "train/acc", {"alpha": 0.5}),
+            (axes[1], "val/acc", {"ls": "--", "label": tag}),
+        ):
             values = h.get(key, [])
             ax.plot(range(1, len(values) + 1), values, color=color, **style)
     axes[0].set_title(f"{cell}: loss (solid train, dashed val)", fontsize=9)
@@ -161,14 +163,25 @@ def isolation(
         for i, cell in enumerate(cells):
             s = stats_[cell][metric]
             vals = list(per_seed[cell][metric].values())
-            ax.scatter(np.full(len(vals), i) + np.linspace(-0.08, 0.08, len(vals)),
-                       np.array(vals) * scale, s=10, color="grey", alpha=0.7)  # fmt: skip
+            ax.scatter(
+                np.full(len(vals), i) + np.linspace(-0.08, 0.08, len(vals)),
+                np.array(vals) * scale,
+                s=10,
+                color="grey",
+                alpha=0.7,
+            )
             if math.isfinite(s["mean"]):
                 err = (s["ci_high"] - s["mean"]) * scale if math.isfinite(s["ci_high"]) else 0
                 ax.errorbar(i, s["mean"] * scale, yerr=err, fmt="o", color="C0", capsize=5)
             if metric == metrics[0] and cell in search_best:
-                ax.scatter(i + 0.2, search_best[cell] * scale, marker="D", facecolors="none",
-                           edgecolors="C3", label="search best" if i == 0 else None)  # fmt: skip
+                ax.scatter(
+                    i + 0.2,
+                    search_best[cell] * scale,
+                    marker="D",
+                    facecolors="none",
+                    edgecolors="C3",
+                    label="search best" if i == 0 else None,
+                )
         ax.set_xticks(x, cells, rotation=20)
         ax.set_xlabel(scientific)
         ax.set_ylabel(metric + (f" ({unit})" if unit else ""))

@@ -49,10 +49,11 @@ def _results(summary: dict[str, Any]) -> list[str]:
         a = c["audit"]
         best = " **(top set)**" if c["cell"] in summary["top_set"] else ""
         lines.append(
-            f"| `{c['cell']}`{best} | " + " | ".join(cols)
+            f"| `{c['cell']}`{best} | "
+            + " | ".join(cols)
             + f" | {words.v(a['min'], m)} | {words.v(a['max'], m)} | {words.v(a['best_minus_median'], m)}"
             + f" | {words.v(c['search_value'], m)} | {int(c['stats'][m]['n'])} |"
-        )  # fmt: skip
+        )
     return [*lines, ""]
 
 
@@ -76,8 +77,10 @@ def _checks(summary: dict[str, Any]) -> list[str]:
                 f"- Nuisance search: {inf['n']} trials, {inf['pruned']} pruned, {inf['failed']} "
                 f"infeasible ({inf['fraction']:.0%}; reasons: {reasons})."
             )
-            params = ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
-                               for k, v in c["best_params"].items())  # fmt: skip
+            params = ", ".join(
+                f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
+                for k, v in c["best_params"].items()
+            )
             if c["best_trial"] is not None:
                 lines.append(
                     f"- Best trial {c['best_trial']}: {params} ({m} {words.v(c['search_value'], m)})."
@@ -159,10 +162,15 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += words.headline(summary)
     lines += _results(summary)
     if not single and summary["figures"].get("isolation"):
-        lines += ["## Isolation plot", "",
-                  "Best over the nuisance parameters for each value of the scientific one; bars: "
-                  "95% interval over seeds, dots: seeds, diamond: the search's best (one seed).",
-                  "", "![isolation](figures/isolation.png)", ""]  # fmt: skip
+        lines += [
+            "## Isolation plot",
+            "",
+            "Best over the nuisance parameters for each value of the scientific one; bars: "
+            "95% interval over seeds, dots: seeds, diamond: the search's best (one seed).",
+            "",
+            "![isolation](figures/isolation.png)",
+            "",
+        ]
     if not single:
         lines += words.pairs_table(summary) + words.audit(summary)
     lines += _bias(summary) + _checks(summary) + _setup(summary)

@@ -35,10 +35,13 @@ def with_failures(
     """Per cell and seed the metric; a seed that did not finish counts at the worst value any
     cell reached (so an unstable cell is not judged on its survivors)."""
     done = {
-        cell: {s: float(r["values"][metric]) for s, r in runs.items()
-               if r.get("kind") == "complete" and metric in r.get("values", {})}
+        cell: {
+            s: float(r["values"][metric])
+            for s, r in runs.items()
+            if r.get("kind") == "complete" and metric in r.get("values", {})
+        }
         for cell, runs in confirm.items()
-    }  # fmt: skip
+    }
     finished = [v for cell in done.values() for v in cell.values()]
     worst = (min if direction == "maximize" else max)(finished) if finished else math.nan
     failures = {cell: sum(s not in done[cell] for s in runs) for cell, runs in confirm.items()}
@@ -88,8 +91,9 @@ def prob_better(values: dict[str, dict[int, float]]) -> dict[str, dict[str, floa
             seeds = sorted(set(values[a]) & set(values[b]))
             d = np.array([values[a][s] - values[b][s] for s in seeds])
             score = (d > 0) + 0.5 * (d == 0)
-            ci = stats.bootstrap((score,), np.mean, n_resamples=2000, method="percentile",
-                                 random_state=0).confidence_interval  # fmt: skip
+            ci = stats.bootstrap(
+                (score,), np.mean, n_resamples=2000, method="percentile", random_state=0
+            ).confidence_interval
             out[f"{a} > {b}"] = {"p": float(score.mean()), "low": ci.low, "high": ci.high}
     return out
 
@@ -99,9 +103,13 @@ def iqm(values: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
     out = {}
     for cell, vals in values.items():
         x = np.array(list(vals.values()))
-        ci = stats.bootstrap((x,), lambda s, axis=-1: stats.trim_mean(s, 0.25, axis=axis),
-                             n_resamples=2000, method="percentile",
-                             random_state=0).confidence_interval  # fmt: skip
+        ci = stats.bootstrap(
+            (x,),
+            lambda s, axis=-1: stats.trim_mean(s, 0.25, axis=axis),
+            n_resamples=2000,
+            method="percentile",
+            random_state=0,
+        ).confidence_interval
         out[cell] = {"iqm": float(stats.trim_mean(x, 0.25)), "low": ci.low, "high": ci.high}
     return out
 
@@ -126,8 +134,10 @@ def budget_check(n_trials: int, space: dict[str, str]) -> str | None:
     """Whether "enough trials" can be judged: from about 10 trials per searched dimension."""
     dims = len(space)
     if dims and n_trials < 10 * dims:
-        return (f"{n_trials} trials for {dims} searched dimensions: below about {10 * dims} "
-                "trials whether the search was long enough cannot be judged")  # fmt: skip
+        return (
+            f"{n_trials} trials for {dims} searched dimensions: below about {10 * dims} "
+            "trials whether the search was long enough cannot be judged"
+        )
     return None
 
 

@@ -30,18 +30,27 @@ def headline(summary: dict[str, Any]) -> list[str]:
     names = ", ".join(f"`{c}`" for c in top)
     n = judged["n"]
     if len(top) == 1:
-        lines = [f"**`{top[0]}` leads on {p}, resolved from every other cell** ({n} seeds, held-out "
-                 "split).", ""]  # fmt: skip
+        lines = [
+            f"**`{top[0]}` leads on {p}, resolved from every other cell** ({n} seeds, held-out "
+            "split).",
+            "",
+        ]
     else:
-        lines = [f"**Top set on {p}: {names}**: with {n} seeds these are not resolved from the "
-                 f"leader `{judged['leader']}` (held-out split; no search saw it).", ""]  # fmt: skip
+        lines = [
+            f"**Top set on {p}: {names}**: with {n} seeds these are not resolved from the "
+            f"leader `{judged['leader']}` (held-out split; no search saw it).",
+            "",
+        ]
     lines += [f"- {line}" for line in judged["lines"]] + [""]
     lines += power(judged) + caveats(summary, judged)
     secondary = summary["metric"]
     if secondary != p and secondary in summary["judged"]:
         s = summary["judged"][secondary]
-        lines += [f"On the selection metric {secondary} (validation, which the search chose on, "
-                  f"so optimistic): top set {', '.join(f'`{c}`' for c in s['top_set'])}.", ""]  # fmt: skip
+        lines += [
+            f"On the selection metric {secondary} (validation, which the search chose on, "
+            f"so optimistic): top set {', '.join(f'`{c}`' for c in s['top_set'])}.",
+            "",
+        ]
     return lines
 
 
@@ -62,8 +71,11 @@ def power(judged: dict[str, Any]) -> list[str]:
         if need
         else f"resolving {v(pw['min_effect'], m)}{unit(m)} would take over 200 seeds"
     )
-    return [f"Power: with {pw['n']} seeds and a paired spread of {v(pw['sd'], m)}{unit(m)}, "
-            f"{found} ({level}); {plan}.", ""]  # fmt: skip
+    return [
+        f"Power: with {pw['n']} seeds and a paired spread of {v(pw['sd'], m)}{unit(m)}, "
+        f"{found} ({level}); {plan}.",
+        "",
+    ]
 
 
 def few_seeds(summary: dict[str, Any]) -> str:
@@ -78,13 +90,17 @@ def caveats(summary: dict[str, Any], judged: dict[str, Any]) -> list[str]:
     if summary["few_seeds"]:
         out.append(f"⚠ {few_seeds(summary)}")
     if summary["looks"] > 1:
-        out.append(f"⚠ Seeds were added after an earlier report ({summary['looks']} looks): the "
-                   "level is divided over the looks, so adding seeds until something is "
-                   "significant cannot manufacture a verdict.")  # fmt: skip
+        out.append(
+            f"⚠ Seeds were added after an earlier report ({summary['looks']} looks): the "
+            "level is divided over the looks, so adding seeds until something is "
+            "significant cannot manufacture a verdict."
+        )
     for cell, k in judged["failures"].items():
         if k:
-            out.append(f"⚠ `{cell}` did not finish {k} seed(s): they count at the worst value any "
-                       "cell reached, not as missing.")  # fmt: skip
+            out.append(
+                f"⚠ `{cell}` did not finish {k} seed(s): they count at the worst value any "
+                "cell reached, not as missing."
+            )
     return [*(f"- {c}" for c in out), ""] if out else []
 
 
@@ -114,11 +130,15 @@ def pairs_table(summary: dict[str, Any]) -> list[str]:
     extra = []
     for metric, j in summary["judged"].items():
         for pair, pb in (j.get("prob_better") or {}).items():
-            extra.append(f"- P({pair}) on {metric}: {pb['p']:.2f} [{pb['low']:.2f}, "
-                         f"{pb['high']:.2f}] (paired bootstrap over seeds)")  # fmt: skip
+            extra.append(
+                f"- P({pair}) on {metric}: {pb['p']:.2f} [{pb['low']:.2f}, "
+                f"{pb['high']:.2f}] (paired bootstrap over seeds)"
+            )
         for cell, q in (j.get("iqm") or {}).items():
-            extra.append(f"- `{cell}` interquartile mean of {metric}: {v(q['iqm'], metric)} "
-                         f"[{v(q['low'], metric)}, {v(q['high'], metric)}]")  # fmt: skip
+            extra.append(
+                f"- `{cell}` interquartile mean of {metric}: {v(q['iqm'], metric)} "
+                f"[{v(q['low'], metric)}, {v(q['high'], metric)}]"
+            )
     return [*lines, "", *extra, ""] if extra else [*lines, ""]
 
 
@@ -132,8 +152,12 @@ def audit(summary: dict[str, Any]) -> list[str]:
             continue
         for m, a in c["audit_by_metric"].items():
             one = c["one_run"].get(m, {})
-            split = (f"; the {m.split('/')[0]} split alone is measured to ±{v(one['split_se'], m)}"
-                     f"{unit(m)} (binomial standard error)" if math.isfinite(one.get("split_se", math.nan)) else "")  # fmt: skip
+            split = (
+                f"; the {m.split('/')[0]} split alone is measured to ±{v(one['split_se'], m)}"
+                f"{unit(m)} (binomial standard error)"
+                if math.isfinite(one.get("split_se", math.nan))
+                else ""
+            )
             lines.append(
                 f"- `{c['cell']}`, {m} over {int(a['n'])} seeds: mean {v(a['mean'], m)}, sd "
                 f"{v(a['std'], m)}; one more run would land in [{v(one.get('low'), m)}, "

@@ -169,8 +169,11 @@ def finalize(sweep: Any, utilisation: float, n_run: int) -> dict[str, Any]:
         try:
             _record(sweep, result, best, files)
         except Exception as exc:  # e.g. the tracking server is away: the files above stay
-            log.error("the sweep's MLflow run was not updated (%s); its results are in %s",
-                      mask(str(exc))[:300], out_dir)  # fmt: skip
+            log.error(
+                "the sweep's MLflow run was not updated (%s); its results are in %s",
+                mask(str(exc))[:300],
+                out_dir,
+            )
     return result
 
 
@@ -187,8 +190,10 @@ def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -
         values = ", ".join(
             f"{m} {v:.4g}" for m, v in zip(sweep.metrics, best[0].values, strict=False)
         )
-        chosen = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in best[0].params.items())  # fmt: skip
+        chosen = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in best[0].params.items()
+        )
         head = f"Best: {values} at trial {best[0].number}: {chosen}"
     elif best:
         tags["pareto.trials"] = ",".join(str(t.number) for t in best)

@@ -188,8 +188,22 @@ def compare(
         seeds = sorted(set(values[a]) & set(values[b]))
         d = np.array([values[a][s] - values[b][s] for s in seeds], dtype=float)
         if len(d) < 2:
-            pairs.append(Pair(a, b, metric, len(d), _mean(d), math.nan, -math.inf, math.inf,
-                              math.nan, math.nan, "none", False))  # fmt: skip
+            pairs.append(
+                Pair(
+                    a,
+                    b,
+                    metric,
+                    len(d),
+                    _mean(d),
+                    math.nan,
+                    -math.inf,
+                    math.inf,
+                    math.nan,
+                    math.nan,
+                    "none",
+                    False,
+                )
+            )
             continue
         (p,), (exact,) = paired_p(d[None, :], res)
         low, high = interval(d, level, bool(exact))
@@ -198,8 +212,22 @@ def compare(
         sd = float(d.std(ddof=1))
         spreads.append((sd, len(d)))
         test = "exact sign-flip" if exact else "paired t"
-        pairs.append(Pair(a, b, metric, len(d), float(d.mean()), sd, low, high, float(p),
-                          p_adj, test, resolved))  # fmt: skip
+        pairs.append(
+            Pair(
+                a,
+                b,
+                metric,
+                len(d),
+                float(d.mean()),
+                sd,
+                low,
+                high,
+                float(p),
+                p_adj,
+                test,
+                resolved,
+            )
+        )
     sign = 1.0 if direction == "maximize" else -1.0
     means = {c: _mean(np.array(list(v.values()))) for c, v in values.items()}
     ranked = sorted((c for c in cells if math.isfinite(means[c])), key=lambda c: -sign * means[c])
@@ -208,8 +236,19 @@ def compare(
     pooled = _pooled(spreads)
     n = max((p.n for p in pairs), default=0)
     family = f"against {baseline}" if baseline else "all pairs"
-    v = Verdicts(metric, direction, pairs, leader, top, family, level, pooled, n,
-                 detectable(pooled, n, level), dict(failures or {}))  # fmt: skip
+    v = Verdicts(
+        metric,
+        direction,
+        pairs,
+        leader,
+        top,
+        family,
+        level,
+        pooled,
+        n,
+        detectable(pooled, n, level),
+        dict(failures or {}),
+    )
     for p in pairs:
         p.verdict = words(p, v)
     v.lines = [p.verdict for p in pairs]
@@ -244,8 +283,10 @@ def words(p: Pair, v: Verdicts) -> str:
         return f"{head}: {p.a} {side}, resolved (interval {where}; {how})"
     if not math.isfinite(p.low):
         smallest = 2.0 / 2**p.n
-        return (f"{head}: not resolved; {p.n} seeds cannot resolve a difference at this level "
-                f"(their smallest p is {smallest:.2g}, {v.level:.2g} needed; {how})")  # fmt: skip
+        return (
+            f"{head}: not resolved; {p.n} seeds cannot resolve a difference at this level "
+            f"(their smallest p is {smallest:.2g}, {v.level:.2g} needed; {how})"
+        )
     return f"{head}: not resolved with {p.n} seeds; compatible with {where} ({how})"
 
 
@@ -259,8 +300,9 @@ def _p(p: float) -> str:
     return "–" if not math.isfinite(p) else (f"{p:.2f}" if p >= 0.01 else f"{p:.1g}")
 
 
-def null_rate(k: int, n: int, studies: int, step: float, sd: float, alpha: float = 0.05,
-              seed: int = 0) -> float:  # fmt: skip
+def null_rate(
+    k: int, n: int, studies: int, step: float, sd: float, alpha: float = 0.05, seed: int = 0
+) -> float:
     """Share of simulated studies with no true difference in which any pair is resolved: the
     verdict code's false-verdict rate (values quantised to `step`, like accuracy on 1/step
     examples)."""

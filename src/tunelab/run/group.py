@@ -84,8 +84,10 @@ def batching_reason(cfg: DictConfig, model: nn.Module, device: Any) -> str | Non
         return "trainer.batch_replicas=false"
     convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     if mode == "auto" and convs and device.type == "cpu":
-        return ("on a CPU, batched convolutions train slower than one run after another "
-                "(trainer.batch_replicas=true batches them anyway)")  # fmt: skip
+        return (
+            "on a CPU, batched convolutions train slower than one run after another "
+            "(trainer.batch_replicas=true batches them anyway)"
+        )
     return None
 
 
@@ -118,8 +120,11 @@ def _one_after_another(
         done: dict[str, dict] = dict(saved["results"]) if saved else {}
         for cfg, seed_ctx in zip(configs, contexts, strict=True):
             if str(cfg.seed) in done:
-                log.info("trainer.replicas: seed %s finished before: run %s kept", cfg.seed,
-                         done[str(cfg.seed)]["run_id"])  # fmt: skip
+                log.info(
+                    "trainer.replicas: seed %s finished before: run %s kept",
+                    cfg.seed,
+                    done[str(cfg.seed)]["run_id"],
+                )
                 continue
             try:
                 result = train(cfg, seed_ctx.derive(tags={"replica_group": group}))
@@ -181,13 +186,31 @@ def _batched(
 
         try:
             done = fit_replicas(
-                models, seeds, cfg, data, allow=base.allow, on_epoch=on_epoch, autocast=autocast,
-                resume=saved, after_epoch=after_epoch,
-            )  # fmt: skip
+                models,
+                seeds,
+                cfg,
+                data,
+                allow=base.allow,
+                on_epoch=on_epoch,
+                autocast=autocast,
+                resume=saved,
+                after_epoch=after_epoch,
+            )
             results = []
             for k, r in enumerate(done):
-                results.append(_finish(r, trackers[k], configs[k], contexts[k], models[k], data,
-                                       splits, store, autocast))  # fmt: skip
+                results.append(
+                    _finish(
+                        r,
+                        trackers[k],
+                        configs[k],
+                        contexts[k],
+                        models[k],
+                        data,
+                        splits,
+                        store,
+                        autocast,
+                    )
+                )
                 ended.add(k)
         except BaseException as exc:
             for k, tracker in enumerate(trackers):
@@ -215,14 +238,20 @@ def _finish(
     epoch's weights evaluated, tested and logged."""
     if replica.status == "FAILED":
         epoch = replica.state.epoch + 1
-        tracker.set_tags({"failure_reason": "nonfinite_loss", "diverged_at_epoch": str(epoch),
-                          "failure_message": str(replica.reason)})  # fmt: skip
+        tracker.set_tags(
+            {
+                "failure_reason": "nonfinite_loss",
+                "diverged_at_epoch": str(epoch),
+                "failure_message": str(replica.reason),
+            }
+        )
         tracker.end("FAILED")
         return _failed(tracker.run_id, cfg, str(replica.reason))
     own = RunStore(store.dir / f"seed-{replica.seed}")
     own.run_id = tracker.run_id
-    write_atomic(serialize({"model": replica.best_weights, "epoch": replica.state.best_epoch}),
-                 own.best_path)  # fmt: skip
+    write_atomic(
+        serialize({"model": replica.best_weights, "epoch": replica.state.best_epoch}), own.best_path
+    )
     model.load_state_dict(replica.weights)
     optimizer = str(cfg.optimizer.get("name", ""))
     summary = finish_run(tracker, ctx, optimizer, model, data, replica.state, splits, own, autocast)
@@ -249,8 +278,12 @@ def _summary(cfg: DictConfig, results: list[RunResult]) -> RunResult:
         raise DivergedError(_epoch_of(first), math.nan)
     failed = [r for r in results if r.status != "FINISHED"]
     if failed:
-        log.warning("trainer.replicas: %d of %d seeds failed: %s", len(failed), len(results),
-                    "; ".join(r.reason for r in failed))  # fmt: skip
+        log.warning(
+            "trainer.replicas: %d of %d seeds failed: %s",
+            len(failed),
+            len(results),
+            "; ".join(r.reason for r in failed),
+        )
     metrics = aggregate([r.metrics for r in finished])
     return RunResult(
         finished[0].run_id, "FINISHED", str(cfg.objective.metric), metrics, replicas=results

@@ -231,8 +231,10 @@ def fit_replicas(
 def _show(epoch: int, total: int, replicas: list[Replica], train_s: float) -> None:
     """One line per epoch: how many replicas train on and the spread of their val/acc."""
     accs = [r.state.history["val/acc"][-1] for r in replicas]
-    log.info(f"epoch {epoch}/{total} {len(accs)} replicas val/acc {min(accs):.4f}..{max(accs):.4f} "
-             f"({train_s:.2f}s)")  # fmt: skip
+    log.info(
+        f"epoch {epoch}/{total} {len(accs)} replicas val/acc {min(accs):.4f}..{max(accs):.4f} "
+        f"({train_s:.2f}s)"
+    )
 
 
 def _record(state: TrainState, metrics: dict, objective: Objective, stop: Any) -> bool:

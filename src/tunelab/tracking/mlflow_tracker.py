@@ -89,9 +89,11 @@ class MlflowTracker:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         self._monitor = SystemMetricsMonitor(
-            self.run_id, sampling_interval=self.system_metrics_every_s, resume_logging=resumed,
+            self.run_id,
+            sampling_interval=self.system_metrics_every_s,
+            resume_logging=resumed,
             tracking_uri=self.tracking_uri,
-        )  # fmt: skip
+        )
         self._monitor.start()
 
     def flush(self) -> None:
@@ -174,16 +176,22 @@ class MlflowTracker:
         with fluent_store(self.tracking_uri), mlflow.start_run(run_id=self.run_id):
             try:
                 mlflow.pytorch.log_model(
-                    model, name="model", input_example=input_example,
-                    serialization_format="pt2", pip_requirements=requirements,
-                )  # fmt: skip
+                    model,
+                    name="model",
+                    input_example=input_example,
+                    serialization_format="pt2",
+                    pip_requirements=requirements,
+                )
                 self.set_tags({"model_format": "pt2"})
             except Exception as exc:  # e.g. data-dependent control flow torch.export refuses
                 log.warning("model not exportable (%s): logged pickled", str(exc).splitlines()[0])
                 mlflow.pytorch.log_model(
-                    model, name="model", input_example=input_example,
-                    serialization_format="pickle", pip_requirements=requirements,
-                )  # fmt: skip
+                    model,
+                    name="model",
+                    input_example=input_example,
+                    serialization_format="pickle",
+                    pip_requirements=requirements,
+                )
                 self.set_tags({"model_format": "pickle"})
         self.flush()
 

@@ -31,8 +31,13 @@ def plan(conf: Any, config: Any, n_jobs: int) -> tuple[int, list[str] | None]:
         return n_jobs, None
     per_gpu = max(1, int(conf.get("trials_per_gpu") or 1))
     if n_jobs > gpus * per_gpu:
-        log.warning("n_jobs=%d trials at once but %d GPU(s) x trials_per_gpu=%d: running %d",
-                    n_jobs, gpus, per_gpu, gpus * per_gpu)  # fmt: skip
+        log.warning(
+            "n_jobs=%d trials at once but %d GPU(s) x trials_per_gpu=%d: running %d",
+            n_jobs,
+            gpus,
+            per_gpu,
+            gpus * per_gpu,
+        )
         n_jobs = gpus * per_gpu
     return n_jobs, [f"cuda:{slot // per_gpu}" for slot in range(n_jobs)]
 

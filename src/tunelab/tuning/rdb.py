@@ -128,8 +128,11 @@ def fail_stale(storage: Any, study: optuna.Study) -> list[str]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return [str(t.user_attrs["mlflow_run_id"]) for t in failed
-            if t.number in running and t.user_attrs.get("mlflow_run_id")]  # fmt: skip
+    return [
+        str(t.user_attrs["mlflow_run_id"])
+        for t in failed
+        if t.number in running and t.user_attrs.get("mlflow_run_id")
+    ]
 
 
 class Heartbeat:

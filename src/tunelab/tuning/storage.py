@@ -90,8 +90,12 @@ def open_storage(url: str, conf: Any) -> BaseStorage:
     """The storage a sweep's settings (hydra.sweeper) ask for; the first process to arrive at a
     file storage creates its tables while the others wait."""
     with ownership.file_lock(lock_path(url)):
-        return make_storage(url, int(conf.get("heartbeat_interval_s") or 60),
-                            conf.get("grace_period_s"), int(conf.get("max_retries", 1)))  # fmt: skip
+        return make_storage(
+            url,
+            int(conf.get("heartbeat_interval_s") or 60),
+            conf.get("grace_period_s"),
+            int(conf.get("max_retries", 1)),
+        )
 
 
 def ask_lock(storage: BaseStorage, url: str, name: str) -> contextlib.AbstractContextManager:
@@ -168,8 +172,9 @@ def requeue(study: optuna.Study, params: dict, attrs: dict, max_retries: int) ->
     if retries >= max_retries:
         return False
     origin = attrs.get("retry_of", attrs.get("number"))
-    study.enqueue_trial(dict(params), user_attrs={"retry_of": origin, "retries": retries + 1},
-                        skip_if_exists=False)  # fmt: skip
+    study.enqueue_trial(
+        dict(params), user_attrs={"retry_of": origin, "retries": retries + 1}, skip_if_exists=False
+    )
     return True
 
 

@@ -240,10 +240,15 @@ class StudyRun:
         ctx = self.ctx.derive(parent_run_id=result.run_id, tags=tags, log_model=False)
         split = spec.vary_split and OmegaConf.select(self.config, "data.split_seed") is not None
         jobs = [
-            job_overrides([*fixed, *([f"data.split_seed={s}"] if split else [])],
-                          result.best_params, s, seed_key, ctx)
+            job_overrides(
+                [*fixed, *([f"data.split_seed={s}"] if split else [])],
+                result.best_params,
+                s,
+                seed_key,
+                ctx,
+            )
             for s in todo
-        ]  # fmt: skip
+        ]
         log.info("cell %s: confirming %s under seeds %s", cell.name, key, todo)
         runner, batch = self._runner(len(fixed))
         # one split for every seed: the seeds train together, as trainer.replicas

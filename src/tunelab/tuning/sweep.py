@@ -75,8 +75,11 @@ class Sweep:
         self.conf, self.config, self.launcher = conf, config, launcher
         sel = OmegaConf.select
         objectives = conf.get("objectives") or [
-            {"metric": sel(config, "objective.metric", default="val/acc"),
-             "direction": sel(config, "objective.direction", default="maximize")}]  # fmt: skip
+            {
+                "metric": sel(config, "objective.metric", default="val/acc"),
+                "direction": sel(config, "objective.direction", default="maximize"),
+            }
+        ]
         self.metrics = [o["metric"] for o in objectives]
         self.directions = [o["direction"] for o in objectives]
         self.space, self.fixed = build_space(conf.get("params"), arguments, conf.get("conditional"))
@@ -122,9 +125,12 @@ class Sweep:
         self.storage = studies.open_storage(self.storage_url, self.conf)
         with studies.ask_lock(self.storage, self.storage_url, self.study_name):  # one at a time
             self.study = studies.open_study(
-                self.study_name, self.storage, self.directions, self.conf.get("pruner"),
+                self.study_name,
+                self.storage,
+                self.directions,
+                self.conf.get("pruner"),
                 self.storage_url,
-            )  # fmt: skip
+            )
             stale = studies.fail_stale(
                 self.storage, self.study, int(self.conf.get("max_retries", 1))
             )
@@ -157,8 +163,12 @@ class Sweep:
         if self.sampler_name == "grid":
             self.grid = grid_values(self.space, int(self.conf.get("grid_points") or 5))
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in self.grid.values()))
-        context = {"study_name": self.study_name, "storage": self.storage_url,
-                   "pruner": self.conf.get("pruner"), "directions": self.directions}  # fmt: skip
+        context = {
+            "study_name": self.study_name,
+            "storage": self.storage_url,
+            "pruner": self.conf.get("pruner"),
+            "directions": self.directions,
+        }
         pruning.write_context(self.context_path, context)  # readable by this user only
 
     def _check_settings(self, recorded: dict[str, Any] | None) -> None:
@@ -212,14 +222,24 @@ class Sweep:
     # ---- one trial -------------------------------------------------------------------------
     def _run_trial(self, trial: optuna.Trial, params: dict[str, Any], slot: int = 0) -> None:
         start, on = time.time(), devices.overrides(self.devices, slot)  # the slot's GPU, if any
-        tags = {"sweep": self.study_name, "trial": str(trial.number), "sampler": self.sampler_name,
-                "swept": ",".join(p.name for p in self.space), **devices.tags(self.devices, slot)}  # fmt: skip
+        tags = {
+            "sweep": self.study_name,
+            "trial": str(trial.number),
+            "sampler": self.sampler_name,
+            "swept": ",".join(p.name for p in self.space),
+            **devices.tags(self.devices, slot),
+        }
         run_id = None
         if self.runs:
             try:
                 run_id = self.runs.start_trial(trial.number, params, {**self.ctx.tags, **tags})
             except Exception as exc:  # the tracking server is away: this trial fails and re-queues
-                return self._tell(trial, Outcome("fail", f"tracking unavailable: {mask(str(exc))}"[:500]), None, params)  # fmt: skip
+                return self._tell(
+                    trial,
+                    Outcome("fail", f"tracking unavailable: {mask(str(exc))}"[:500]),
+                    None,
+                    params,
+                )
             trial.set_user_attr("mlflow_run_id", run_id)
         pruning.register(self.context_path, trial)
         out = Outcome("complete")
