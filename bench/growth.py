@@ -104,8 +104,8 @@ def instrument(clock: Clock) -> dict[str, list[float]]:
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages._cached_storage import _CachedStorage
 
-    from tunelab.reports import sweep as reports
-    from tunelab.tuning import sweep as sweeps
+    from tunelab.reports import sweep_outputs as reports
+    from tunelab.tuning import sweeper as sweeps
 
     sampler_methods = [
         "infer_relative_search_space",
@@ -292,8 +292,8 @@ def run_store(n_runs: int) -> None:
     from mlflow.tracking import MlflowClient
 
     from tunelab.tracking.mlflow_writer import MlflowWriter
-    from tunelab.tracking.owners import close_dead_runs
     from tunelab.tracking.policy import tag_filter
+    from tunelab.tracking.run_owners import close_dead_runs
 
     marks = [m for m in (100, 1000, 10000) if m <= n_runs] or [n_runs]
     print(f"== one MLflow store grown to {n_runs} runs (SQLite) ==")

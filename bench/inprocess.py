@@ -12,7 +12,7 @@ def multirun(overrides: list[str]) -> None:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tunelab.cli import job as task
+    from tunelab.hydra_job import job as task
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(REPO / "conf"), job_name="train", version_base="1.3"):

@@ -143,7 +143,7 @@ def check(name: str, storage: str, tracking: str, trials: int) -> str:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from tunelab.tuning.storage import make_storage
+    from tunelab.tuning.study_storage import make_storage
 
     study = optuna.load_study(study_name=name, storage=make_storage(storage))
     numbers = sorted(t.number for t in study.trials)

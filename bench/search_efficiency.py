@@ -57,7 +57,7 @@ def run_study(method: str, seed: int, n_trials: int, epochs: int, work: Path, ex
     import optuna
     from inprocess import multirun
 
-    from tunelab.tuning.storage import make_storage
+    from tunelab.tuning.study_storage import make_storage
 
     name = f"{method}-s{seed}"
     storage = f"journal:{work / 'optuna.journal'}"

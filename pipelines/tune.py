@@ -62,7 +62,7 @@ def main() -> None:
         {
             "hydra": {
                 "sweep": {"dir": str(out.resolve()), "subdir": "jobs/${hydra.job.num}"},
-                "callbacks": {"tunelab": {"_target_": "tunelab.cli.TunelabCallback"}},
+                "callbacks": {"tunelab": {"_target_": "tunelab.hydra_job.TunelabCallback"}},
                 "sweeper": sweeper,
             }
         },

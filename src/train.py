@@ -9,7 +9,7 @@ def main(cfg: DictConfig):
     from tunelab.startup import load_libraries
 
     load_libraries()  # before importing them: see tunelab/startup.py
-    from tunelab.cli import job
+    from tunelab.hydra_job import job
 
     return job(cfg)
 

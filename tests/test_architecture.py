@@ -48,7 +48,7 @@ def test_the_run_layer_imports_nothing_from_tuning_reports_or_tracking_internals
             d
             for d in deps
             if d.startswith(
-                ("tunelab.tuning", "tunelab.reports", "tunelab.cli", "tunelab.commands")
+                ("tunelab.tuning", "tunelab.reports", "tunelab.hydra_job", "tunelab.commands")
             )
             or (d.startswith("tunelab.tracking") and d not in allowed_tracking)
         }
@@ -58,11 +58,16 @@ def test_the_run_layer_imports_nothing_from_tuning_reports_or_tracking_internals
 def test_lower_layers_never_import_upper_ones():
     upper = {
         "tunelab.config": ("tunelab.run", "tunelab.tuning", "tunelab.reports", "tunelab.tracking"),
-        "tunelab.tracking": ("tunelab.run", "tunelab.tuning", "tunelab.reports", "tunelab.cli"),
-        "tunelab.reports": ("tunelab.tuning", "tunelab.cli", "tunelab.commands"),
-        "tunelab.tuning": ("tunelab.cli", "tunelab.commands"),
+        "tunelab.tracking": (
+            "tunelab.run",
+            "tunelab.tuning",
+            "tunelab.reports",
+            "tunelab.hydra_job",
+        ),
+        "tunelab.reports": ("tunelab.tuning", "tunelab.hydra_job", "tunelab.commands"),
+        "tunelab.tuning": ("tunelab.hydra_job", "tunelab.commands"),
         "tunelab.diagnostics": ("tunelab.run", "tunelab.tuning", "tunelab.reports"),
-        "tunelab.findings": ("tunelab.cli", "tunelab.commands", "tunelab.run"),
+        "tunelab.findings": ("tunelab.hydra_job", "tunelab.commands", "tunelab.run"),
         "tunelab.startup": ("tunelab.",),
     }
     for name, deps in GRAPH.items():

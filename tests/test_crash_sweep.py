@@ -9,7 +9,7 @@ import optuna
 import pytest
 from conftest import finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
 
-from tunelab.tuning.storage import make_storage
+from tunelab.tuning.study_storage import make_storage
 
 SMALL = [
     "data=synthetic",

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tunelab.tuning.storage import make_storage
+from tunelab.tuning.study_storage import make_storage
 
 
 def _free_port() -> int:

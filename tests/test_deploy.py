@@ -79,7 +79,7 @@ def role_powers(conn) -> tuple[bool, bool, bool]:
 def test_the_init_gives_the_worker_the_optuna_database_only(team_db):
     import optuna
 
-    from tunelab.tuning.storage import make_storage
+    from tunelab.tuning.study_storage import make_storage
 
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect(team_db, "tunelab_worker", "optuna", password="wrong")

@@ -11,55 +11,55 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import ownership
+from tunelab import processes
 
 
 def _stamp_of_exited_child(env: dict[str, str] | None = None) -> str:
-    code = "from tunelab import ownership; print(ownership.me())"
+    code = "from tunelab import processes; print(processes.me())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     return out.stdout.strip()
 
 
 def test_a_live_process_is_alive_and_an_exited_one_dead():
-    assert not ownership.is_dead(ownership.me())
-    assert ownership.is_dead(_stamp_of_exited_child())
+    assert not processes.is_dead(processes.me())
+    assert processes.is_dead(_stamp_of_exited_child())
 
 
 def test_a_stamp_of_another_machine_is_never_called_dead():
     stamp = _stamp_of_exited_child({**os.environ, "TUNELAB_HOST": "gpu-box-2"})
     assert stamp.startswith("gpu-box-2:")
-    assert not ownership.is_dead(stamp)
+    assert not processes.is_dead(stamp)
 
 
 def test_the_host_names_the_pid_namespace_and_the_boot_id():
     namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    assert ownership.identity(socket.gethostname(), namespace, boot_id) == ownership.HOST
-    assert ownership.HOST.endswith(f"~{namespace}~{boot_id}")
+    assert processes.identity(socket.gethostname(), namespace, boot_id) == processes.HOST
+    assert processes.HOST.endswith(f"~{namespace}~{boot_id}")
     pid = _stamp_of_exited_child().split(":", 1)[1]
-    assert ownership.is_dead(f"{ownership.HOST}:{pid}")  # the control: this host's dead child
+    assert processes.is_dead(f"{processes.HOST}:{pid}")  # the control: this host's dead child
     # a container sharing the hostname, and a VM cloned from this one (same hostname and pid
     # namespace inode, another boot): their processes are not this machine's
-    other_container = ownership.identity(socket.gethostname(), "1", boot_id)
-    clone = ownership.identity(socket.gethostname(), namespace, "0" * 8 + boot_id[8:])
-    assert clone != ownership.HOST and other_container != ownership.HOST
-    assert not ownership.is_dead(f"{other_container}:{pid}")
-    assert not ownership.is_dead(f"{clone}:{pid}")
+    other_container = processes.identity(socket.gethostname(), "1", boot_id)
+    clone = processes.identity(socket.gethostname(), namespace, "0" * 8 + boot_id[8:])
+    assert clone != processes.HOST and other_container != processes.HOST
+    assert not processes.is_dead(f"{other_container}:{pid}")
+    assert not processes.is_dead(f"{clone}:{pid}")
 
 
 # A sweep process on the shared run: joins it (or creates it), then leaves it (as an interrupted
 # worker does: ending it KILLED unless others still work) or just exits; prints its stamp.
 WORKER = """
 import sys
-from tunelab import ownership
-from tunelab.tracking import owners
+from tunelab import processes
+from tunelab.tracking import run_owners
 from tunelab.tracking.mlflow_writer import MlflowWriter
 
 writer = MlflowWriter(sys.argv[1], "shared")
-run_id = owners.keyed_run(writer, "sweep s", {"run_key": "sweep:s"}, {"role": "sweep"}, settle_s=0)
+run_id = run_owners.keyed_run(writer, "sweep s", {"run_key": "sweep:s"}, {"role": "sweep"}, settle_s=0)
 if sys.argv[2] == "interrupted":
-    owners.leave(writer, run_id, "KILLED")
-print(ownership.me())
+    run_owners.leave(writer, run_id, "KILLED")
+print(processes.me())
 """
 
 
@@ -70,7 +70,7 @@ def _worker(uri: str, how: str) -> str:
 
 
 def _shared(writer):
-    from tunelab.tracking.owners import keyed_run
+    from tunelab.tracking.run_owners import keyed_run
 
     return keyed_run(writer, "sweep s", {"run_key": "sweep:s"}, {"role": "sweep"}, settle_s=0)
 
@@ -78,14 +78,14 @@ def _shared(writer):
 @pytest.mark.slow
 def test_a_joining_worker_leaves_the_owner_and_an_interrupted_one_does_not_end_the_run(workdir):
     from tunelab.tracking.mlflow_writer import MlflowWriter
-    from tunelab.tracking.owners import OWNER_TAG, leave, worker_tag
+    from tunelab.tracking.run_owners import OWNER_TAG, leave, worker_tag
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     writer = MlflowWriter(uri, "shared")
     run_id = _shared(writer)  # this process creates the sweep's parent
     other = _worker(uri, "interrupted")  # a second worker joins, then is interrupted
     run = writer.client.get_run(run_id)
-    assert run.data.tags[OWNER_TAG] == ownership.me()  # not re-stamped by the joining worker
+    assert run.data.tags[OWNER_TAG] == processes.me()  # not re-stamped by the joining worker
     assert run.info.status == "RUNNING"  # this process still works on the sweep
     assert worker_tag(other) not in run.data.tags  # the interrupted worker has left
     assert leave(writer, run_id, "KILLED")  # the last worker to leave ends it
@@ -95,13 +95,13 @@ def test_a_joining_worker_leaves_the_owner_and_an_interrupted_one_does_not_end_t
 @pytest.mark.slow
 def test_a_shared_run_is_closed_as_dead_only_when_every_worker_on_it_is_gone(workdir):
     from tunelab.tracking.mlflow_writer import MlflowWriter
-    from tunelab.tracking.owners import OWNER_TAG, close_dead_runs, leave
+    from tunelab.tracking.run_owners import OWNER_TAG, close_dead_runs, leave
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     creator = _worker(uri, "exits")  # creates the parent, then its process is gone
     writer = MlflowWriter(uri, "shared")
     run_id = _shared(writer)  # this process joins and works on
-    assert ownership.is_dead(creator)
+    assert processes.is_dead(creator)
     assert writer.client.get_run(run_id).data.tags[OWNER_TAG] == creator
     assert close_dead_runs(writer) == []  # its owner is dead, but a worker on it lives
     assert writer.client.get_run(run_id).info.status == "RUNNING"

@@ -144,7 +144,7 @@ def run_in_process(overrides: list[str]) -> str:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tunelab.cli import job
+    from tunelab.hydra_job import job
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), job_name="train", version_base="1.3"):

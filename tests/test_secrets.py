@@ -23,7 +23,7 @@ from test_reproduce import repo  # noqa: F401  (this project in a fresh git repo
 from tunelab.config.secrets import mask, mask_diff
 from tunelab.stages import load_params
 from tunelab.tuning import pruning
-from tunelab.tuning.storage import ENV_STORAGE
+from tunelab.tuning.study_storage import ENV_STORAGE
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from conftest import NO_MODEL, finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
 from optuna.trial import TrialState
 
-from tunelab.tuning.storage import make_storage
+from tunelab.tuning.study_storage import make_storage
 
 TINY = """# @package _global_
 defaults:

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tunelab.tuning.storage import make_storage
+from tunelab.tuning.study_storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "src" / "train.py")

@@ -14,8 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tunelab.ownership import HOST
-from tunelab.tuning.storage import OWNER, make_storage, trial_id
+from tunelab.processes import HOST
+from tunelab.tuning.study_storage import OWNER, make_storage, trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from tunelab.run.context import RunContext, RunResult, TrialRef, aggregate
 from tunelab.tuning import pruning
 from tunelab.tuning.jobs import job_overrides, read_job
 from tunelab.tuning.samplers import GoldenSectionSampler, make_pruner, make_sampler, next_point
-from tunelab.tuning.storage import counted
+from tunelab.tuning.study_storage import counted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -92,7 +92,7 @@ def test_unknown_names_fail_clearly():
 
 def test_reporter_from_env_prunes_a_bad_trial(tmp_path, monkeypatch):
     storage = f"journal:{tmp_path / 'j.log'}"
-    from tunelab.tuning.storage import make_storage
+    from tunelab.tuning.study_storage import make_storage
 
     study = optuna.create_study(
         study_name="s",

@@ -17,7 +17,7 @@ from conftest import finish_cli, mlflow_runs, start_cli, wait_for_line
 from optuna.trial import TrialState
 
 from tunelab.tuning.jobs import Interrupted, SafeTask
-from tunelab.tuning.storage import make_storage
+from tunelab.tuning.study_storage import make_storage
 
 STUDY = "stop"
 ARGS = [
@@ -217,7 +217,7 @@ def _exits(code: int) -> None:
 
 @pytest.mark.parametrize(("code", "sig"), [(130, signal.SIGINT), (143, signal.SIGTERM)])
 def test_a_job_stopped_by_a_signal_comes_back_as_interrupted(code, sig):
-    # what tunelab.cli.job raises after recording its run KILLED
+    # what tunelab.hydra_job.job raises after recording its run KILLED
     with pytest.raises(Interrupted) as info:
         SafeTask(lambda cfg: _exits(code))(None)
     assert info.value.signum == sig

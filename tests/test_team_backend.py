@@ -21,7 +21,7 @@ from test_sweep_plugin import app  # noqa: F401  (the toy Hydra app whose object
 
 from tunelab.config.secrets import mask, masked
 from tunelab.tuning import rdb
-from tunelab.tuning.storage import counted, heartbeat, make_storage
+from tunelab.tuning.study_storage import counted, heartbeat, make_storage
 
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
@@ -262,7 +262,7 @@ def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_pa
 
 @pytest.mark.slow
 def test_a_tracking_server_that_goes_away_fails_trials_and_the_sweep_resumes(app, postgres):  # noqa: F811
-    from tunelab.tuning.storage import counted
+    from tunelab.tuning.study_storage import counted
 
     port, backend = free_port(), postgres.url("away_mlflow")
     url, log = f"http://127.0.0.1:{port}", app / "server.log"

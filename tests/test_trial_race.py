@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from test_sweep_plugin import app  # noqa: F401  (the toy Hydra app's files)
 
 from tunelab.tuning import rdb
-from tunelab.tuning.storage import ask_lock, counted, fail_lost, make_storage, trial_id
+from tunelab.tuning.study_storage import ask_lock, counted, fail_lost, make_storage, trial_id
 from tunelab.tuning.sweep_runs import SweepRuns
 
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}

@@ -60,7 +60,7 @@ def test_tunelabs_app_keeps_the_assistant_closed_unless_the_user_opened_it():
 
 
 def test_a_multirun_parent_is_named_by_what_it_sweeps():
-    from tunelab.cli import multirun_name
+    from tunelab.hydra_job import multirun_name
 
     assert multirun_name(["optimizer=sgd,adam", "trainer.max_epochs=2"]) == "optimizer=sgd,adam"
     both = ["optimizer=sgd,adam", "data=synthetic", "optimizer.lr=0.1,0.01"]

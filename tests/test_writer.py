@@ -12,7 +12,7 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from tunelab.tracking import policy
 from tunelab.tracking.mlflow_writer import MlflowWriter
-from tunelab.tracking.owners import keyed_run
+from tunelab.tracking.run_owners import keyed_run
 
 
 def test_transient_errors_are_retried_and_others_are_not(monkeypatch):

@@ -60,7 +60,7 @@ def stage_run(stage: str, params: str | Path, **tags: str) -> Iterator[RunContex
         yield ctx.derive(tags=extra)
         return
     from tunelab.tracking.mlflow_writer import MlflowWriter
-    from tunelab.tracking.owners import keyed_run
+    from tunelab.tracking.run_owners import keyed_run
 
     writer = MlflowWriter(uri, str(cfg.experiment))
     key = digest(OmegaConf.to_container(OmegaConf.load(params), resolve=True))

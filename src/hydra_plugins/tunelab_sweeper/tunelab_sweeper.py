@@ -1,4 +1,4 @@
-"""The Sweeper class Hydra instantiates; all work happens in tunelab.tuning.sweep."""
+"""The Sweeper class Hydra instantiates; all work happens in tunelab.tuning.sweeper."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class TunelabSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from tunelab.tuning.sweep import SettingsChanged, run_sweep
+        from tunelab.tuning.sweeper import SettingsChanged, run_sweep
 
         assert self.config is not None and self.launcher is not None
         try:

@@ -4,7 +4,7 @@ through `MlflowWriter`, so they share:
 - one retry policy for what concurrent writers cause and a retry resolves: SQLite's single-writer
   lock, a dataset registration that lost an insert race, and a tracking server that is briefly
   unreachable or overloaded;
-- race-safe get-or-create of experiments (and, in tracking/owners.py, of keyed runs such as a
+- race-safe get-or-create of experiments (and, in tracking/run_owners.py, of keyed runs such as a
   sweep's or a study's parent: two processes starting together end up with one);
 - one place for MLflow's limits: value length, entities per batch, finite metric values;
 - one ordered background thread for writes the caller does not wait for.
@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tunelab import ownership
+from tunelab import processes
 from tunelab.background import BackgroundWriter
 from tunelab.config.secrets import mask
-from tunelab.ownership import file_lock
-from tunelab.tracking import owners
+from tunelab.processes import file_lock
+from tunelab.tracking import run_owners
 from tunelab.tracking.policy import (
     MAX_METRICS,
     MAX_PARAMS,
@@ -173,7 +173,7 @@ class MlflowWriter:
             self.experiment_id = self._experiment_id(experiment)
         if self.tracking_uri not in _swept:
             _swept.add(self.tracking_uri)
-            owners.close_dead_runs(self)
+            run_owners.close_dead_runs(self)
 
     @property
     def client(self) -> Any:
@@ -218,7 +218,7 @@ class MlflowWriter:
             return exp.experiment_id
 
     def create_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
-        all_tags = {k: clip(v) for k, v in tags.items()} | {owners.OWNER_TAG: ownership.me()}
+        all_tags = {k: clip(v) for k, v in tags.items()} | {run_owners.OWNER_TAG: processes.me()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = retry(
@@ -236,7 +236,7 @@ class MlflowWriter:
         except Exception as exc:  # deleted, or from another store
             log.warning("cannot reopen MLflow run %s (%s)", run_id, str(exc).splitlines()[0])
             return False
-        owner = {owners.OWNER_TAG: ownership.me()} if claim else {}
+        owner = {run_owners.OWNER_TAG: processes.me()} if claim else {}
         self.set_tags(run_id, {**(tags or {}), **owner})
         return True
 

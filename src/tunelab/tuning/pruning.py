@@ -54,7 +54,7 @@ def write_context(path: str, context: dict[str, Any]) -> None:
 def _reopen(context_path: str, number: int) -> optuna.Trial | None:
     """Reopen a RUNNING trial from the shared storage (job in another process)."""
     from tunelab.tuning.samplers import make_pruner
-    from tunelab.tuning.storage import make_storage, trial_id
+    from tunelab.tuning.study_storage import make_storage, trial_id
 
     with open(context_path) as fh:
         ctx = json.load(fh)
@@ -76,7 +76,7 @@ def storage_url(recorded: str) -> str:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from tunelab.tuning.storage import ENV_STORAGE, normalize_storage
+    from tunelab.tuning.study_storage import ENV_STORAGE, normalize_storage
 
     sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
     typed = OmegaConf.select(sweeper, "storage", default=None) if sweeper is not None else None

@@ -23,17 +23,17 @@ from optuna.trial import FrozenTrial, TrialState
 from tunelab.config.identity import digest
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, quote
-from tunelab.ownership import file_lock
+from tunelab.processes import file_lock
 from tunelab.run.context import RunContext
 from tunelab.tracking.mlflow_writer import MlflowWriter
-from tunelab.tracking.owners import keyed_run
-from tunelab.tuning import storage as studies
+from tunelab.tracking.run_owners import keyed_run
+from tunelab.tuning import study_storage
 from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import runner_for
 from tunelab.tuning.jobs import can_group, job_overrides, read_job, seed_outcomes
 from tunelab.tuning.settings import tracking_target
 from tunelab.tuning.study_spec import Cell, StudySpec, parse
-from tunelab.tuning.sweep import Sweep, SweepStopped
+from tunelab.tuning.sweeper import Sweep, SweepStopped
 
 log = logging.getLogger(__name__)
 DONE, CONFIRM = "study:n_trials", "study:confirm"
@@ -79,11 +79,11 @@ class StudyRun:
         self.config, self.launcher = config, launcher
         self.tracking_uri, _ = tracking_target(conf, config)
         self.experiment = self.spec.experiment
-        self.storage_url = studies.normalize_storage(
-            conf.get("storage") or studies.default_storage(self.tracking_uri)
+        self.storage_url = study_storage.normalize_storage(
+            conf.get("storage") or study_storage.default_storage(self.tracking_uri)
         )
-        with file_lock(studies.lock_path(self.storage_url)):
-            self.storage = studies.make_storage(self.storage_url)
+        with file_lock(study_storage.lock_path(self.storage_url)):
+            self.storage = study_storage.make_storage(self.storage_url)
         self.spec.sweep_conf.update(storage=self.storage_url, experiment=self.experiment)
         self.root = Path(str(config.hydra.sweep.dir)).resolve()
         self.ctx = RunContext.from_env()
@@ -113,7 +113,7 @@ class StudyRun:
 
     def _open(self, name: str, pruner: dict | None) -> optuna.Study:
         direction = [self.spec.direction]
-        return studies.open_study(name, self.storage, direction, pruner, self.storage_url)
+        return study_storage.open_study(name, self.storage, direction, pruner, self.storage_url)
 
     def run(self) -> dict[str, Any]:
         from tunelab.reports.study_analysis import finalize

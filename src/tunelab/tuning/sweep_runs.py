@@ -10,8 +10,8 @@ from typing import Any
 from tunelab.config.secrets import mask
 from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
-from tunelab.tracking.owners import keyed_run, leave
 from tunelab.tracking.policy import tag_filter
+from tunelab.tracking.run_owners import keyed_run, leave
 
 log = logging.getLogger(__name__)
 

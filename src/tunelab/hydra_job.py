@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import ConfigError, validate
 from tunelab.config.secrets import mask, mask_file, mask_logs
-from tunelab.config.sweeps import sweeper_kind, validate_multirun
+from tunelab.config.sweep_check import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from tunelab import ownership
+from tunelab import processes
 from tunelab.tracking.policy import retry, tag_filter
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def keyed_run(
         order = ["attributes.start_time ASC", "attributes.run_id ASC"]
         return [r.info.run_id for r in writer.search(tag_filter(key), order)]
 
-    me = ownership.me()
+    me = processes.me()
     tags = {**tags, worker_tag(me): me}
     existing = found()
     if existing:
@@ -72,11 +72,11 @@ def leave(writer: Any, run_id: str, status: str | None = None) -> bool:
     """This process stops working on a shared run. With a status (e.g. KILLED: it was
     interrupted) it ends the run so, unless another listed worker may still be working on it (one
     of another host, or alive on this one): only the last to leave ends it. True if ended."""
-    writer.delete_tags(run_id, [worker_tag(ownership.me())])
+    writer.delete_tags(run_id, [worker_tag(processes.me())])
     if status is None:
         return False
     tags = retry(lambda: writer.client.get_run(run_id)).data.tags
-    others = [w for k, w in tags.items() if k.startswith(WORKER_TAG) and not ownership.is_dead(w)]
+    others = [w for k, w in tags.items() if k.startswith(WORKER_TAG) and not processes.is_dead(w)]
     if others:
         log.info(
             "run %s is left RUNNING: %d other process(es) still work on it", run_id, len(others)
@@ -93,13 +93,13 @@ def close_dead_runs(writer: Any) -> list[str]:
     experiments = retry(lambda: writer.client.search_experiments(max_results=50000))
     ids = [e.experiment_id for e in experiments]
     running = "attributes.status = 'RUNNING'"
-    mine = f"{running} and tags.`{OWNER_TAG}` LIKE '{ownership.HOST}:%'"
+    mine = f"{running} and tags.`{OWNER_TAG}` LIKE '{processes.HOST}:%'"
     shared = f"{running} and tags.run_key LIKE '%'"  # its workers may be of this host
     queries = (mine, shared) if ids else ()
     runs = {r.info.run_id: r for q in queries for r in writer.search(q, experiment_ids=ids)}
     closed = []
     for run in runs.values():
-        dead = all(ownership.is_dead(w) for w in workers(run.data.tags))
+        dead = all(processes.is_dead(w) for w in workers(run.data.tags))
         if dead and writer.mark_killed(run.info.run_id, "process_died"):
             closed.append(run.info.run_id)
     if closed:

@@ -30,12 +30,11 @@ from optuna.trial import TrialState
 from tunelab.config.identity import changed_keys, digest, fixed_settings
 from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, describe, grid_values, suggest
-from tunelab.reports import sweep as results
+from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
-from tunelab.tuning import devices, pruning
-from tunelab.tuning import storage as studies
+from tunelab.tuning import devices, pruning, study_storage
 from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
@@ -97,8 +96,8 @@ class Sweep:
         self.study_name = conf.get("study_name") or (
             f"{self.experiment}-{self.sampler_name}-{digest(self.settings, 8)}"
         )
-        self.storage_url = studies.normalize_storage(
-            conf.get("storage") or studies.default_storage(self.tracking_uri)
+        self.storage_url = study_storage.normalize_storage(
+            conf.get("storage") or study_storage.default_storage(self.tracking_uri)
         )
         self.seeds: list[int | None] = list(conf.get("seeds") or [None])
         self.together = len(self.seeds) > 1 and can_group(conf, config)
@@ -122,16 +121,18 @@ class Sweep:
     # ---- study -----------------------------------------------------------------------------
     def open(self) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = studies.open_storage(self.storage_url, self.conf)
-        with studies.ask_lock(self.storage, self.storage_url, self.study_name):  # one at a time
-            self.study = studies.open_study(
+        self.storage = study_storage.open_storage(self.storage_url, self.conf)
+        with study_storage.ask_lock(
+            self.storage, self.storage_url, self.study_name
+        ):  # one at a time
+            self.study = study_storage.open_study(
                 self.study_name,
                 self.storage,
                 self.directions,
                 self.conf.get("pruner"),
                 self.storage_url,
             )
-            stale = studies.fail_stale(
+            stale = study_storage.fail_stale(
                 self.storage, self.study, int(self.conf.get("max_retries", 1))
             )
             attrs = self.study.user_attrs
@@ -140,7 +141,7 @@ class Sweep:
             if seed is None:
                 seed = attrs.get("sampler_seed", random.SystemRandom().randrange(2**31))
             if self.conf.get("baseline") and "baseline_enqueued" not in attrs:
-                studies.enqueue_baseline(self.study, self.space, self.config)
+                study_storage.enqueue_baseline(self.study, self.space, self.config)
             for key, value in {
                 "sampler_seed": seed,
                 "sampler": self.sampler_name,
@@ -202,13 +203,16 @@ class Sweep:
 
     def _ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
         """Next trial within the study-wide budget (atomic across processes on a file storage)."""
-        with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
+        with (
+            self.state.lock,
+            study_storage.ask_lock(self.storage, self.storage_url, self.study_name),
+        ):
             if self.state.stop or (self.deadline and time.time() > self.deadline):
                 return None
-            studies.fail_lost(self.storage, self.study, self.runs)  # their machines stopped
+            study_storage.fail_lost(self.storage, self.study, self.runs)  # their machines stopped
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            if not waiting and studies.counted(trials) >= self.n_trials:
+            if not waiting and study_storage.counted(trials) >= self.n_trials:
                 return None
             if not self.state.sampler_ready:
                 fixed_seed = self.sampler_name in ("qmc", "grid", "line")
@@ -216,7 +220,7 @@ class Sweep:
                 self.study.sampler = make_sampler(self.sampler_spec, seed, self.grid)
                 self.state.sampler_ready = True
             trial = self.study.ask()
-            studies.claim(self.storage, self.study, trial)
+            study_storage.claim(self.storage, self.study, trial)
             return trial, suggest(trial, self.space)
 
     # ---- one trial -------------------------------------------------------------------------
@@ -243,7 +247,7 @@ class Sweep:
             trial.set_user_attr("mlflow_run_id", run_id)
         pruning.register(self.context_path, trial)
         out = Outcome("complete")
-        beat = studies.heartbeat(self.storage, self.study_name, trial.number).start()
+        beat = study_storage.heartbeat(self.storage, self.study_name, trial.number).start()
         try:
             seed_key = str(self.conf.get("seed_key") or "seed")
 
@@ -293,9 +297,12 @@ class Sweep:
     ) -> None:
         means = aggregate(out.per_seed) if out.kind == "complete" else {}
         end_tags: dict[str, str] = {}
-        with self.state.lock, studies.ask_lock(self.storage, self.storage_url, self.study_name):
-            if not studies.still_running(self.storage, self.study, trial.number):
-                return studies.tell_late(self, trial, out, means, run_id, params)
+        with (
+            self.state.lock,
+            study_storage.ask_lock(self.storage, self.storage_url, self.study_name),
+        ):
+            if not study_storage.still_running(self.storage, self.study, trial.number):
+                return study_storage.tell_late(self, trial, out, means, run_id, params)
             if out.run_ids and out.run_ids[0]:
                 trial.set_user_attr("mlflow_seed_run_ids", out.run_ids)
             if out.kind == "complete":
@@ -313,13 +320,15 @@ class Sweep:
                 trial.set_user_attr("fail_reason", f"{reason}: stopped by {out.reason}")
                 self.study.tell(trial, state=TrialState.FAIL)
                 attrs = {**trial.user_attrs, "number": trial.number}
-                studies.requeue(self.study, trial.params, attrs, self.max_retries)
+                study_storage.requeue(self.study, trial.params, attrs, self.max_retries)
                 end_tags["failure_reason"] = reason
             else:  # a server or database away is not the config's fault: not counted, run again
-                away = studies.infrastructure_failure(trial, out.reason)
+                away = study_storage.infrastructure_failure(trial, out.reason)
                 self.study.tell(trial, state=TrialState.FAIL)
                 if away:
-                    studies.requeue(self.study, trial.params, trial.user_attrs, self.max_retries)
+                    study_storage.requeue(
+                        self.study, trial.params, trial.user_attrs, self.max_retries
+                    )
                 end_tags["failure_reason"] = out.reason[:250]
                 self.state.failed += 1
                 limit = float(self.conf.get("max_failure_rate", 0.5)) * self.n_trials
@@ -476,10 +485,12 @@ class Sweep:
                 self.n_trials,
                 self.study_name,
             )
-        if studies.reports_due(self.storage, self.storage_url, self.study, ran_here, self.runs):
-            result = results.finalize(self, util, ran_here)
+        if study_storage.reports_due(
+            self.storage, self.storage_url, self.study, ran_here, self.runs
+        ):
+            result = sweep_outputs.finalize(self, util, ran_here)
         else:
-            result = {**results.summary(self.study, self.metrics), "reported_here": False}
+            result = {**sweep_outputs.summary(self.study, self.metrics), "reported_here": False}
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result

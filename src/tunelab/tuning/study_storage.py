@@ -19,10 +19,10 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from tunelab import ownership
+from tunelab import processes
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, contains
-from tunelab.config.sweeps import grace_period
+from tunelab.config.sweep_check import grace_period
 from tunelab.tracking.policy import transient_text
 from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
@@ -89,7 +89,7 @@ def make_storage(
 def open_storage(url: str, conf: Any) -> BaseStorage:
     """The storage a sweep's settings (hydra.sweeper) ask for; the first process to arrive at a
     file storage creates its tables while the others wait."""
-    with ownership.file_lock(lock_path(url)):
+    with processes.file_lock(lock_path(url)):
         return make_storage(
             url,
             int(conf.get("heartbeat_interval_s") or 60),
@@ -103,7 +103,7 @@ def ask_lock(storage: BaseStorage, url: str, name: str) -> contextlib.AbstractCo
     lock beside a file storage, a database lock on a server."""
     if rdb.locks_in_database(url):
         return rdb.advisory_lock(storage, f"tunelab:ask:{name}")
-    return ownership.file_lock(lock_path(url))
+    return processes.file_lock(lock_path(url))
 
 
 def open_study(
@@ -145,7 +145,7 @@ def fail_stale(storage: BaseStorage, study: optuna.Study, max_retries: int) -> l
     """Mark RUNNING trials whose sweep process on this host is gone FAIL(stale); re-enqueue them."""
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not ownership.is_dead(str(t.system_attrs.get(OWNER, ""))):
+        if not processes.is_dead(str(t.system_attrs.get(OWNER, ""))):
             continue
         tid = trial_id(storage, study.study_name, t.number)
         storage.set_trial_user_attr(tid, "stale", True)
@@ -181,7 +181,7 @@ def requeue(study: optuna.Study, params: dict, attrs: dict, max_retries: int) ->
 def claim(storage: BaseStorage, study: optuna.Study, trial: optuna.Trial) -> None:
     """Record which process runs the trial (for stale detection on restart)."""
     tid = trial_id(storage, study.study_name, trial.number)
-    storage.set_trial_system_attr(tid, OWNER, ownership.me())
+    storage.set_trial_system_attr(tid, OWNER, processes.me())
 
 
 def still_running(storage: BaseStorage, study: optuna.Study, number: int) -> bool:
@@ -227,7 +227,7 @@ def retry_for(
         tid = trial_id(storage, study.study_name, t.number)
         if not storage.set_trial_state_values(tid, TrialState.RUNNING):  # taken meanwhile
             continue
-        storage.set_trial_system_attr(tid, OWNER, ownership.me())
+        storage.set_trial_system_attr(tid, OWNER, processes.me())
         for key, value in {**attrs, "late_result_of": number}.items():
             storage.set_trial_user_attr(tid, key, value)
         study.tell(t.number, values)
