@@ -1,4 +1,4 @@
-"""The private Hydra APIs named in tunelab/tuning/compat.py still exist and behave as used: this
+"""The private Hydra APIs named in tunelab/compat/hydra_internals.py still exist and behave as used: this
 fails when a Hydra release changes them."""
 
 from __future__ import annotations
@@ -6,30 +6,32 @@ from __future__ import annotations
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from tunelab.tuning import compat
+from tunelab.compat import hydra_internals
 
 
 def test_value_overrides_apply_with_hydras_semantics():
     cfg = OmegaConf.create({"a": {"b": 1}, "c": 2})
     parsed = OverridesParser.create().parse_overrides(["a.b=5", "+d=x", "~c"])
-    compat.apply_value_overrides(parsed, cfg)
+    hydra_internals.apply_value_overrides(parsed, cfg)
     assert OmegaConf.to_container(cfg) == {"a": {"b": 5}, "d": "x"}
 
 
 def test_override_dirname_is_built_as_hydra_builds_it():
     parsed = OverridesParser.create().parse_overrides(["b=2", "a=1", "seed=3"])
-    name = compat.get_overrides_dirname(parsed, exclude_keys=["seed"], item_sep=",", kv_sep="=")
+    name = hydra_internals.get_overrides_dirname(
+        parsed, exclude_keys=["seed"], item_sep=",", kv_sep="="
+    )
     assert name == "a=1,b=2"
 
 
 def test_launchers_are_told_apart():
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
-    assert compat.runs_in_process(BasicLauncher())
-    assert not compat.runs_in_process(object())
+    assert hydra_internals.runs_in_process(BasicLauncher())
+    assert not hydra_internals.runs_in_process(object())
     joblib_like = type("JoblibLike", (), {"joblib": {"n_jobs": 1}})()
-    assert compat.set_parallel_jobs(joblib_like, 3) and joblib_like.joblib["n_jobs"] == 3
-    assert not compat.set_parallel_jobs(BasicLauncher(), 3)
+    assert hydra_internals.set_parallel_jobs(joblib_like, 3) and joblib_like.joblib["n_jobs"] == 3
+    assert not hydra_internals.set_parallel_jobs(BasicLauncher(), 3)
 
 
 def test_hydras_own_launchers_are_what_compat_expects():
@@ -41,9 +43,9 @@ def test_hydras_own_launchers_are_what_compat_expects():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for launcher, in_process in (("basic", True), ("joblib", False)):
             cfg = compose("train", [f"hydra/launcher={launcher}"], return_hydra_config=True)
-            assert (cfg.hydra.launcher._target_ == compat.BASIC_LAUNCHER) is in_process
+            assert (cfg.hydra.launcher._target_ == hydra_internals.BASIC_LAUNCHER) is in_process
             instance = Plugins.instance().instantiate_launcher(
                 config=cfg, hydra_context=HydraContext(None, None), task_function=print
             )
-            assert compat.runs_in_process(instance) is in_process
-            assert compat.set_parallel_jobs(instance, 2) is not in_process
+            assert hydra_internals.runs_in_process(instance) is in_process
+            assert hydra_internals.set_parallel_jobs(instance, 2) is not in_process

@@ -17,13 +17,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tunelab.config.secrets import mask
-from tunelab.tuning.compat import (
+from tunelab.compat.hydra_internals import (
     apply_value_overrides,
     get_overrides_dirname,
     runs_in_process,
     set_parallel_jobs,
 )
+from tunelab.config.secrets import mask
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
+from tunelab.compat.hydra_internals import runs_in_process
 from tunelab.config.identity import digest
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, quote
@@ -28,7 +29,6 @@ from tunelab.run.context import RunContext
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.run_owners import keyed_run
 from tunelab.tuning import study_storage
-from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import runner_for
 from tunelab.tuning.jobs import can_group, job_overrides, read_job, seed_outcomes
 from tunelab.tuning.settings import tracking_target

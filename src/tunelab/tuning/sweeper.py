@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from tunelab.compat.hydra_internals import runs_in_process
 from tunelab.config.identity import changed_keys, digest, fixed_settings
 from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, describe, grid_values, suggest
@@ -35,7 +36,6 @@ from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
 from tunelab.tuning import devices, pruning, study_storage
-from tunelab.tuning.compat import runs_in_process
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
 from tunelab.tuning.samplers import make_sampler

@@ -1,0 +1,6 @@
+"""Every private API of another library that tunelab relies on, one module per library, each with
+a test in tests/test_compat.py that fails when a release changes it:
+
+- `hydra_internals`: Hydra's config loader, override dirname and launcher classes (the in-process
+  launcher and the joblib launcher's job count).
+"""
