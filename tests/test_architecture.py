@@ -1,14 +1,21 @@
-"""The layers stay layers: the run layer never reaches up into tuning, reports or tracking
-internals; no module imports itself back through others."""
+"""The layers stay layers: every module has a layer in tunelab/layer_order.py and imports only from
+its own package and the layers below (imports inside functions included), the README's table is
+that order, no module or package imports itself back through others, and private APIs of other
+libraries are named only in tunelab/compat/."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from tunelab.layer_order import LAYERS, layer_of, unit_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 PACKAGE = SRC / "tunelab"
 
 
@@ -18,24 +25,89 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path) -> set[str]:
-    """Every tunelab module a file imports, at the top or inside a function."""
+    """Every tunelab module a file imports, at the top or inside a function: `from pkg import sub`
+    names the submodule, `from pkg import name` the package's own `__init__`."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            submodules = {f"{node.module}.{a.name}" for a in node.names}
-            found |= {m for m in submodules if m in MODULE_NAMES} or {node.module}
-    return {m for m in found if m.startswith("tunelab")}
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in MODULE_NAMES else node.module)
+    return {m for m in found if m.split(".")[0] == "tunelab"}
 
 
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 MODULE_NAMES = set(MODULES)
-# edges between modules; a package's own submodules importing it back is how packages work
-GRAPH = {
-    name: {m for m in imports(p) if m in MODULES and m != name and not name.startswith(m + ".")}
-    for name, p in MODULES.items()
-}
+# every edge between modules, a submodule's import of its own package's names included
+GRAPH = {name: {m for m in imports(p) if m in MODULES and m != name} for name, p in MODULES.items()}
+
+
+def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of graph (a path that comes back to where it started), or None."""
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            if dep not in state and (found := visit(dep, [*path, dep])):
+                return found
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (found := visit(name, [name])):
+            return found
+    return None
+
+
+def markdown_table() -> list[str]:
+    """The README's layer table, top layer first, rendered from tunelab/layer_order.py."""
+    rows = ["| layer | folder | what lives there |", "|---|---|---|"]
+    for layer in reversed(LAYERS):
+        where = [
+            f"`tunelab/{u.split('.')[1]}/`"
+            if (PACKAGE / u.split(".")[1]).is_dir()
+            else f"`tunelab/{u.split('.')[1]}.py`"
+            for u in layer.units
+        ] + [f"`{extra}`" for extra in layer.also]
+        rows.append(f"| {layer.name} | {', '.join(where)} | {layer.what} |")
+    return rows
+
+
+def test_every_module_has_a_layer_and_every_layer_names_real_modules():
+    units = [u for layer in LAYERS for u in layer.units]
+    assert len(units) == len(set(units)), "a package or module is in two layers"
+    assert set(units) == {unit_of(m) for m in MODULES if m != "tunelab"}
+    for name in MODULES.keys() - {"tunelab"}:
+        layer_of(name)  # KeyError names the module without one
+    for layer in LAYERS:
+        for extra in layer.also:
+            assert (SRC / extra).exists() or (ROOT / extra).exists(), extra
+    assert not GRAPH["tunelab"], "the top package imports nothing: `import tunelab` stays cheap"
+
+
+def test_each_layer_imports_only_from_its_own_package_and_the_layers_below():
+    bad = []
+    for name, deps in GRAPH.items():
+        if name == "tunelab":
+            continue
+        for dep in deps:
+            if unit_of(dep) != unit_of(name) and layer_of(dep) >= layer_of(name):
+                bad.append(
+                    f"{name} ({LAYERS[layer_of(name)].name}) imports {dep} "
+                    f"({LAYERS[layer_of(dep)].name})"
+                )
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_layer_rule_sees_imports_inside_functions(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from tunelab.config import groups, validate\n")
+    assert imports(probe) == {"tunelab.config.groups", "tunelab.config"}
 
 
 @pytest.mark.parametrize("layer", ["tunelab.run"])
@@ -55,44 +127,60 @@ def test_the_run_layer_imports_nothing_from_tuning_reports_or_tracking_internals
         assert not bad, f"{name} imports {sorted(bad)}"
 
 
-def test_lower_layers_never_import_upper_ones():
-    upper = {
-        "tunelab.config": ("tunelab.run", "tunelab.tuning", "tunelab.reports", "tunelab.tracking"),
-        "tunelab.tracking": (
-            "tunelab.run",
-            "tunelab.tuning",
-            "tunelab.reports",
-            "tunelab.hydra_job",
-        ),
-        "tunelab.reports": ("tunelab.tuning", "tunelab.hydra_job", "tunelab.commands"),
-        "tunelab.tuning": ("tunelab.hydra_job", "tunelab.commands"),
-        "tunelab.diagnostics": ("tunelab.run", "tunelab.tuning", "tunelab.reports"),
-        "tunelab.findings": ("tunelab.hydra_job", "tunelab.commands", "tunelab.run"),
-        "tunelab.startup": ("tunelab.",),
-    }
+def test_no_import_cycle_between_modules():
+    cycle = cycle_in(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_import_cycle_between_packages():
+    """Package level: every module of a package (its own subpackages apart) as one node, and each
+    top-level module as its own."""
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+
+    def package_of(module: str) -> str:
+        parent = module.rsplit(".", 1)[0]
+        return module if module in packages or parent == "tunelab" else parent
+
+    graph: dict[str, set[str]] = {}
     for name, deps in GRAPH.items():
-        for layer, forbidden in upper.items():
-            if name == layer or name.startswith(layer + "."):
-                bad = sorted(d for d in deps if d.startswith(forbidden))
-                assert not bad, f"{name} imports {bad}"
+        here = package_of(name)
+        graph.setdefault(here, set()).update(package_of(d) for d in deps if package_of(d) != here)
+    cycle = cycle_in(graph)
+    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle or [])
 
 
-def test_no_import_cycles():
-    state: dict[str, int] = {}  # 1 visiting, 2 done
+def test_the_cycle_check_finds_a_cycle():
+    assert cycle_in({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert cycle_in({"a": {"b"}, "b": set()}) is None
 
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for dep in sorted(GRAPH[node]):
-            if state.get(dep) == 1:
-                cycle = path[path.index(dep) :] + [dep] if dep in path else [node, dep]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if dep not in state:
-                visit(dep, [*path, dep])
-        state[node] = 2
 
-    for name in sorted(GRAPH):
-        if name not in state:
-            visit(name, [name])
+def test_the_readme_table_is_the_layer_order():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    table = markdown_table()
+    start = readme.index(table[0])
+    assert readme[start : start + len(table)] == table, (
+        "README.md's layer table differs from tunelab/layer_order.py; it should read:\n"
+        + "\n".join(table)
+    )
+    assert not readme[start + len(table)].startswith("|")
+
+
+def test_validation_loads_no_torch():
+    """`tunelab.config` checks a config in well under a second: no torch, no MLflow behind it."""
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "import tunelab.config as c\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    importlib.import_module('tunelab.config.' + m.name)\n"
+        f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+        "    c.validate(compose('train'))\n"
+        "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_only_run_context_knows_the_environment_variable():

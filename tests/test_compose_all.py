@@ -76,7 +76,7 @@ def overrides_for(group: str, option: str, files: dict) -> list[str]:
 def test_every_option_composes_validates_and_builds(group, option, files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a tracker's store lands here
     cfg = compose_with_hydra(*overrides_for(group, option, files))
-    validate(cfg)
+    validate(cfg, load_data=build.build_data)
     build_objects(cfg)
     if group == "finetune" and cfg.finetune.init_checkpoint:
         net = build.build_model(cfg.model, (1, 16), 4)

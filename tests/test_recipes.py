@@ -32,7 +32,7 @@ def test_a_recipe_names_options_that_exist_and_composes_with_them(path):
     assert (CONF / "optimizer" / f"{optimizer}.yaml").exists(), f"{path.name}: no {optimizer}"
     assert path.read_text().startswith("# @package _global_")
     cfg = compose_cfg(f"model={model}", f"optimizer={optimizer}")
-    validate(cfg, check_data=False)
+    validate(cfg)
     values = recipe_values(path)
     assert values, f"{path.name} sets nothing"
     for key, value in values.items():

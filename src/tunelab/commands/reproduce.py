@@ -177,7 +177,7 @@ def checked_config(text: str, trusted: frozenset[str], who: str, uri: str) -> An
         cfg.allowed_targets = sorted(trusted)  # what the child's own check admits beyond SHIPPED
     try:
         OmegaConf.update(cfg, "tracking.tracking_uri", uri)  # the same store, wherever run from
-        validate(cfg, check_data=False)  # the data files are checked by the child, before it runs
+        validate(cfg)  # the data files are checked by the child, before it runs
     except ConfigError as exc:
         hint = (
             "; a target of your own is named with --trust-target" if "_target_" in str(exc) else ""

@@ -5,11 +5,13 @@ value and what is allowed; all of them are reported at once.
 What is checked: every `_target_` against the exact allow-list (config/targets.py); every setting
 of every group node against its table (config/groups.py): unknown keys, types, ranges, choices;
 the cross-key rules (a warm-up shorter than the run, a plateau monitor or stopping metric that
-the epochs report); local paths that must exist and the files behind them.
+the epochs report); local paths that must exist and, when the caller passes the loader
+(`tunelab.build.build_data`), the files behind them: passed in, so that this check imports no torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,9 @@ def knob_problems(schedule: str, knobs: dict[str, Any]) -> list[tuple[str, Any, 
     return out
 
 
-def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
-    """Raise ConfigError listing every problem of cfg; check_data also opens local data files."""
+def validate(cfg: DictConfig, *, load_data: Callable[[DictConfig], Any] | None = None) -> None:
+    """Raise ConfigError listing every problem of cfg; with load_data (`build.build_data`) also
+    load a local .npz data file, once every other key is right, to check what it holds."""
     try:
         own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # noqa: SIM118
         plain = OmegaConf.to_container(own, resolve=True, throw_on_missing=False)
@@ -46,8 +49,8 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
             problems += _group_problems(group, plain[group])
     problems += _cross_problems(plain)
     problems += _path_problems(cfg)
-    if check_data and not problems:
-        problems += _file_problems(cfg)
+    if load_data is not None and not problems:
+        problems += _file_problems(cfg, load_data)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -130,15 +133,13 @@ def _path_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
-def _file_problems(cfg: DictConfig) -> list[str]:
+def _file_problems(cfg: DictConfig, load_data: Callable[[DictConfig], Any]) -> list[str]:
     """Files behind local paths must be what their key expects: load them to find out."""
     out = []
     data = cfg.get("data")
     if data is not None and str(data.get("_target_", "")).endswith(".npz"):
-        from tunelab.build import build_data
-
         try:
-            build_data(data)
+            load_data(data)
         except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
             text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__

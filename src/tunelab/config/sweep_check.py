@@ -10,6 +10,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import rules as r
+from tunelab.config.schema import ConfigError, validate
 
 # The names tuning/samplers.py registers (a test keeps them equal).
 SAMPLER_NAMES = ("bruteforce", "cmaes", "gp", "grid", "line", "nsgaii", "qmc", "random", "tpe")
@@ -141,8 +142,6 @@ def sweep_values(cfg: DictConfig, arguments: list[str]) -> dict[str, list[Any]]:
 def validate_multirun(cfg: DictConfig) -> None:
     """Raise ConfigError when the sweeper's settings, or any value a job of the sweep would take,
     cannot work; the master config itself is checked by `validate`."""
-    from tunelab.config.schema import ConfigError, validate
-
     problems = sweeper_problems(cfg)
     arguments = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
     for key, values in sweep_values(cfg, arguments).items():
@@ -150,7 +149,7 @@ def validate_multirun(cfg: DictConfig) -> None:
             job = cfg.copy()
             OmegaConf.update(job, key, value, merge=False, force_add=True)
             try:
-                validate(job, check_data=False)
+                validate(job)
             except ConfigError as exc:
                 lines = str(exc).splitlines()[1:]
                 problems += [f"{line.strip()} (a value the sweep of {key} tries)" for line in lines]

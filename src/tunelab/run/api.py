@@ -44,7 +44,7 @@ def run(
     that cfg.diagnose names). Failures raise; the MLflow run records why."""
     startup.load_libraries()
     ctx = ctx if ctx is not None else RunContext()
-    validate(cfg, check_data=False)  # build_data checks the arrays, still before any side effect
+    validate(cfg)  # build_data checks the arrays, still before any side effect
     if cfg.get("diagnose"):
         return diagnose(diagnostics.prepare(cfg), ctx, tracker)
     if replica_seeds(cfg):
