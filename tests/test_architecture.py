@@ -25,10 +25,15 @@ def module_name(path: Path) -> str:
 
 
 def imports(path: Path) -> set[str]:
-    """Every tunelab module a file imports, at the top or inside a function: `from pkg import sub`
-    names the submodule, `from pkg import name` the package's own `__init__`."""
+    """Every tunelab module a file imports, at the top or inside a function (not those under
+    `if TYPE_CHECKING:`): `from pkg import sub` names the submodule, `from pkg import name` the
+    package's own `__init__`."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for block in ast.walk(tree):  # annotations only: they never run
+        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING"):
+            block.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -106,7 +111,11 @@ def test_each_layer_imports_only_from_its_own_package_and_the_layers_below():
 
 def test_the_layer_rule_sees_imports_inside_functions(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from tunelab.config import groups, validate\n")
+    probe.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from tunelab.run import api\n"
+        "def f():\n    from tunelab.config import groups, validate\n"
+    )
     assert imports(probe) == {"tunelab.config.groups", "tunelab.config"}
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tunelab.findings.spec import Budget, Claim
 from tunelab.findings.store import Reader, Trial
-from tunelab.findings.study_section import DATA, Section, glance_row, pct
+from tunelab.findings.study_section import DATA, Section, glance_row
 from tunelab.findings.verdict import Judged, judge, line
+from tunelab.reports.verdict_words import pct
 from tunelab.reports.verdicts import compare
 
 TOL = 0.005  # "reached the grid's best": within half a point of it

@@ -3,7 +3,6 @@ behind each row, the claim's comparisons judged, the power line and the isolatio
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,7 +11,9 @@ from typing import Any
 
 from tunelab.findings.spec import Claim
 from tunelab.findings.store import Reader
-from tunelab.findings.verdict import Judged, judge, line, points
+from tunelab.findings.verdict import Judged, judge, line
+from tunelab.reports import verdict_words
+from tunelab.reports.verdict_words import pct, points
 
 TEST, VAL = "test/acc", "val/acc"
 
@@ -23,10 +24,6 @@ class Section:
     glance: list[list[str]] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     spans: list[tuple[float, float]] = field(default_factory=list)  # each study's or sweep's run
-
-
-def pct(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x * 100:.2f}"
 
 
 def figure(
@@ -95,28 +92,6 @@ def _seed_runs(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
     return [*lines, "", "</details>", ""], ids
 
 
-def _power(judged: dict[str, Any]) -> str:
-    pw = judged["power"]
-    if not math.isfinite(pw.get("sd", math.nan)):
-        return "Power: not enough seeds to estimate the spread."
-    det = pw["detectable"]
-    found = (
-        f"differences under {det * 100:.2f} points are not resolved with 80% power"
-        if math.isfinite(det)
-        else "no difference can be resolved"
-    )
-    need = pw["seeds_for_min_effect"]
-    plan = (
-        f"{need} seeds would resolve {pw['min_effect'] * 100:.1f} points"
-        if need
-        else (f"over 200 seeds would be needed to resolve {pw['min_effect'] * 100:.1f} points")
-    )
-    return (
-        f"Power: {pw['n']} seeds, paired spread {pw['sd'] * 100:.2f} points; {found} "
-        f"({judged['family']}, {judged['level']:.2g} per pair); {plan}."
-    )
-
-
 def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: float) -> Section:
     name = f"{claim.id}-{dataset}"
     run = reader.require("study", name)
@@ -138,7 +113,7 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
         j = judge(judged["pairs"], check, margin)
         out.lines.append(f"- {line(j, margin)}")
         out.glance.append(glance_row(claim, dataset, j))
-    out.lines += ["", _power(judged), ""]
+    out.lines += ["", *verdict_words.power(judged)]
     warned = sorted({c["budget"] for c in summary["cells"] if c.get("budget")})
     edges = [f"`{c['cell']}`: {w}" for c in summary["cells"] for w in c.get("edge_warnings", [])]
     out.lines += [f"- Search budget: {w}." for w in warned] + [f"- Range edge, {w}." for w in edges]

@@ -6,11 +6,11 @@ The difference and its interval are the study's own pairwise verdict on the held
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from tunelab.findings.spec import Check
+from tunelab.reports import verdict_words
 
 
 @dataclass
@@ -24,15 +24,7 @@ class Judged:
     word: str  # supported, contradicted, not resolved, no comparison
 
     def interval(self) -> str:
-        return f"[{points(self.low)}, {points(self.high)}]"
-
-
-def points(x: float) -> str:
-    if math.isnan(x):
-        return "–"
-    if not math.isfinite(x):
-        return "−∞" if x < 0 else "+∞"
-    return f"{x * 100:+.2f}".replace("-", "−")
+        return verdict_words.points_span(self.low, self.high)
 
 
 def oriented(pairs: list[dict[str, Any]], check: Check) -> dict[str, Any] | None:
@@ -81,19 +73,7 @@ def judge(pairs: list[dict[str, Any]], check: Check, margin: float) -> Judged:
     return Judged(check, diff, low, high, resolved, int(p["n"]), word)
 
 
-EXPECT_WORDS = {"higher": "higher than", "not_lower": "no lower than", "equal": "equal to"}
-
-
 def line(j: Judged, margin: float) -> str:
-    """`a` − `b`: +1.23 points [−0.1, +2.5] → not resolved (expected: higher)."""
-    exp = EXPECT_WORDS[j.check.expect]
-    if j.n < 2 and j.word == "one study each":
-        return (
-            f"`{j.check.a}` − `{j.check.b}`: {points(j.diff)} points: **one study each** (both "
-            f"searches are deterministic, so there is no spread to judge it by; the article: {exp})"
-        )
-    tail = f" (margin ±{margin * 100:.1f})" if j.check.expect != "higher" else ""
-    return (
-        f"`{j.check.a}` − `{j.check.b}`: {points(j.diff)} points {j.interval()}, "
-        f"{j.n} seeds: **{j.word}** (the article: {exp}{tail})"
-    )
+    """The claim's line in the words of reports/verdict_words.py."""
+    c = j.check
+    return verdict_words.claim_line(c.a, c.b, j.diff, j.low, j.high, j.n, j.word, c.expect, margin)

@@ -16,7 +16,7 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, to_overrides
 from tunelab.reports import study_plots as checks
 from tunelab.reports import study_verdicts as sv
-from tunelab.reports import study_words
+from tunelab.reports import verdict_words
 from tunelab.reports.stats import audit, describe, doubling_gain
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def finalize(run: Any, results: list[Any]) -> dict[str, Any]:
     for line in summary["verdicts"]:
         log.info("verdict: %s", line)
     if summary["few_seeds"]:
-        log.warning("%s", study_words.few_seeds(summary))
+        log.warning("%s", verdict_words.few_seeds(summary))
     log.info("study report: %s", out / "report.md")
     return summary
 

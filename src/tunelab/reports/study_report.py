@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunelab.reports import study_words as words
+from tunelab.reports import verdict_words as words
 from tunelab.reports.stats import scale_for
 
 _CSS = (

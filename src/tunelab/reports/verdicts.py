@@ -9,7 +9,7 @@ family-wise level for the words, the p-values and the intervals, so they cannot 
   smallest p is 2/2^n.
 - Which level: Bonferroni over the pairs (and over looks, when seeds were added after a report):
   the adjusted p is at most alpha exactly when the simultaneous interval excludes 0.
-- Which words: "higher/lower" for a resolved pair; otherwise "not resolved with n seeds;
+- Which words (reports/verdict_words.py): "higher/lower" for a resolved pair; otherwise "not resolved with n seeds;
   compatible with lo to hi". The top set is the leader and every cell not resolved from it.
 - How much power: from the pooled paired spread, the smallest difference the seeds resolve with
   80% power, and the seeds a difference of interest would take.
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-from tunelab.reports.stats import scale_for
+from tunelab.reports import verdict_words
 
 POWER = 0.8
 MAX_EXACT = 14  # seeds up to which every sign flip is enumerated (2^14 = 16,384)
@@ -250,7 +250,7 @@ def compare(
         dict(failures or {}),
     )
     for p in pairs:
-        p.verdict = words(p, v)
+        p.verdict = verdict_words.pair_line(p, v)
     v.lines = [p.verdict for p in pairs]
     return v
 
@@ -267,37 +267,6 @@ def _pooled(spreads: list[tuple[float, int]]) -> float:
     """Pooled paired SD (weighted by degrees of freedom)."""
     dof = sum(n - 1 for _, n in spreads)
     return math.sqrt(sum((n - 1) * s * s for s, n in spreads) / dof) if dof else math.nan
-
-
-def words(p: Pair, v: Verdicts) -> str:
-    """One pair in plain language; the interval and p are the family's, so they agree."""
-    scale, unit = scale_for(p.metric)
-    unit = f" {unit}" if unit else ""
-    head = f"{p.a} − {p.b}: {_signed(p.diff * scale)}{unit} {p.metric}"
-    if p.n < 2:
-        return f"{head}, {p.n} common seed(s): no comparison"
-    where = f"{_signed(p.low * scale)} to {_signed(p.high * scale)}{unit}"
-    how = f"p = {_p(p.p_adj)} adjusted ({v.family}), {p.test}, {p.n} seeds"
-    if p.resolved:
-        side = "higher" if p.diff > 0 else "lower"
-        return f"{head}: {p.a} {side}, resolved (interval {where}; {how})"
-    if not math.isfinite(p.low):
-        smallest = 2.0 / 2**p.n
-        return (
-            f"{head}: not resolved; {p.n} seeds cannot resolve a difference at this level "
-            f"(their smallest p is {smallest:.2g}, {v.level:.2g} needed; {how})"
-        )
-    return f"{head}: not resolved with {p.n} seeds; compatible with {where} ({how})"
-
-
-def _signed(x: float) -> str:
-    if math.isinf(x):
-        return "−∞" if x < 0 else "+∞"
-    return f"−{abs(x):.2f}" if x < 0 else f"+{x:.2f}"
-
-
-def _p(p: float) -> str:
-    return "–" if not math.isfinite(p) else (f"{p:.2f}" if p >= 0.01 else f"{p:.1g}")
 
 
 def null_rate(

@@ -1,15 +1,21 @@
-"""The study report's words about its verdicts: the headline (a top set, never a bare "best"),
-the power line, the pairwise table, the probability of improvement and the seed audit."""
+"""Every word a verdict is written in, and every number format it uses, for the study report and
+docs/FINDINGS.md alike: the headline (a top set, never a bare "best"), one pair in plain language,
+the power line, the pairwise table, the probability of improvement, the seed audit and a claim's
+line. One place, so that the report and the findings document cannot word a verdict differently."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.reports.stats import scale_for
 
+if TYPE_CHECKING:
+    from tunelab.reports.verdicts import Pair, Verdicts
+
 
 def v(value: float | None, metric: str) -> str:
+    """A value in the metric's reported units: accuracies in percentage points, "–" for none."""
     if value is None or not math.isfinite(value):
         return "–"
     scale, _ = scale_for(metric)
@@ -18,6 +24,86 @@ def v(value: float | None, metric: str) -> str:
 
 def unit(metric: str) -> str:
     return " points" if scale_for(metric)[1] else ""
+
+
+def pct(x: float | None) -> str:
+    """A share as a percentage (0.9712 -> 97.12), "–" for none: an accuracy's value."""
+    return v(x, "acc")
+
+
+def points(x: float) -> str:
+    """A difference of shares in signed percentage points (0.0123 -> +1.23, −0.5 -> −50.00)."""
+    if math.isnan(x):
+        return "–"
+    if not math.isfinite(x):
+        return "−∞" if x < 0 else "+∞"
+    return f"{x * 100:+.2f}".replace("-", "−")
+
+
+def points_span(low: float, high: float) -> str:
+    """An interval of differences in percentage points: [−0.10, +2.50]."""
+    return f"[{points(low)}, {points(high)}]"
+
+
+def signed(x: float) -> str:
+    """A difference already in its reported units, always with its sign."""
+    if math.isinf(x):
+        return "−∞" if x < 0 else "+∞"
+    return f"−{abs(x):.2f}" if x < 0 else f"+{x:.2f}"
+
+
+def p_value(p: float) -> str:
+    return "–" if not math.isfinite(p) else (f"{p:.2f}" if p >= 0.01 else f"{p:.1g}")
+
+
+def pair_line(p: Pair, v: Verdicts) -> str:
+    """One pair in plain language; the interval and p are the family's, so they agree."""
+    scale, unit = scale_for(p.metric)
+    unit = f" {unit}" if unit else ""
+    head = f"{p.a} − {p.b}: {signed(p.diff * scale)}{unit} {p.metric}"
+    if p.n < 2:
+        return f"{head}, {p.n} common seed(s): no comparison"
+    where = f"{signed(p.low * scale)} to {signed(p.high * scale)}{unit}"
+    how = f"p = {p_value(p.p_adj)} adjusted ({v.family}), {p.test}, {p.n} seeds"
+    if p.resolved:
+        side = "higher" if p.diff > 0 else "lower"
+        return f"{head}: {p.a} {side}, resolved (interval {where}; {how})"
+    if not math.isfinite(p.low):
+        smallest = 2.0 / 2**p.n
+        return (
+            f"{head}: not resolved; {p.n} seeds cannot resolve a difference at this level "
+            f"(their smallest p is {smallest:.2g}, {v.level:.2g} needed; {how})"
+        )
+    return f"{head}: not resolved with {p.n} seeds; compatible with {where} ({how})"
+
+
+EXPECT_WORDS = {"higher": "higher than", "not_lower": "no lower than", "equal": "equal to"}
+
+
+def claim_line(
+    a: str,
+    b: str,
+    diff: float,
+    low: float,
+    high: float,
+    n: int,
+    word: str,
+    expect: str,
+    margin: float,
+) -> str:
+    """A claim's pair judged: `a` − `b`: +1.23 points [−0.10, +2.50], 5 seeds: **not resolved**
+    (the article: higher than)."""
+    exp = EXPECT_WORDS[expect]
+    if n < 2 and word == "one study each":
+        return (
+            f"`{a}` − `{b}`: {points(diff)} points: **one study each** (both searches are "
+            f"deterministic, so there is no spread to judge it by; the article: {exp})"
+        )
+    tail = f" (margin ±{margin * 100:.1f})" if expect != "higher" else ""
+    return (
+        f"`{a}` − `{b}`: {points(diff)} points {points_span(low, high)}, {n} seeds: "
+        f"**{word}** (the article: {exp}{tail})"
+    )
 
 
 def headline(summary: dict[str, Any]) -> list[str]:
