@@ -206,3 +206,15 @@ def test_the_document_cannot_drift_from_the_store(reduced):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already in the store, kept") == 22
     assert out.read_text() == before
+
+
+def test_a_claim_reads_in_the_words_of_the_report():
+    from tunelab.findings.verdict import line
+
+    j = judge(
+        [pair("x", "y", 0.0123, -0.001, 0.025, False, n=5)], Check("x", "y", "not_lower"), 0.01
+    )
+    assert line(j, 0.01) == (
+        "`x` − `y`: +1.23 points [−0.10, +2.50], 5 seeds: **supported** "
+        "(the article: no lower than (margin ±1.0))"
+    )

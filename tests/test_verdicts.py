@@ -105,3 +105,57 @@ def test_one_more_run_is_predicted_wider_than_the_mean():
     half = (out["high"] - out["low"]) / 2
     sem = np.std(values, ddof=1) / math.sqrt(len(values))
     assert half > 2.5 * sem and out["split_se"] == pytest.approx(math.sqrt(0.922 * 0.078 / 1000))
+
+
+def test_numbers_are_printed_one_way_for_reports_and_findings():
+    from tunelab.reports import verdict_words as w
+
+    assert w.v(0.9712, "test/acc") == w.pct(0.9712) == "97.12"
+    assert w.v(0.1234567, "val/loss") == "0.1235"
+    assert w.v(None, "val/acc") == w.pct(math.nan) == w.points(math.nan) == "–"
+    assert (w.points(-0.0123), w.points(0.02)) == ("−1.23", "+2.00")
+    assert w.points_span(-math.inf, 0.01) == "[−∞, +1.00]"
+    assert (w.signed(-1.5), w.signed(math.inf), w.p_value(0.004), w.p_value(0.5)) == (
+        "−1.50",
+        "+∞",
+        "0.004",
+        "0.50",
+    )
+
+
+def test_the_power_line_reads_the_same_wherever_it_is_written():
+    from tunelab.findings import study_section
+    from tunelab.reports import verdict_words
+
+    judged = {
+        "power": {
+            "sd": 0.01,
+            "detectable": 0.02,
+            "seeds_for_min_effect": 12,
+            "min_effect": 0.005,
+            "n": 5,
+        },
+        "metric": "test/acc",
+        "level": 0.0167,
+        "family": "all pairs",
+    }
+    line = (
+        "Power: with 5 seeds and a paired spread of 1.00 points, differences smaller than ±2.00 "
+        "points are not resolved with 80% power (each pair tested at 0.017: all pairs, "
+        "Bonferroni); resolving 0.50 points (study.min_effect) would take 12 seeds."
+    )
+    assert verdict_words.power(judged) == [line, ""]
+    assert not hasattr(study_section, "_power")  # the findings document has no words of its own
+
+
+def test_a_pair_is_worded_with_its_sign_interval_and_adjusted_p():
+    values = {
+        "a": {s: 0.90 + 0.01 * s for s in range(6)},
+        "b": {s: 0.88 + 0.01 * s for s in range(6)},
+    }
+    values["b"][0] += 0.0025  # spread under the 1/400 step: the exact sign-flip test
+    (p,) = vd.compare(values, "test/acc", "maximize").pairs
+    assert p.verdict == (
+        "a − b: +1.96 points test/acc: a higher, resolved (interval +1.75 to +2.00 points; "
+        "p = 0.03 adjusted (all pairs), exact sign-flip, 6 seeds)"
+    )
