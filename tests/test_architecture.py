@@ -192,6 +192,66 @@ def test_validation_loads_no_torch():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def private_uses(path: Path) -> list[str]:
+    """Another library's private names a file uses: a private module in an import (`a._b`), a
+    private name imported from one, or a private attribute of a name bound to an imported library
+    (`torch._foreach_norm`, `nn.modules.conv._ConvNd`). Dunder names are public, and so are the
+    standard library's documented underscore names (`os._exit`)."""
+
+    def private(name: str) -> bool:
+        return any(p.startswith("_") and not p.endswith("__") for p in name.split("."))
+
+    tree = ast.parse(path.read_text())
+    bound: set[str] = set()  # names bound to another library's modules and objects
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] not in {"tunelab", *sys.stdlib_module_names}:
+                    bound.add(a.asname or a.name.split(".")[0])
+                    out += [f"import {a.name}"] if private(a.name) else []
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in {"tunelab", *sys.stdlib_module_names}:
+                continue
+            for a in node.names:
+                bound.add(a.asname or a.name)
+                if private(node.module) or private(a.name):
+                    out.append(f"from {node.module} import {a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                out.append(ast.unparse(node))
+    return sorted(set(out))
+
+
+def test_private_apis_of_other_libraries_are_named_only_in_compat():
+    """A private API changes without notice: tunelab/compat/ names each one, with a test in
+    tests/test_compat.py that fails when a release changes it."""
+    compat = PACKAGE / "compat"
+    files = [p for p in SRC.rglob("*.py") if compat not in p.parents]
+    found = [f"{p.relative_to(ROOT)}: {use}" for p in sorted(files) for use in private_uses(p)]
+    assert not found, "private APIs outside tunelab/compat/:\n" + "\n".join(found)
+
+
+def test_the_private_api_check_sees_modules_names_and_attributes(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os, torch\nfrom torch import nn\nfrom hydra._internal import utils\n"
+        "from mlflow.server import _MLFLOW_SGI_NAME\nimport numpy as np\n"
+        "x = torch._foreach_norm\ny = nn.modules.conv._ConvNd\nz = np.__version__\n"
+        "self_owned = object()._private\nos._exit(0)\n"
+    )
+    assert private_uses(probe) == [
+        "from hydra._internal import utils",
+        "from mlflow.server import _MLFLOW_SGI_NAME",
+        "nn.modules.conv._ConvNd",
+        "torch._foreach_norm",
+    ]
+
+
 def test_only_run_context_knows_the_environment_variable():
     """The hand-off to a job in another process is RunContext's alone (TUNELAB_RUN_CONTEXT);
     user-facing settings such as TUNELAB_OPTUNA_STORAGE are another matter."""
