@@ -15,16 +15,11 @@ from omegaconf import OmegaConf
 from tunelab.config import groups
 from tunelab.config import rules as r
 
-FILE_GROUPS = (
-    "data",
-    "model",
-    "optimizer",
-    "scheduler",
-    "trainer",
-    "tracking",
-    "finetune",
-    "diagnose",
-)
+# The groups with a conf/ directory of options: every file is checked against its table below.
+FILE_GROUPS = tuple(g for g in groups.NODE_GROUPS if (CONF / g).is_dir())
+# conf/ directories that are not nodes of a run's config: presets of Hydra's launcher, of the
+# sweepers (search, study) and recipes, which set other groups' keys.
+PRESET_DIRS = ("launcher", "recipe", "search", "study")
 
 
 def option_files() -> list[tuple[str, Path]]:
@@ -199,3 +194,18 @@ def test_the_fuzz_is_refused_cleanly(group, local_files, tmp_path, monkeypatch):
 def test_the_fuzz_has_at_least_a_hundred_cases(local_files):
     n = len(TOP_CASES) + sum(len(fuzz_cases(g, local_files)) for g in FILE_GROUPS)
     assert n >= 100, n
+
+
+def test_every_conf_directory_is_a_checked_group_or_a_preset():
+    """A new group's directory with no table in config/groups.py would go unchecked."""
+    dirs = {p.name for p in CONF.iterdir() if p.is_dir()}
+    assert dirs == {*FILE_GROUPS, *PRESET_DIRS}
+    assert {"data", "model", "optimizer", "scheduler", "trainer", "diagnose"} <= set(FILE_GROUPS)
+
+
+def test_every_diagnostic_has_a_settings_table_and_an_option():
+    """A diagnostic missing from config/groups.py's DIAGNOSE would be run with unchecked knobs."""
+    from tunelab.diagnostics.command import DIAGNOSTICS
+
+    shipped = {p.stem for p in (CONF / "diagnose").glob("*.yaml")}
+    assert set(groups.DIAGNOSE) == set(DIAGNOSTICS) == shipped

@@ -294,20 +294,10 @@ OBJECTIVE: dict[str, r.Check] = {
     "metric": r.one_of(*EPOCH_METRICS),
     "direction": r.one_of("maximize", "minimize"),
 }
-# Top-level nodes besides the groups: what train.yaml and pipeline.yaml define.
-TOP_NODES = (
-    "data",
-    "model",
-    "optimizer",
-    "scheduler",
-    "trainer",
-    "tracking",
-    "finetune",
-    "diagnose",
-    "objective",
-    "hydra",
-    "pipeline",
-)
+# Every group whose node validation checks, in the order its problems are listed.
+NODE_GROUPS = (*BY_TARGET, "trainer", "finetune", "diagnose", "objective")
+# Top-level nodes: the groups' and what train.yaml and pipeline.yaml define besides them.
+TOP_NODES = (*NODE_GROUPS, "hydra", "pipeline")
 
 
 def settings_of(group: str, node: dict[str, Any]) -> dict[str, r.Check] | None:

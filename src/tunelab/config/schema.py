@@ -44,7 +44,7 @@ def validate(cfg: DictConfig, *, load_data: Callable[[DictConfig], Any] | None =
         raise ConfigError(f"invalid configuration: {exc}") from None
     problems = targets.problems(cfg, targets.allowed(cfg))
     problems += _top_problems(plain)
-    for group in (*groups.BY_TARGET, "trainer", "finetune", "diagnose", "objective"):
+    for group in groups.NODE_GROUPS:
         if isinstance(plain.get(group), dict):
             problems += _group_problems(group, plain[group])
     problems += _cross_problems(plain)
