@@ -174,8 +174,11 @@ def test_the_readme_table_is_the_layer_order():
     assert not readme[start + len(table)].startswith("|")
 
 
-def test_validation_loads_no_torch():
-    """`tunelab.config` checks a config in well under a second: no torch, no MLflow behind it."""
+def test_validation_loads_no_torch(tmp_path):
+    """`tunelab.config` checks a config in well under a second: no torch, no MLflow behind it,
+    even for a local data file (the caller passes the loader that opens it)."""
+    arrays = tmp_path / "arrays.npz"
+    arrays.write_bytes(b"not opened")
     code = (
         "import sys, pkgutil, importlib\n"
         "import tunelab.config as c\n"
@@ -184,6 +187,7 @@ def test_validation_loads_no_torch():
         "    importlib.import_module('tunelab.config.' + m.name)\n"
         f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
         "    c.validate(compose('train'))\n"
+        f"    c.validate(compose('train', overrides=['data=npz', 'data.path={arrays}']))\n"
         "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))\n"
     )
     out = subprocess.run(
