@@ -261,3 +261,6 @@ def test_only_run_context_knows_the_environment_variable():
     user-facing settings such as TUNELAB_OPTUNA_STORAGE are another matter."""
     users = [n for n, p in MODULES.items() if "TUNELAB_RUN_CONTEXT" in p.read_text()]
     assert users == ["tunelab.run.context"]
+
+
+# ---- vocabulary and boundaries ----
