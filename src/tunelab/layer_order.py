@@ -36,7 +36,8 @@ LAYERS: tuple[Layer, ...] = (
         "config",
         ("tunelab.config",),
         "the rule language, the schema check of a composed config (no torch), the `_target_` "
-        "allow-list, config identity, the sweep grammar and its check, secrets in store URLs",
+        "allow-list, config identity, the sweep grammar and its check, masking secrets in what "
+        "leaves the machine",
     ),
     Layer(
         "data and models",
