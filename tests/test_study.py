@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 from conftest import CONF
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from tunelab.reports import stats
+from tunelab.tuning.settings import StudySweeperConf, sweep_settings
 from tunelab.tuning.study_spec import merge_overrides, parse
 
 PRESETS = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+
+
+def _study_settings(conf: dict) -> StudySweeperConf:
+    """A playbook study's settings from the keys a test sets (the others at their defaults)."""
+    return sweep_settings({**conf, "_target_": StudySweeperConf._target_})
 
 
 def _config(*overrides: str):
@@ -29,8 +34,7 @@ def test_presets_cover_the_seed_articles():
 def test_every_preset_composes_and_parses(name):
     cfg = _config(f"study={name}")
     assert cfg.hydra.sweeper._target_.endswith("study_sweeper.StudySweeper")
-    conf = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
-    spec = parse(conf, cfg, [f"study={name}"])
+    spec = parse(sweep_settings(cfg.hydra.sweeper), cfg, [f"study={name}"])
     assert spec.cells and spec.seeds and spec.goal
     recipes = {}
     for cell in spec.cells:
@@ -64,7 +68,7 @@ def test_list_values_become_cells_with_conditional_nuisance():
         "fixed": {"trainer.max_epochs": 3, "model.kernel": [3, 5]},
         "seeds": 2,
     }  # fmt: skip
-    spec = parse(conf, cfg, ["trainer.max_epochs=4"])
+    spec = parse(_study_settings(conf), cfg, ["trainer.max_epochs=4"])
     assert [c.name for c in spec.cells] == ["1e-05", "0.1"]
     assert spec.cells[0].overrides == ("optimizer.weight_decay=1e-05",)
     assert set(spec.cells[0].space) == {"optimizer.lr", "optimizer.momentum"}
@@ -76,7 +80,7 @@ def test_list_values_become_cells_with_conditional_nuisance():
     )  # command line wins
     assert "model.kernel=[3,5]" in args
     with pytest.raises(ValueError, match="unknown cells"):
-        parse({**conf, "nuisance": {"cells": {"nope": {}}}}, cfg, [])
+        parse(_study_settings({**conf, "nuisance": {"cells": {"nope": {}}}}), cfg, [])
 
 
 def test_merge_overrides_last_wins_per_key():

@@ -3,6 +3,8 @@ nuisance x seeds; all work happens in tunelab.tuning.study."""
 
 from typing import Any
 
+from tunelab.tuning.settings import StudySweeperConf
+
 from .tunelab_sweeper import TunelabSweeper
 
 
@@ -13,4 +15,5 @@ class StudySweeper(TunelabSweeper):
         from tunelab.tuning.study import run_study
 
         assert self.config is not None and self.launcher is not None
-        return run_study(self.conf, self.config, self.launcher, list(arguments))
+        assert isinstance(self.settings, StudySweeperConf)
+        return run_study(self.settings, self.config, self.launcher, list(arguments))
