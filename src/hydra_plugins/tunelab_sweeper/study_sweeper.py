@@ -11,6 +11,8 @@ from .tunelab_sweeper import TunelabSweeper
 class StudySweeper(TunelabSweeper):
     """Per scientific value a nuisance study, then its winner under the study's seeds (paired)."""
 
+    schema = StudySweeperConf
+
     def sweep(self, arguments: list[str]) -> Any:
         from tunelab.tuning.study import run_study
 

@@ -16,13 +16,15 @@ from tunelab.tuning.settings import StudySweeperConf, TunelabSweeperConf, sweep_
 class TunelabSweeper(Sweeper):
     """Optuna study over Hydra jobs: one job per trial and seed, launched by the configured launcher."""
 
+    schema: type[TunelabSweeperConf] | type[StudySweeperConf] = TunelabSweeperConf
+
     def __init__(self, **conf: Any) -> None:
         values = {
             k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in conf.items()
         }
         # the typed settings, built once here: the sweep, study, storage and reports take them
-        self.settings: TunelabSweeperConf | StudySweeperConf = sweep_settings(values)
+        self.settings: TunelabSweeperConf | StudySweeperConf = sweep_settings(values, self.schema)
         self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context: HydraContext | None = None

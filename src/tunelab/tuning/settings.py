@@ -165,13 +165,17 @@ class StudySweeperConf(SweepSettings):
     alpha: float = 0.05
 
 
-def sweep_settings(conf: Mapping[str, Any] | DictConfig) -> TunelabSweeperConf | StudySweeperConf:
-    """The typed, read-only settings of `hydra.sweeper` (values as Hydra passes them; missing keys
-    take the schema's defaults): a StudySweeperConf for hydra/sweeper=tunelab_study, else a
-    TunelabSweeperConf. Raises omegaconf's ValidationError for a value of the wrong type."""
+def sweep_settings(
+    conf: Mapping[str, Any] | DictConfig, schema: type[SweepSettings] | None = None
+) -> Any:
+    """The typed, read-only settings of `hydra.sweeper` (missing keys take the schema's defaults):
+    an instance of `schema`, else of the one its `_target_` names (StudySweeperConf for
+    hydra/sweeper=tunelab_study, else TunelabSweeperConf). Raises omegaconf's ValidationError for
+    a value of the wrong type or a key the schema does not have."""
     values = OmegaConf.to_container(conf, resolve=True) if OmegaConf.is_config(conf) else conf
-    target = str(values.get("_target_") or "")
-    schema = StudySweeperConf if target.endswith("StudySweeper") else TunelabSweeperConf
+    if schema is None:
+        target = str(values.get("_target_") or "")
+        schema = StudySweeperConf if target.endswith("StudySweeper") else TunelabSweeperConf
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
 
 

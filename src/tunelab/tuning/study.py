@@ -100,6 +100,7 @@ class StudyRun:
         if self.tracking_uri:
             self.writer = MlflowWriter(self.tracking_uri, self.experiment)
         self.run_id: str | None = None
+        self.cell_run_id: str | None = None  # the run of the cell being confirmed
 
     # ---- study -------------------------------------------------------------------------
     def open(self) -> None:
@@ -154,16 +155,20 @@ class StudyRun:
         signals.raise_for(signum)
 
     def _leave(self, reason: str) -> None:
-        """The study stopped early: this process leaves its run, which ends KILLED unless another
-        process still works on the study (then it stays RUNNING); a signal's reason is tagged."""
-        if not (self.writer and self.run_id):
+        """The study stopped early: this process leaves its run and the run of the cell it was
+        confirming; each ends KILLED unless another process still works on it (then it stays
+        RUNNING for that one to end); a signal's reason is tagged."""
+        if not self.writer:
             return
-        try:
-            self.writer.flush(quietly=True)
-            if leave(self.writer, self.run_id, "KILLED") and reason:
-                self.writer.set_tags(self.run_id, {"failure_reason": reason})
-        except Exception as exc:  # the store is away: the study's own error is what matters
-            log.warning("could not leave the study's run %s: %s", self.run_id, mask(str(exc)))
+        self.writer.flush(quietly=True)
+        for run_id in (self.cell_run_id, self.run_id):
+            if run_id is None:
+                continue
+            try:
+                if leave(self.writer, run_id, "KILLED") and reason:
+                    self.writer.set_tags(run_id, {"failure_reason": reason})
+            except Exception as exc:  # the store is away: the study's own error is what matters
+                log.warning("could not leave the study's run %s: %s", run_id, mask(str(exc)))
 
     def _report(self, results: list[CellResult], looks: int) -> dict[str, Any]:
         """The report from the cells' outcomes, and its records on the study's runs."""
@@ -216,6 +221,7 @@ class StudyRun:
             key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
             tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
             run_id = keyed_run(self.writer, name, key, tags, parent_run_id=self.run_id)
+        self.cell_run_id = run_id
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = study.best_trial if complete else None
@@ -227,6 +233,7 @@ class StudyRun:
             log.warning("cell %s: no trial finished; nothing to confirm", cell.name)
         if self.writer and run_id:
             self.writer.end_run(run_id, "FINISHED")
+        self.cell_run_id = None
         return result
 
     def _compose(self, args: list[str]) -> Any:
