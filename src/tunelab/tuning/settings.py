@@ -31,7 +31,7 @@ class ReadOnly:
 
 @dataclass
 class SamplerConf(ReadOnly):
-    # grid | random | qmc | tpe | gp | cmaes | nsgaii | line
+    # a name of config/search_methods.SAMPLERS
     name: str = "tpe"
     # null: drawn once and stored with the study (so a resumed study keeps it)
     seed: int | None = None
@@ -41,7 +41,7 @@ class SamplerConf(ReadOnly):
 
 @dataclass
 class PrunerConf(ReadOnly):
-    # none | median | percentile | successive_halving | hyperband | wilcoxon
+    # a name of config/search_methods.PRUNERS
     name: str = "none"
     kwargs: dict[str, Any] = field(default_factory=dict)
 

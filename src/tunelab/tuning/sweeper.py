@@ -115,6 +115,7 @@ class Sweep:
         self.runs: SweepRuns | None = None
         self.n_trials = settings.n_trials
         self.max_retries = settings.max_retries
+        self.deadline: float | None = None  # set when the trials start (hydra.sweeper.timeout_s)
         self.grid: dict[str, list] | None = None
         if self.sampler_facts.gridded:
             self.grid = grid_values(self.space, settings.grid_points)
