@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import CONF
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from tunelab import build
 from tunelab.config import validate
@@ -21,7 +20,7 @@ from tunelab.optim.lr_schedule import build_schedule
 from tunelab.run.api import load_backbone
 from tunelab.run.checkpoint import serialize, write_atomic
 from tunelab.tuning.samplers import make_pruner, make_sampler
-from tunelab.tuning.settings import StudySweeperConf, TunelabSweeperConf
+from tunelab.tuning.settings import StudySweeperConf, TunelabSweeperConf, sweep_settings
 from tunelab.tuning.study_spec import parse
 
 GROUPS = (
@@ -90,23 +89,24 @@ def test_every_option_composes_validates_and_builds(group, option, files, tmp_pa
     if group == "diagnose":
         assert option in DIAGNOSTICS and prepare(cfg).diagnose.name == option
     if group == "search":
-        settings = OmegaConf.merge(OmegaConf.structured(TunelabSweeperConf), cfg.hydra.sweeper)
-        conf = OmegaConf.to_container(settings, resolve=True)
-        space, _ = build_space(conf["params"], [], conf["conditional"])
+        settings = sweep_settings(cfg.hydra.sweeper)
+        assert isinstance(settings, TunelabSweeperConf)
+        space, _ = build_space(settings.params, [], settings.conditional)
         assert space, f"search={option} searches nothing"
-        make_sampler(conf["sampler"], 0, {p.name: [0] for p in space})
-        make_pruner(conf["pruner"])
+        make_sampler(settings.sampler, 0, {p.name: [0] for p in space})
+        make_pruner(settings.pruner)
     if group == "launcher":  # trials as cluster jobs, one GPU each
         assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
         assert cfg.hydra.launcher.gpus_per_node == 1
     if group == "study":
-        settings = OmegaConf.merge(OmegaConf.structured(StudySweeperConf), cfg.hydra.sweeper)
-        spec = parse(OmegaConf.to_container(settings, resolve=True), cfg, [])
+        settings = sweep_settings(cfg.hydra.sweeper)
+        assert isinstance(settings, StudySweeperConf)
+        spec = parse(settings, cfg, [])
         assert spec.cells and spec.seeds
         for cell in spec.cells:
             build_space(cell.space, spec.cell_arguments(cell))
-        make_sampler(spec.sweep_conf["sampler"], 0)
-        make_pruner(spec.sweep_conf.get("pruner"))
+        make_sampler(settings.sampler, 0)
+        make_pruner(settings.pruner)
 
 
 def build_objects(cfg) -> None:

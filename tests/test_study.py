@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 from conftest import CONF
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from tunelab.reports import stats
+from tunelab.tuning.settings import StudySweeperConf, sweep_settings
 from tunelab.tuning.study_spec import merge_overrides, parse
 
 PRESETS = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+
+
+def _study_settings(conf: dict) -> StudySweeperConf:
+    """A playbook study's settings from the keys a test sets (the others at their defaults)."""
+    return sweep_settings(conf, StudySweeperConf)
 
 
 def _config(*overrides: str):
@@ -29,8 +34,7 @@ def test_presets_cover_the_seed_articles():
 def test_every_preset_composes_and_parses(name):
     cfg = _config(f"study={name}")
     assert cfg.hydra.sweeper._target_.endswith("study_sweeper.StudySweeper")
-    conf = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
-    spec = parse(conf, cfg, [f"study={name}"])
+    spec = parse(sweep_settings(cfg.hydra.sweeper), cfg, [f"study={name}"])
     assert spec.cells and spec.seeds and spec.goal
     recipes = {}
     for cell in spec.cells:
@@ -64,7 +68,7 @@ def test_list_values_become_cells_with_conditional_nuisance():
         "fixed": {"trainer.max_epochs": 3, "model.kernel": [3, 5]},
         "seeds": 2,
     }  # fmt: skip
-    spec = parse(conf, cfg, ["trainer.max_epochs=4"])
+    spec = parse(_study_settings(conf), cfg, ["trainer.max_epochs=4"])
     assert [c.name for c in spec.cells] == ["1e-05", "0.1"]
     assert spec.cells[0].overrides == ("optimizer.weight_decay=1e-05",)
     assert set(spec.cells[0].space) == {"optimizer.lr", "optimizer.momentum"}
@@ -76,7 +80,7 @@ def test_list_values_become_cells_with_conditional_nuisance():
     )  # command line wins
     assert "model.kernel=[3,5]" in args
     with pytest.raises(ValueError, match="unknown cells"):
-        parse({**conf, "nuisance": {"cells": {"nope": {}}}}, cfg, [])
+        parse(_study_settings({**conf, "nuisance": {"cells": {"nope": {}}}}), cfg, [])
 
 
 def test_merge_overrides_last_wins_per_key():
@@ -125,3 +129,66 @@ def test_axis_plots_place_numeric_choices_as_labels(caplog):
     assert not [r for r in caplog.records if "categorical units" in r.getMessage()]
     best_marker = ax.collections[-1].get_offsets()[0]
     assert tuple(best_marker) == (2.0, 0.8)
+
+
+def _failing_study(workdir, monkeypatch, fail) -> tuple[str, object]:
+    """A preset study, run in this process, whose first cell calls `fail(run)`; (tracking URI,
+    the StudyRun)."""
+    from omegaconf import open_dict
+
+    from tunelab.tuning.study import StudyRun
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    cfg = _config("study=optimizer_comparison", f"tracking.tracking_uri={uri}")
+    with open_dict(cfg):
+        cfg.hydra.sweep.dir = str(workdir / "sweep")
+    run = StudyRun(sweep_settings(cfg.hydra.sweeper), cfg, None, ["study=optimizer_comparison"])
+    monkeypatch.setattr(run, "run_cell", lambda cell: fail(run))
+    return uri, run
+
+
+def test_a_failing_study_leaves_its_run_to_the_last_worker(workdir, monkeypatch):
+    """An error in the study: its run stays RUNNING while another process works on it (here one
+    of another host), and ends KILLED when this process was the last; the error is raised."""
+    from mlflow import MlflowClient
+
+    from tunelab.tracking.run_owners import worker_tag
+
+    other = "elsewhere:1:-"
+
+    def fail(run, joined: bool) -> None:
+        if joined:
+            run.writer.set_tags(run.run_id, {worker_tag(other): other})
+        else:
+            run.writer.delete_tags(run.run_id, [worker_tag(other)])
+        raise RuntimeError("boom")
+
+    for joined, status in ((True, "RUNNING"), (False, "KILLED")):
+        uri, run = _failing_study(workdir, monkeypatch, lambda r, j=joined: fail(r, j))
+        with pytest.raises(RuntimeError, match="boom"):
+            run.run()
+        got = MlflowClient(uri).get_run(run.run_id)
+        assert got.info.status == status
+        assert "failure_reason" not in got.data.tags  # an error, not a signal
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "reason"), [(2, 130, "interrupted"), (15, 143, "terminated")]
+)
+def test_a_signal_stops_the_study_like_a_sweep(workdir, monkeypatch, sig, code, reason):
+    """SIGINT or SIGTERM between the study's jobs: it stops at once, exits 130 or 143 (as a sweep
+    and a single run do) and its run ends KILLED with the signal's reason."""
+    import os
+
+    from mlflow import MlflowClient
+
+    def signalled(run) -> None:
+        os.kill(os.getpid(), sig)
+        raise AssertionError("the study went on after the signal")
+
+    uri, run = _failing_study(workdir, monkeypatch, signalled)
+    with pytest.raises(SystemExit) as stopped:
+        run.run()
+    assert stopped.value.code == code
+    got = MlflowClient(uri).get_run(run.run_id)
+    assert got.info.status == "KILLED" and got.data.tags["failure_reason"] == reason

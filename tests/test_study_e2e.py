@@ -3,7 +3,9 @@
 
 import json
 import re
+import signal
 import statistics
+import time
 from pathlib import Path
 
 import optuna
@@ -141,5 +143,44 @@ def test_study_killed_in_its_second_cell_resumes_without_redoing_the_first(workd
     assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
     mom = [r for r in after["confirm"] if r.data.tags["cell"] == "momentum"]
     assert sorted(int(r.data.tags["seed"]) for r in mom) == [1, 2]
+    summary = json.loads((workdir / "resumed" / "study" / "summary.json").read_text())
+    assert all(c["stats"]["val/acc"]["n"] == 2 for c in summary["cells"])
+
+
+def _confirm_training(cwd: Path) -> bool:
+    """A confirmation job is training: its run is RUNNING and has recorded an epoch."""
+    return any(
+        r.info.status == "RUNNING" and "train/loss" in r.data.metrics
+        for r in _by_role(cwd).get("confirm", [])
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_confirmation_stops_the_study_and_resume_reruns_that_seed(workdir):
+    """SIGTERM while a confirmation job trains: the job records its run KILLED, the study exits
+    143 leaving its run and the cell's run KILLED (nothing RUNNING), and the stopped seed is not
+    recorded as confirmed: the same command runs it again."""
+    longer = ["trainer.max_epochs=10", "tracking.metrics_every_s=0"]  # time to land in training
+    proc = start_cli(*_args(workdir, "stopped"), *longer, cwd=workdir)
+    wait_for_line(proc, "cell adam: confirming", timeout=300)
+    deadline = time.monotonic() + 120
+    while not _confirm_training(workdir):
+        assert time.monotonic() < deadline and proc.poll() is None, "no confirmation job trained"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = finish_cli(proc)
+    assert proc.returncode == 143, out[-3000:]
+    assert "study stopped by SIGTERM" in out, out[-3000:]
+    runs = _by_role(workdir)
+    (study,) = runs["study"]
+    assert study.info.status == "KILLED" and study.data.tags["failure_reason"] == "terminated"
+    (adam,) = [r for r in runs["cell"] if r.data.tags["cell"] == "adam"]
+    assert adam.info.status == "KILLED"
+    assert not [r for r in mlflow_runs(workdir, "tiny") if r.info.status == "RUNNING"]
+    storage = make_storage(f"journal:{workdir / 'optuna.journal'}")
+    confirmed = optuna.load_study(study_name="tiny-adam", storage=storage).user_attrs
+    assert len(confirmed.get("study:confirm") or {}) < 2  # the stopped seed is not among them
+    proc = run_cli(*_args(workdir, "resumed"), *longer, cwd=workdir, env=NO_MODEL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((workdir / "resumed" / "study" / "summary.json").read_text())
     assert all(c["stats"]["val/acc"]["n"] == 2 for c in summary["cells"])

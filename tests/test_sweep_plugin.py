@@ -531,3 +531,82 @@ def test_a_200_trial_sweep_reports_every_trial_and_the_right_best(app):
     (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
     assert parent.data.tags["best.trial"] == str(best.number)
     assert sum(int(v) for k, v in parent.data.tags.items() if k.startswith("trials.")) == 200
+
+
+def test_sweep_settings_are_typed_read_only_with_each_default_once():
+    """hydra.sweeper becomes one typed object (the schema's defaults filled in, wrong types
+    refused) that cannot change while the sweep runs; a study's cell sweep inherits the study's
+    settings, its sampler default (qmc) included."""
+    import dataclasses
+
+    from omegaconf.errors import ValidationError
+
+    from tunelab.tuning.settings import (
+        StudySweeperConf,
+        TunelabSweeperConf,
+        cell_sweep_settings,
+        sweep_settings,
+    )
+
+    sweep = sweep_settings({"n_trials": 3, "objectives": [{"metric": "val/loss"}]})
+    assert isinstance(sweep, TunelabSweeperConf)
+    assert (sweep.n_trials, sweep.sampler.name, sweep.max_retries) == (3, "tpe", 1)
+    assert sweep.objectives[0].direction == "maximize"  # the schema's default, filled in
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sweep.n_trials = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sweep.sampler.name = "qmc"
+    with pytest.raises(ValidationError):
+        sweep_settings({"n_trials": "many"})
+    study = sweep_settings({"max_retries": 4}, StudySweeperConf)
+    assert (study.sampler.name, study.n_trials, study.figures) == ("qmc", 8, False)
+    cell = cell_sweep_settings(study, study_name="s-adam", n_trials=2)
+    assert isinstance(cell, TunelabSweeperConf)
+    assert (cell.sampler.name, cell.max_retries, cell.n_trials) == ("qmc", 4, 2)
+
+
+def test_sweep_reports_come_from_a_frozen_outcome_and_return_their_record(tmp_path):
+    """The sweep's reports read a SweepOutcome (no live study, no MLflow run) and return the files
+    written and the record for the sweep's run: best value and params, counts, every file."""
+    import dataclasses
+
+    from tunelab.config.space import build_space
+    from tunelab.reports.sweep_outputs import SweepOutcome, finalize
+
+    study = optuna.create_study(direction="maximize")
+    space, fixed = build_space({"optimizer.lr": "interval(0.001, 0.1)"}, ["model=mlp"])
+    study.optimize(lambda t: -abs(t.suggest_float("optimizer.lr", 0.001, 0.1) - 0.01), 4)
+    outcome = SweepOutcome(
+        study_name="s",
+        trials=tuple(study.trials),
+        directions=tuple(study.directions),
+        metrics=("val/acc",),
+        fixed=tuple(fixed),
+        space=tuple(space),
+        sampler="random",
+        seeds=(None,),
+        n_trials=4,
+        n_jobs=1,
+        storage_url="journal:x",
+        sweep_dir=tmp_path,
+        figures=False,
+        utilisation=0.5,
+        n_run_here=4,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        outcome.n_trials = 5
+    report = finalize(outcome)
+    best = study.best_trial
+    assert {p.name for p in report.files} == {
+        "trials.csv",
+        "best_overrides.txt",
+        "best_overrides.yaml",
+        "summary.json",
+    }
+    assert (tmp_path / "best_overrides.txt").read_text().splitlines()[0] == "model=mlp"
+    assert report.summary["best"][0]["number"] == best.number
+    record = report.record
+    assert record.metrics == {"sweep/worker_utilisation": 0.5, "best/val/acc": best.value}
+    assert record.tags["best.trial"] == str(best.number) and record.tags["trials.complete"] == "4"
+    assert record.params["sampler"] == "random" and record.params["n_trials"] == 4
+    assert [p for p, _ in record.files] == list(report.files)

@@ -6,9 +6,12 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tunelab.config import search_methods
 from tunelab.config.space import build_space, grid_values, suggest, to_overrides
+from tunelab.config.sweep_check import sweeper_problems
 from tunelab.run.context import RunContext, RunResult, TrialRef, aggregate
 from tunelab.tuning import pruning
 from tunelab.tuning.jobs import job_overrides, read_job
@@ -78,9 +81,44 @@ def test_golden_section_converges_on_unimodal_function():
     assert abs(math.log10(study.best_params["lr"]) + 2) < 0.05
 
 
-@pytest.mark.parametrize("name", ["grid", "random", "qmc", "tpe", "gp", "cmaes", "nsgaii", "line"])
+@pytest.mark.parametrize("name", sorted(search_methods.SAMPLERS))
 def test_every_sampler_builds(name):
     assert make_sampler({"name": name}, 0, {"x": [1, 2]}) is not None
+
+
+@pytest.mark.parametrize("name", sorted(search_methods.PRUNERS))
+def test_every_pruner_builds(name):
+    kwargs = {"percentile": 25.0} if name == "percentile" else {}  # its one required argument
+    assert make_pruner({"name": name, "kwargs": kwargs}) is not None
+
+
+def test_validation_takes_sampler_names_from_the_registry(monkeypatch):
+    """A sampler added to the registry is accepted by the multirun check, built by make_sampler
+    and (with fixed_seed) seeded once; a name not in it is refused by both."""
+    cfg = OmegaConf.create(
+        {"hydra": {"sweeper": {"_target_": "hydra_plugins.tunelab_sweeper.tunelab_sweeper.X"}}}
+    )
+
+    def problems(sampler: str, pruner: str = "none") -> list[str]:
+        cfg.hydra.sweeper.sampler = {"name": sampler}
+        cfg.hydra.sweeper.pruner = {"name": pruner}
+        return [p for p in sweeper_problems(cfg) if ".name=" in p]
+
+    assert problems("halton") == [
+        f"hydra.sweeper.sampler.name='halton' is invalid: expected one of "
+        f"{sorted(search_methods.SAMPLERS)}"
+    ]
+    with pytest.raises(ValueError, match="unknown sampler 'halton'"):
+        make_sampler({"name": "halton"}, 0)
+    facts = search_methods.SamplerFacts("QMCSampler", fixed_seed=True)
+    monkeypatch.setitem(search_methods.SAMPLERS, "halton", facts)
+    assert problems("halton") == []
+    assert type(make_sampler({"name": "halton", "kwargs": {"qmc_type": "halton"}}, 0)).__name__ == (
+        "QMCSampler"
+    )
+    assert problems("tpe", pruner="nope")[0].startswith("hydra.sweeper.pruner.name='nope'")
+    monkeypatch.setitem(search_methods.PRUNERS, "nope", "NopPruner")
+    assert problems("tpe", pruner="nope") == []
 
 
 def test_unknown_names_fail_clearly():

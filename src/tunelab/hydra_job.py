@@ -220,10 +220,9 @@ class TunelabCallback(Callback):
             print(compare)
             return
         # a tunelab sweep or study: its own experiment; it printed its best trials and their link
-        from tunelab.tuning.settings import tracking_target
+        from tunelab.tuning.settings import sweep_settings, tracking_target
 
-        sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
-        uri, experiment = tracking_target(sweeper, config)
+        uri, experiment = tracking_target(sweep_settings(config.hydra.sweeper), config)
         print(runs_link(uri, MlflowWriter(uri, experiment).experiment_id))
 
     def _describe_parent(self, jobs: list[Any], config: DictConfig) -> str:

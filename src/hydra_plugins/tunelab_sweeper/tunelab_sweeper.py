@@ -9,17 +9,22 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from .config import TunelabSweeperConf  # noqa: F401  (registers hydra/sweeper=tunelab)
+import hydra_plugins.tunelab_sweeper.config  # noqa: F401  (registers hydra/sweeper=tunelab)
+from tunelab.tuning.settings import StudySweeperConf, TunelabSweeperConf, sweep_settings
 
 
 class TunelabSweeper(Sweeper):
     """Optuna study over Hydra jobs: one job per trial and seed, launched by the configured launcher."""
 
+    schema: type[TunelabSweeperConf] | type[StudySweeperConf] = TunelabSweeperConf
+
     def __init__(self, **conf: Any) -> None:
-        self.conf = {
+        values = {
             k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in conf.items()
         }
+        # the typed settings, built once here: the sweep, study, storage and reports take them
+        self.settings: TunelabSweeperConf | StudySweeperConf = sweep_settings(values, self.schema)
         self.config: DictConfig | None = None
         self.launcher = None
         self.hydra_context: HydraContext | None = None
@@ -40,6 +45,6 @@ class TunelabSweeper(Sweeper):
 
         assert self.config is not None and self.launcher is not None
         try:
-            return run_sweep(self.conf, self.config, self.launcher, list(arguments))
+            return run_sweep(self.settings, self.config, self.launcher, list(arguments))
         except SettingsChanged as exc:  # the user's to fix, not a crash: no traceback
             raise SystemExit(f"error: {exc}") from None

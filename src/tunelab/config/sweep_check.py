@@ -11,10 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import rules as r
 from tunelab.config.schema import ConfigError, validate
+from tunelab.config.search_methods import pruner_name, sampler_name
 
-# The names tuning/samplers.py registers (a test keeps them equal).
-SAMPLER_NAMES = ("bruteforce", "cmaes", "gp", "grid", "line", "nsgaii", "qmc", "random", "tpe")
-PRUNER_NAMES = ("hyperband", "median", "none", "percentile", "successive_halving", "wilcoxon")
 STORAGE_SCHEMES = ("journal", "sqlite", "postgresql", "mysql")
 # a trial is stale after this many heartbeat intervals without one (the default and the minimum):
 # a single late or failed beat never gets a live trial failed by another worker
@@ -73,8 +71,8 @@ COMMON: dict[str, r.Check] = {
     "max_retries": r.NON_NEGATIVE_INT,
     "heartbeat_interval_s": r.POSITIVE_INT,
     "grid_points": r.number(2, integer=True),
-    "sampler.name": r.one_of(*SAMPLER_NAMES),
-    "pruner.name": r.one_of(*PRUNER_NAMES),
+    "sampler.name": sampler_name,
+    "pruner.name": pruner_name,
 }
 SWEEPER: dict[str, r.Check] = {**COMMON, "n_trials": r.POSITIVE_INT, "seeds": seeds}
 STUDY: dict[str, r.Check] = {

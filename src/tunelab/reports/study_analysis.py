@@ -1,11 +1,16 @@
-"""After the cells: statistics over seeds, paired verdicts, playbook checks, figures, report, MLflow."""
+"""After the cells: statistics over seeds, paired verdicts, playbook checks, figures, the report, and
+the records the study puts on its MLflow runs. Works from a StudyOutcome, a frozen copy of what the
+study produced."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,34 @@ from tunelab.config.space import build_space, to_overrides
 from tunelab.reports import study_plots as checks
 from tunelab.reports import study_verdicts as sv
 from tunelab.reports import verdict_words
+from tunelab.reports.run_record import RunRecord
 from tunelab.reports.stats import audit, describe, doubling_gain
 
 log = logging.getLogger(__name__)
 TEST = "test/acc"
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What a playbook study produced, as its report reads it."""
+
+    spec: Any  # tuning.study_spec.StudySpec
+    cells: tuple[Any, ...]  # tuning.study.CellResult, one per cell
+    out_dir: Path  # <sweep dir>/study
+    storage_url: str
+    run_id: str | None  # the study's MLflow run (None: tracking off)
+    looks: int  # reports so far with more seeds, this one included
+    experiment_id: str | None = None
+    # (run id, artifact path) -> that JSON artifact or None; None: tracking off
+    read_json: Callable[[str, str], Any] | None = None
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    summary: dict[str, Any]
+    files: tuple[Path, ...]
+    record: RunRecord  # for the study's run
+    cell_records: dict[str, RunRecord]  # cell run id -> its record
 
 
 def _direction(spec: Any, metric: str) -> str:
@@ -52,22 +81,22 @@ def rerun_command(spec: Any, result: Any, seed: int | None = None) -> str:
     return "python src/train.py " + " ".join(shlex.quote(o) for o in ovs)
 
 
-def _curves_runs(run: Any, result: Any, top_k: int) -> list[tuple[str, dict]]:
+def _curves_runs(run: StudyOutcome, result: Any, top_k: int) -> list[tuple[str, dict]]:
     """Histories of the cell's top trials (their first seed), or of its confirmation runs."""
-    if run.writer is None:
+    if run.read_json is None:
         return []
     out = []
     complete = [t for t in result.trials if t.state == TrialState.COMPLETE]
     rev = run.spec.direction == "maximize"
     for t in sorted(complete, key=lambda t: t.value, reverse=rev)[:top_k]:
         job_run = next(iter(t.user_attrs.get("mlflow_seed_run_ids") or []), None)
-        h = run.writer.read_json(job_run, "history.json") if job_run else None
+        h = run.read_json(job_run, "history.json") if job_run else None
         if h:
             out.append((f"trial {t.number}", h))
     if not complete:
         for seed in run.spec.seeds[:top_k]:
             job_run = _confirm_run(result, seed)
-            h = run.writer.read_json(job_run, "history.json") if job_run else None
+            h = run.read_json(job_run, "history.json") if job_run else None
             if h:
                 out.append((f"seed {seed}", h))
     return out
@@ -80,7 +109,7 @@ def _confirm_run(result: Any, seed: int) -> str | None:
 
 
 def _cell_summary(
-    run: Any, result: Any, out: Path, per_seed: dict[str, dict[int, float]]
+    run: StudyOutcome, result: Any, out: Path, per_seed: dict[str, dict[int, float]]
 ) -> dict[str, Any]:
     spec, cell = run.spec, result.cell
     info: dict[str, Any] = {
@@ -142,12 +171,12 @@ def _cell_summary(
     return info
 
 
-def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
+def analyse(run: StudyOutcome, out: Path) -> dict[str, Any]:
     """Everything the report shows, as JSON-able data; figures are written into `out`."""
-    spec = run.spec
+    spec, results = run.spec, run.cells
     metrics = [spec.metric] + ([TEST] if spec.metric != TEST else [])
     confirm = {r.cell.name: r.confirm for r in results}
-    judged = sv.verdicts(spec, confirm, len(getattr(run, "looks", [1])))
+    judged = sv.verdicts(spec, confirm, run.looks)
     per_metric = {m: sv.with_failures(confirm, m, _direction(spec, m))[0] for m in metrics}
     cells = [
         _cell_summary(run, r, out, {m: per_metric[m][r.cell.name] for m in metrics})
@@ -196,8 +225,8 @@ def analyse(run: Any, results: list[Any], out: Path) -> dict[str, Any]:
         "seeds": spec.seeds,
         "search_seeds": spec.search_seeds,
         "n_trials": spec.n_trials,
-        "sampler": spec.sweep_conf.get("sampler"),
-        "pruner": spec.sweep_conf.get("pruner"),
+        "sampler": dataclasses.asdict(spec.settings.sampler),
+        "pruner": dataclasses.asdict(spec.settings.pruner),
         "fixed": spec.fixed,
         "arguments": spec.arguments,
         "storage": mask(run.storage_url),
@@ -232,9 +261,12 @@ def _tables(summary: dict[str, Any], out: Path) -> None:
     )
 
 
-def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
-    writer, spec = run.writer, run.spec
+def _records(run: StudyOutcome, summary: dict[str, Any]) -> tuple[RunRecord, dict[str, RunRecord]]:
+    """The study run's record (per-cell statistics, the setup, the report's folder) and each
+    confirmed cell run's (its statistics and best trial)."""
+    spec = run.spec
     study_metrics: dict[str, float] = {}
+    cell_records = {}
     for c in summary["cells"]:
         cell_metrics = {}
         for m, s in c["stats"].items():
@@ -243,15 +275,15 @@ def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
                 study_metrics[f"{c['cell']}/{m}_{k}"] = s[k]
         if c["mlflow_run_id"]:
             tags = {"best_trial": str(c["best_trial"])}
-            writer.log(c["mlflow_run_id"], metrics=cell_metrics, tags=tags)
+            cell_records[c["mlflow_run_id"]] = RunRecord(metrics=cell_metrics, tags=tags)
     params = {
         "scientific": spec.scientific,
         "cells": ",".join(c.name for c in spec.cells),
         "seeds": spec.seeds,
         "search_seeds": spec.search_seeds,
         "n_trials_per_cell": spec.n_trials,
-        "sampler": (spec.sweep_conf.get("sampler") or {}).get("name"),
-        "pruner": (spec.sweep_conf.get("pruner") or {}).get("name"),
+        "sampler": spec.settings.sampler.name,
+        "pruner": spec.settings.pruner.name,
         **{f"fixed.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in spec.fixed},
         **{f"nuisance.{c.name}": json.dumps(c.space) for c in spec.cells},
     }
@@ -261,15 +293,15 @@ def _log_mlflow(run: Any, summary: dict[str, Any], out: Path) -> None:
         "mlflow.note.content": _description(summary),
     }
     cells = [c["mlflow_run_id"] for c in summary["cells"] if c["mlflow_run_id"]]
-    if cells:  # the confirmed cells side by side, linked from the description and the console
+    if cells and run.experiment_id is not None:  # the confirmed cells side by side
         from tunelab.tracking.mlflow_writer import COMPARE_TAG, ui_link
 
-        link = ui_link(writer.experiment_id, runs=cells)
+        link = ui_link(run.experiment_id, runs=cells)
         tags[COMPARE_TAG] = ",".join(cells)
         tags["mlflow.note.content"] += f"\n\nThe confirmed cells side by side: {link}"
         log.info("the confirmed cells side by side: %s", link)
-    writer.log(run.run_id, metrics=study_metrics, params=params, tags=tags, keep_existing=True)
-    writer.log_artifacts(run.run_id, out)
+    record = RunRecord(metrics=study_metrics, params=params, tags=tags, folders=(run.out_dir,))
+    return record, cell_records
 
 
 def _description(summary: dict[str, Any]) -> str:
@@ -281,23 +313,24 @@ def _description(summary: dict[str, Any]) -> str:
     )
 
 
-def finalize(run: Any, results: list[Any]) -> dict[str, Any]:
-    """Analyse, write the report and tables into <sweep dir>/study, attach them to the study run."""
+def finalize(run: StudyOutcome) -> StudyReport:
+    """Analyse, write the report, tables and figures into run.out_dir; the records list what the
+    study's runs get."""
     from tunelab.reports.study_report import write_report
 
-    out = run.root / "study"
+    out = run.out_dir
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    summary = analyse(run, results, out / "figures")
+    summary = analyse(run, out / "figures")
     _tables(summary, out)
     write_report(summary, out)
-    if run.writer and run.run_id:
-        _log_mlflow(run, summary, out)
     for line in summary["verdicts"]:
         log.info("verdict: %s", line)
     if summary["few_seeds"]:
         log.warning("%s", verdict_words.few_seeds(summary))
     log.info("study report: %s", out / "report.md")
-    return summary
+    files = tuple(sorted(p for p in out.rglob("*") if p.is_file()))
+    record, cell_records = _records(run, summary)
+    return StudyReport(summary, files, record, cell_records)
 
 
 def _tried(trials: list) -> int:

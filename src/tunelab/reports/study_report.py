@@ -121,8 +121,7 @@ def _checks(summary: dict[str, Any]) -> list[str]:
 
 
 def _setup(summary: dict[str, Any]) -> list[str]:
-    sampler = (summary["sampler"] or {}).get("name", "tpe")
-    pruner = (summary["pruner"] or {}).get("name", "none")
+    sampler, pruner = summary["sampler"]["name"], summary["pruner"]["name"]
     lines = [
         "## Setup and caveats",
         "",

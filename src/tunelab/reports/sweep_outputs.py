@@ -1,26 +1,66 @@
 """What a finished sweep leaves behind: trials.csv, best overrides, Pareto front, Optuna's figures and
-the summary, in the sweep directory and on the sweep's MLflow run."""
+the summary in the sweep directory, and the record (values, params, tags, files) the sweep puts on
+its MLflow run. Works from a SweepOutcome, a frozen copy of what the sweep produced."""
 
 from __future__ import annotations
 
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.config.identity import override_key
 from tunelab.config.secrets import mask
-from tunelab.config.space import describe, to_overrides
+from tunelab.config.space import Param, describe, to_overrides
+from tunelab.reports.run_record import RunRecord
 from tunelab.reports.runs_table import trial_counts
 
 log = logging.getLogger(__name__)
 
 # Overrides that select the sweep itself; a re-run of the winner leaves them out.
 _SWEEP_ONLY = ("search",)
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a sweep produced, as its reports read it (the study's trials when it ended)."""
+
+    study_name: str
+    trials: tuple[FrozenTrial, ...]
+    directions: tuple[StudyDirection, ...]
+    metrics: tuple[str, ...]
+    fixed: tuple[str, ...]  # the overrides every trial ran with
+    space: tuple[Param, ...]
+    sampler: str
+    seeds: tuple[int | None, ...]
+    n_trials: int
+    n_jobs: int
+    storage_url: str
+    sweep_dir: Path
+    figures: bool  # Optuna's figures are drawn
+    utilisation: float  # the share of the workers' time spent in trials
+    n_run_here: int  # trials this process ran
+    experiment_id: str | None = None  # the sweep's MLflow experiment (None: tracking off)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    summary: dict[str, Any]
+    files: tuple[Path, ...]
+    record: RunRecord  # for the sweep's MLflow run
+
+
+def as_study(outcome: SweepOutcome) -> optuna.Study:
+    """An in-memory study holding the outcome's trials (Optuna's tables and figures take a study)."""
+    study = optuna.create_study(study_name=outcome.study_name, directions=outcome.directions)
+    study.add_trials(outcome.trials)
+    return study
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> Path:
@@ -125,7 +165,7 @@ def write_figures(study: optuna.Study, metrics: list[str], out_dir: Path) -> lis
     return out
 
 
-def summary(study: optuna.Study, metrics: list[str]) -> dict[str, Any]:
+def summary(study: optuna.Study, metrics: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Counts per state, best values and params (for logs and the sweep run)."""
     counts = trial_counts(study.get_trials(deepcopy=False))
     out: dict[str, Any] = {"counts": counts, "best": []}
@@ -140,56 +180,51 @@ def summary(study: optuna.Study, metrics: list[str]) -> dict[str, Any]:
     return out
 
 
-def finalize(sweep: Any, utilisation: float, n_run: int) -> dict[str, Any]:
-    """Write every result file into the sweep dir and attach them to the sweep's MLflow run."""
-    study, out_dir = sweep.study, sweep.sweep_dir
+def finalize(outcome: SweepOutcome) -> SweepReport:
+    """Write every result file into the sweep dir; the record lists them for the sweep's run."""
+    study, out_dir = as_study(outcome), outcome.sweep_dir
+    metrics = list(outcome.metrics)
     files = [write_trials_csv(study, out_dir / "trials.csv")]
     best = best_trials(study)
     if best:
         top = best[0] if len(best) == 1 else max(best, key=lambda t: t.values[0] * _sign(study, 0))
-        files += write_best_overrides(top, sweep.fixed, out_dir)
+        files += write_best_overrides(top, list(outcome.fixed), out_dir)
     if len(study.directions) > 1 and best:
-        files.append(write_pareto_csv(study, sweep.metrics, out_dir / "pareto_front.csv"))
-    if sweep.conf.get("figures", True):
+        files.append(write_pareto_csv(study, metrics, out_dir / "pareto_front.csv"))
+    if outcome.figures:
         fig_dir = out_dir / "figures"
         fig_dir.mkdir(exist_ok=True)
-        files += write_figures(study, sweep.metrics, fig_dir)
-    result = summary(study, sweep.metrics)
+        files += write_figures(study, metrics, fig_dir)
+    result = summary(study, metrics)
     result.update(
-        study_name=study.study_name,
-        storage=mask(sweep.storage_url),
-        n_run_here=n_run,
-        worker_utilisation=round(utilisation, 3),
-        n_jobs=sweep.n_jobs,
+        study_name=outcome.study_name,
+        storage=mask(outcome.storage_url),
+        n_run_here=outcome.n_run_here,
+        worker_utilisation=round(outcome.utilisation, 3),
+        n_jobs=outcome.n_jobs,
         sweep_dir=str(out_dir),
     )
     (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     files.append(out_dir / "summary.json")
-    if sweep.runs and sweep.runs.parent_id:
-        try:
-            _record(sweep, result, best, files)
-        except Exception as exc:  # e.g. the tracking server is away: the files above stay
-            log.error(
-                "the sweep's MLflow run was not updated (%s); its results are in %s",
-                mask(str(exc))[:300],
-                out_dir,
-            )
-    return result
+    return SweepReport(result, tuple(files), _record(outcome, study, result, best, files))
 
 
-def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -> None:
-    """Best value and params, the trial counts and every result file on the sweep's run."""
+def _record(
+    outcome: SweepOutcome,
+    study: optuna.Study,
+    result: dict[str, Any],
+    best: list,
+    files: list[Path],
+) -> RunRecord:
+    """Best value and params, the trial counts and every result file, for the sweep's run."""
     metrics: dict[str, float] = {"sweep/worker_utilisation": result["worker_utilisation"]}
     tags = {f"trials.{k}": str(v) for k, v in result["counts"].items()}
+    names = outcome.metrics
     if len(best) == 1:
-        metrics.update(
-            {f"best/{m}": v for m, v in zip(sweep.metrics, best[0].values, strict=False)}
-        )
+        metrics.update({f"best/{m}": v for m, v in zip(names, best[0].values, strict=False)})
         tags.update({f"best.{k}": str(v) for k, v in best[0].params.items()})
         tags["best.trial"] = str(best[0].number)
-        values = ", ".join(
-            f"{m} {v:.4g}" for m, v in zip(sweep.metrics, best[0].values, strict=False)
-        )
+        values = ", ".join(f"{m} {v:.4g}" for m, v in zip(names, best[0].values, strict=False))
         chosen = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in best[0].params.items()
@@ -203,7 +238,7 @@ def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -
     from tunelab.tracking.mlflow_writer import COMPARE_TAG
 
     counts = ", ".join(f"{v} {k}" for k, v in result["counts"].items() if v)
-    compare = compare_best(sweep)
+    compare = compare_best(outcome, study)
     tags["mlflow.note.content"] = (
         f"{head}\n\nTrials: {counts}. In the artifacts: trials.csv, best_overrides.txt "
         "(`python src/train.py $(cat best_overrides.txt)`) and Optuna's figures."
@@ -213,32 +248,31 @@ def _record(sweep: Any, result: dict[str, Any], best: list, files: list[Path]) -
         tags[COMPARE_TAG] = ",".join(compare[0])
         log.info("the best %d trials, %s", len(compare[0]), compare[1])
     params = {
-        "n_trials": sweep.n_trials,
-        "sampler": sweep.sampler_name,
-        "seeds": sweep.seeds,
-        **{f"space.{k}": v for k, v in describe(sweep.space).items()},
+        "n_trials": outcome.n_trials,
+        "sampler": outcome.sampler,
+        "seeds": list(outcome.seeds),
+        **{f"space.{k}": v for k, v in describe(list(outcome.space)).items()},
     }
-    writer, run_id = sweep.runs.writer, sweep.runs.parent_id
-    writer.flush(quietly=True)
-    writer.log(run_id, metrics=metrics, params=params, tags=tags, keep_existing=True)
-    for path in files:
-        writer.log_artifact(run_id, path, "figures" if str(path).endswith(".png") else None)
-    writer.end_run(run_id, "FINISHED")
+    shelved = tuple((p, "figures" if str(p).endswith(".png") else None) for p in files)
+    return RunRecord(metrics=metrics, params=params, tags=tags, files=shelved)
 
 
-def compare_best(sweep: Any, most: int = 10) -> tuple[list[str], str] | None:
+def compare_best(
+    outcome: SweepOutcome, study: optuna.Study, most: int = 10
+) -> tuple[list[str], str] | None:
     """The MLflow runs of the best finished trials (at most `most`, best first, by the first
     objective) and the printed links to them side by side and to their objective's curves."""
     from tunelab.tracking.mlflow_writer import compare_hint
 
-    study = sweep.study
+    if outcome.experiment_id is None:
+        return None
     done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
     done = [t for t in done if t.user_attrs.get("mlflow_run_id")]
     done.sort(key=lambda t: -_sign(study, 0) * t.values[0])
     runs = [str(t.user_attrs["mlflow_run_id"]) for t in done[:most]]
     if not runs:
         return None
-    return runs, compare_hint(sweep.runs.writer.experiment_id, runs, sweep.metrics[0])
+    return runs, compare_hint(outcome.experiment_id, runs, outcome.metrics[0])
 
 
 def _sign(study: optuna.Study, i: int) -> float:

@@ -13,23 +13,25 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 
-def gpu_count(conf: Any) -> int:
+def gpu_count(gpus: int | None) -> int:
     """hydra.sweeper.gpus when set (a limit, or a count to plan for), else the node's CUDA GPUs."""
-    if conf.get("gpus") is not None:
-        return int(conf["gpus"])
+    if gpus is not None:
+        return int(gpus)
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def plan(conf: Any, config: Any, n_jobs: int) -> tuple[int, list[str] | None]:
+def plan(
+    gpus: int | None, trials_per_gpu: int, config: Any, n_jobs: int
+) -> tuple[int, list[str] | None]:
     """(n_jobs, the device of each trial slot) or (n_jobs, None) where devices are not assigned:
     no GPU, or a task whose config has no trainer.device to set."""
-    gpus = gpu_count(conf)
+    gpus = gpu_count(gpus)
     requested = OmegaConf.select(config, "trainer.device", default=None)
     if gpus <= 0 or requested is None or str(requested) in ("cpu", "mps"):
         return n_jobs, None
-    per_gpu = max(1, int(conf.get("trials_per_gpu") or 1))
+    per_gpu = max(1, trials_per_gpu)
     if n_jobs > gpus * per_gpu:
         log.warning(
             "n_jobs=%d trials at once but %d GPU(s) x trials_per_gpu=%d: running %d",

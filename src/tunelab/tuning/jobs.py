@@ -217,13 +217,13 @@ def read_seeds(
     ]
 
 
-def can_group(conf: Any, config: Any) -> bool:
+def can_group(replicas: bool, config: Any) -> bool:
     """Whether a configuration's seeds may train in one job: the sweep allows it (replicas) and
     the task is tunelab's (its config has trainer.replicas, which that job sets)."""
     from omegaconf import OmegaConf
 
     owned = OmegaConf.select(config, "trainer.replicas", default=None) is not None
-    return bool(conf.get("replicas", True)) and owned
+    return replicas and owned
 
 
 def seed_outcomes(

@@ -74,12 +74,12 @@ def storage_url(recorded: str) -> str:
     """The storage URL a context file names (masked): the one of this job's hydra.sweeper.storage
     or $TUNELAB_OPTUNA_STORAGE, where the sweeper took it from, that masks to the same text."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
+    from tunelab.tuning.settings import sweep_settings
     from tunelab.tuning.study_storage import ENV_STORAGE, normalize_storage
 
     sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
-    typed = OmegaConf.select(sweeper, "storage", default=None) if sweeper is not None else None
+    typed = sweep_settings(sweeper).storage if sweeper is not None else None
     for candidate in (typed, os.environ.get(ENV_STORAGE)):
         if candidate:
             with contextlib.suppress(ValueError):

@@ -19,6 +19,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tunelab.config.search_methods import PRUNERS, SAMPLERS
+
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -112,45 +114,39 @@ def _qmc(seed: int | None, grid: Any, **kw: Any) -> BaseSampler:
     return optuna.samplers.QMCSampler(seed=seed, **kw)
 
 
-def _with_kwargs(cls: type) -> Any:
-    return lambda seed, grid, **kw: cls(seed=seed, **kw)
-
-
-SAMPLERS = {
+# Samplers built other than `optuna.samplers.<optuna_class>(seed=seed, **kwargs)`; every other name
+# of config/search_methods.SAMPLERS is built that way.
+_BUILT_OWN_WAY = {
     "grid": lambda seed, grid, **kw: _Grid(grid or {}, seed=seed),
     "random": lambda seed, grid, **kw: optuna.samplers.RandomSampler(seed=seed),
     "qmc": _qmc,
-    "tpe": _with_kwargs(optuna.samplers.TPESampler),
-    "gp": _with_kwargs(optuna.samplers.GPSampler),
-    "cmaes": _with_kwargs(optuna.samplers.CmaEsSampler),
-    "nsgaii": _with_kwargs(optuna.samplers.NSGAIISampler),
     "line": lambda seed, grid, **kw: GoldenSectionSampler(seed=seed),
-    "bruteforce": _with_kwargs(optuna.samplers.BruteForceSampler),
-}
-PRUNERS = {
-    "none": optuna.pruners.NopPruner,
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "wilcoxon": optuna.pruners.WilcoxonPruner,
 }
 
 
-def make_sampler(spec: dict[str, Any], seed: int | None, grid: dict[str, list] | None = None):
-    """Sampler by name (SAMPLERS), with the spec's kwargs."""
-    name, kw = spec["name"], dict(spec.get("kwargs") or {})
+def _spec(spec: Any, default: str) -> tuple[str, dict[str, Any]]:
+    """(name, kwargs) of a sampler or pruner setting (settings.SamplerConf / PrunerConf or a dict)."""
+    if isinstance(spec, dict):
+        return spec.get("name") or default, dict(spec.get("kwargs") or {})
+    return spec.name, dict(spec.kwargs or {})
+
+
+def make_sampler(spec: Any, seed: int | None, grid: dict[str, list] | None = None) -> BaseSampler:
+    """Sampler by name (config/search_methods.SAMPLERS), with the spec's kwargs."""
+    name, kw = _spec(spec, "tpe")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: choose one of {sorted(SAMPLERS)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return SAMPLERS[name](seed, grid, **kw)
+        if name in _BUILT_OWN_WAY:
+            return _BUILT_OWN_WAY[name](seed, grid, **kw)
+        return getattr(optuna.samplers, SAMPLERS[name].optuna_class)(seed=seed, **kw)
 
 
-def make_pruner(spec: dict[str, Any] | None) -> optuna.pruners.BasePruner:
-    """Pruner by name (PRUNERS), with the spec's kwargs."""
-    spec = spec or {}
-    name, kw = spec.get("name") or "none", dict(spec.get("kwargs") or {})
+def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
+    """Pruner by name (config/search_methods.PRUNERS), with the spec's kwargs."""
+    name, kw = _spec(spec or {}, "none")
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}: choose one of {sorted(PRUNERS)}")
-    return PRUNERS[name]() if name == "none" else PRUNERS[name](**kw)
+    cls = getattr(optuna.pruners, PRUNERS[name])
+    return cls() if name == "none" else cls(**kw)

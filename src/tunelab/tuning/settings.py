@@ -1,18 +1,37 @@
-"""The schemas of `hydra.sweeper` for the tunelab sweepers: `hydra/sweeper=tunelab` (an Optuna
-study) and `hydra/sweeper=tunelab_study` (a playbook study). Both extend SweepSettings, the
-settings every Optuna study of theirs shares; hydra_plugins/tunelab_sweeper registers them."""
+"""The settings of the tunelab sweepers, `hydra.sweeper`: `hydra/sweeper=tunelab` (an Optuna study)
+and `hydra/sweeper=tunelab_study` (a playbook study). Both extend SweepSettings, the settings every
+Optuna study of theirs shares. These dataclasses are the schemas hydra_plugins/tunelab_sweeper
+registers with Hydra (each default is written here, once) and, built by `sweep_settings` when the
+sweep starts, the read-only settings object the sweep, the study, the storage and the reports take.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 
+class ReadOnly:
+    """Fields are set by the constructor only (derive changed settings with dataclasses.replace).
+    Not dataclass(frozen=True): Hydra's nodes of a frozen dataclass are read-only, so overrides
+    of them would fail."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_built", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_built", False):
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+        object.__setattr__(self, name, value)
+
+
 @dataclass
-class SamplerConf:
-    # grid | random | qmc | tpe | gp | cmaes | nsgaii | line
+class SamplerConf(ReadOnly):
+    # a name of config/search_methods.SAMPLERS
     name: str = "tpe"
     # null: drawn once and stored with the study (so a resumed study keeps it)
     seed: int | None = None
@@ -21,20 +40,20 @@ class SamplerConf:
 
 
 @dataclass
-class PrunerConf:
-    # none | median | percentile | successive_halving | hyperband | wilcoxon
+class PrunerConf(ReadOnly):
+    # a name of config/search_methods.PRUNERS
     name: str = "none"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class ObjectiveConf:
+class ObjectiveConf(ReadOnly):
     metric: str = "val/acc"
     direction: str = "maximize"
 
 
 @dataclass
-class SweepSettings:
+class SweepSettings(ReadOnly):
     """How an Optuna study is stored, sampled, pruned, launched and recorded."""
 
     # null: derived from the experiment; same name + storage = resume
@@ -96,7 +115,7 @@ class TunelabSweeperConf(SweepSettings):
 
 
 @dataclass
-class ScientificConf:
+class ScientificConf(ReadOnly):
     # the hyperparameter under study (a label; the override key when `values` is a list)
     name: str = "optimizer"
     # a list of values of `name`, or {cell name: [overrides]} for values that need several keys
@@ -106,7 +125,7 @@ class ScientificConf:
 
 
 @dataclass
-class NuisanceConf:
+class NuisanceConf(ReadOnly):
     # key -> sweep expression, searched in every cell
     common: dict[str, str] = field(default_factory=dict)
     # cell name -> {key: sweep expression}: the conditional part (e.g. momentum only for SGD)
@@ -146,12 +165,32 @@ class StudySweeperConf(SweepSettings):
     alpha: float = 0.05
 
 
-def tracking_target(conf: dict[str, Any], config: DictConfig) -> tuple[str | None, str]:
+def sweep_settings(
+    conf: Mapping[str, Any] | DictConfig, schema: type[SweepSettings] | None = None
+) -> Any:
+    """The typed, read-only settings of `hydra.sweeper` (missing keys take the schema's defaults):
+    an instance of `schema`, else of the one its `_target_` names (StudySweeperConf for
+    hydra/sweeper=tunelab_study, else TunelabSweeperConf). Raises omegaconf's ValidationError for
+    a value of the wrong type or a key the schema does not have."""
+    values = OmegaConf.to_container(conf, resolve=True) if OmegaConf.is_config(conf) else conf
+    if schema is None:
+        target = str(values.get("_target_") or "")
+        schema = StudySweeperConf if target.endswith("StudySweeper") else TunelabSweeperConf
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+
+
+def cell_sweep_settings(study: StudySweeperConf, **changes: Any) -> TunelabSweeperConf:
+    """The settings of a playbook study's nuisance sweep: the study's SweepSettings, with `changes`."""
+    shared = {k: getattr(study, k) for k in SWEEP_KEYS}
+    return TunelabSweeperConf(**{**shared, **changes})
+
+
+def tracking_target(settings: SweepSettings, config: DictConfig) -> tuple[str | None, str]:
     """(tracking URI or None when tracking is off, experiment) of a sweep or study."""
     sel = OmegaConf.select
-    uri = conf.get("tracking_uri") or sel(config, "tracking.tracking_uri", default=None)
+    uri = settings.tracking_uri or sel(config, "tracking.tracking_uri", default=None)
     experiment = (
-        conf.get("experiment")
+        settings.experiment
         or sel(config, "tracking.experiment", default=None)
         or sel(config, "experiment", default=None)
         or "tunelab"

@@ -4,13 +4,20 @@ storage), then the cell's best configuration under the study's confirmation seed
 Resume: cells whose nuisance study reached its budget are not searched again, and confirmation
 seeds already recorded for the same best configuration are not re-run (both live in the Optuna
 storage as study user attrs, so they survive without MLflow too).
+
+Stopping: SIGINT or SIGTERM stops the study as it stops a sweep (a cell's nuisance sweep lets its
+running trials end; a confirmation job records its run KILLED). The study's run is left (it stays
+RUNNING while another process works on the study), and the process exits 130 or 143; the same
+command resumes the study.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +32,17 @@ from tunelab.config.identity import digest
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, quote
 from tunelab.processes import file_lock
+from tunelab.reports.study_analysis import StudyOutcome
+from tunelab.run import signals
 from tunelab.run.context import RunContext
 from tunelab.tracking.mlflow_writer import MlflowWriter
-from tunelab.tracking.run_owners import keyed_run
+from tunelab.tracking.run_owners import keyed_run, leave
 from tunelab.tuning import study_storage
 from tunelab.tuning.inprocess import runner_for
 from tunelab.tuning.jobs import can_group, job_overrides, read_job, seed_outcomes
-from tunelab.tuning.settings import tracking_target
+from tunelab.tuning.settings import StudySweeperConf, cell_sweep_settings, tracking_target
 from tunelab.tuning.study_spec import Cell, StudySpec, parse
+from tunelab.tuning.sweep_runs import log_record
 from tunelab.tuning.sweeper import Sweep, SweepStopped
 
 log = logging.getLogger(__name__)
@@ -73,24 +83,24 @@ class _CellSweep(Sweep):
 
 class StudyRun:
     def __init__(
-        self, conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
+        self, settings: StudySweeperConf, config: DictConfig, launcher: Any, arguments: list[str]
     ) -> None:
-        self.spec: StudySpec = parse(conf, config, arguments)
-        self.config, self.launcher = config, launcher
-        self.tracking_uri, _ = tracking_target(conf, config)
+        self.spec: StudySpec = parse(settings, config, arguments)
+        self.settings, self.config, self.launcher = settings, config, launcher
+        self.tracking_uri, _ = tracking_target(settings, config)
         self.experiment = self.spec.experiment
         self.storage_url = study_storage.normalize_storage(
-            conf.get("storage") or study_storage.default_storage(self.tracking_uri)
+            settings.storage or study_storage.default_storage(self.tracking_uri)
         )
         with file_lock(study_storage.lock_path(self.storage_url)):
             self.storage = study_storage.make_storage(self.storage_url)
-        self.spec.sweep_conf.update(storage=self.storage_url, experiment=self.experiment)
         self.root = Path(str(config.hydra.sweep.dir)).resolve()
         self.ctx = RunContext.from_env()
         self.writer: Any = None
         if self.tracking_uri:
             self.writer = MlflowWriter(self.tracking_uri, self.experiment)
         self.run_id: str | None = None
+        self.cell_run_id: str | None = None  # the run of the cell being confirmed
 
     # ---- study -------------------------------------------------------------------------
     def open(self) -> None:
@@ -111,29 +121,75 @@ class StudyRun:
             key = {"run_key": f"study:{spec.name}"}
             self.run_id = keyed_run(self.writer, spec.name, key, tags, self.ctx.parent_run_id)
 
-    def _open(self, name: str, pruner: dict | None) -> optuna.Study:
+    def _open(self, name: str, pruner: Any) -> optuna.Study:
         direction = [self.spec.direction]
         return study_storage.open_study(name, self.storage, direction, pruner, self.storage_url)
 
     def run(self) -> dict[str, Any]:
-        from tunelab.reports.study_analysis import finalize
-
-        self.open()
-        looks = [int(n) for n in self.index.user_attrs.get("study:looks", [])]
-        if not looks or looks[-1] != len(self.spec.seeds):
-            looks.append(len(self.spec.seeds))  # seeds added after a report: another look
-            self.index.set_user_attr("study:looks", looks)
-        self.looks = looks
         try:
-            results = [self.run_cell(cell) for cell in self.spec.cells]
-            summary = finalize(self, results)
-        except BaseException:
-            if self.writer and self.run_id:
-                self.writer.end_run(self.run_id, "KILLED")
-            raise
+            with signals.on_signals(self._on_signal):
+                self.open()
+                looks = [int(n) for n in self.index.user_attrs.get("study:looks", [])]
+                if not looks or looks[-1] != len(self.spec.seeds):
+                    looks.append(len(self.spec.seeds))  # seeds added after a report: another look
+                    self.index.set_user_attr("study:looks", looks)
+                results = [self.run_cell(cell) for cell in self.spec.cells]
+                summary = self._report(results, len(looks))
+        except BaseException as exc:
+            signum = signals.signal_of(exc)
+            self._leave(_REASON.get(signum, "") if signum else "")
+            if signum is None:
+                raise
+            log.error(
+                "study stopped by %s: the same command resumes it", signal.Signals(signum).name
+            )
+            raise SystemExit(128 + signum) from None
         if self.writer and self.run_id:
             self.writer.end_run(self.run_id, "FINISHED")
         return summary
+
+    def _on_signal(self, signum: int) -> None:
+        """SIGINT or SIGTERM between the study's jobs (a cell's sweep and a confirmation job
+        handle their own): the study stops at once."""
+        log.warning("%s: the study stops", signal.Signals(signum).name)
+        signals.raise_for(signum)
+
+    def _leave(self, reason: str) -> None:
+        """The study stopped early: this process leaves its run and the run of the cell it was
+        confirming; each ends KILLED unless another process still works on it (then it stays
+        RUNNING for that one to end); a signal's reason is tagged."""
+        if not self.writer:
+            return
+        self.writer.flush(quietly=True)
+        for run_id in (self.cell_run_id, self.run_id):
+            if run_id is None:
+                continue
+            try:
+                if leave(self.writer, run_id, "KILLED") and reason:
+                    self.writer.set_tags(run_id, {"failure_reason": reason})
+            except Exception as exc:  # the store is away: the study's own error is what matters
+                log.warning("could not leave the study's run %s: %s", run_id, mask(str(exc)))
+
+    def _report(self, results: list[CellResult], looks: int) -> dict[str, Any]:
+        """The report from the cells' outcomes, and its records on the study's runs."""
+        from tunelab.reports.study_analysis import finalize
+
+        outcome = StudyOutcome(
+            spec=self.spec,
+            cells=tuple(results),
+            out_dir=self.root / "study",
+            storage_url=self.storage_url,
+            run_id=self.run_id,
+            looks=looks,
+            experiment_id=self.writer.experiment_id if self.writer else None,
+            read_json=self.writer.read_json if self.writer else None,
+        )
+        report = finalize(outcome)
+        if self.writer and self.run_id:
+            for run_id, record in report.cell_records.items():
+                log_record(self.writer, run_id, record)
+            log_record(self.writer, self.run_id, report.record)
+        return report.summary
 
     # ---- one cell ----------------------------------------------------------------------
     def _cell_tags(self, cell: Cell) -> dict[str, str]:
@@ -151,7 +207,7 @@ class StudyRun:
         space, fixed = build_space(cell.space, args)
         if spec.n_trials <= 0:  # no search: the cell runs as configured
             space = []
-        study = self._open(name, spec.sweep_conf.get("pruner"))
+        study = self._open(name, self.settings.pruner)
         stopped = str(study.user_attrs.get("study:stopped", ""))
         if space and study.user_attrs.get(DONE) != spec.n_trials:
             stopped = self._search(cell, name, args)
@@ -165,6 +221,7 @@ class StudyRun:
             key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
             tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
             run_id = keyed_run(self.writer, name, key, tags, parent_run_id=self.run_id)
+        self.cell_run_id = run_id
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = study.best_trial if complete else None
@@ -176,6 +233,7 @@ class StudyRun:
             log.warning("cell %s: no trial finished; nothing to confirm", cell.name)
         if self.writer and run_id:
             self.writer.end_run(run_id, "FINISHED")
+        self.cell_run_id = None
         return result
 
     def _compose(self, args: list[str]) -> Any:
@@ -188,24 +246,25 @@ class StudyRun:
             return None
 
     def _search(self, cell: Cell, name: str, args: list[str]) -> str:
-        sampler = dict(self.spec.sweep_conf.get("sampler") or {"name": "qmc"})
-        if sampler.get("seed") is None:  # cells searching the same space try the same points
-            sampler["seed"] = int(digest(cell.space), 16) % 2**31
-        conf = {
-            **self.spec.sweep_conf,
-            "sampler": sampler,
-            "study_name": name,
-            "n_trials": self.spec.n_trials,
-            "params": dict(cell.space),
-            "conditional": {},
-            "seeds": self.spec.search_seeds,
-            "tags": self._cell_tags(cell),
-        }
+        sampler = self.settings.sampler
+        if sampler.seed is None:  # cells searching the same space try the same points
+            sampler = dataclasses.replace(sampler, seed=int(digest(cell.space), 16) % 2**31)
+        settings = cell_sweep_settings(
+            self.settings,
+            storage=self.storage_url,
+            experiment=self.experiment,
+            sampler=sampler,
+            study_name=name,
+            n_trials=self.spec.n_trials,
+            params=dict(cell.space),
+            seeds=self.spec.search_seeds,
+            tags=self._cell_tags(cell),
+        )
         cell_dir = self.root / cell.name
         config = copy.deepcopy(self.config)
         with open_dict(config):
             config.hydra.sweep.dir = str(cell_dir)
-        sweep = _CellSweep(conf, config, self.launcher, [*args, _sweep_dir(cell_dir)])
+        sweep = _CellSweep(settings, config, self.launcher, [*args, _sweep_dir(cell_dir)])
         sweep.adopt = lambda run_id: self._adopt(cell, run_id)
         log.info("cell %s: nuisance study %s (%d trials)", cell.name, name, self.spec.n_trials)
         try:
@@ -236,7 +295,7 @@ class StudyRun:
             "sweep": result.study_name,
             "trial": str(result.best.number) if result.best is not None else "-",
         }
-        seed_key = str(spec.sweep_conf.get("seed_key") or "seed")
+        seed_key = self.settings.seed_key
         ctx = self.ctx.derive(parent_run_id=result.run_id, tags=tags, log_model=False)
         split = spec.vary_split and OmegaConf.select(self.config, "data.split_seed") is not None
         jobs = [
@@ -253,7 +312,7 @@ class StudyRun:
         runner, batch = self._runner(len(fixed))
         # one split for every seed: the seeds train together, as trainer.replicas
         together = not split and seed_key == "seed" and len(todo) > 1
-        together = together and can_group(spec.sweep_conf, self.config)
+        together = together and can_group(self.settings.replicas, self.config)
         batch = len(todo) if together else batch
         for start in range(0, len(jobs), batch):
             chunk, first = todo[start : start + batch], spec.seeds.index(todo[start])
@@ -269,19 +328,26 @@ class StudyRun:
             except Exception as e:  # the launcher itself failed
                 reason = f"launch: {type(e).__name__}: {e}"[:500]
                 outcomes = [("fail", reason, {}, "", None)] * len(chunk)
+            stopped = [reason for kind, reason, *_ in outcomes if kind == "interrupted"]
             for s, (kind, reason, values, _, run_id) in zip(chunk, outcomes, strict=True):
+                if kind == "interrupted":  # not recorded: the seed runs again on resume
+                    continue
                 record = {"kind": kind, "reason": reason, "values": values, "run_id": run_id}
                 result.confirm[s] = record
                 stored[s] = {**record, "params_key": key}
             study.set_user_attr(CONFIRM, {str(s): r for s, r in stored.items()})
+            if stopped:  # a signal stopped a confirmation job: the study stops with it
+                signals.raise_for(signal.Signals[stopped[0]])
         result.confirm = {s: result.confirm[s] for s in spec.seeds if s in result.confirm}
 
     def _runner(self, n_fixed: int) -> tuple[Any, int]:
         """In this process one job at a time (each recorded as it ends); else all seeds at once."""
-        cached = bool(self.spec.sweep_conf.get("cached_compose", True))
-        runner = runner_for(self.launcher, n_fixed, cached)
+        runner = runner_for(self.launcher, n_fixed, self.settings.cached_compose)
         one_at_a_time = runner is not self.launcher or runs_in_process(self.launcher)
         return runner, 1 if one_at_a_time else len(self.spec.seeds)
+
+
+_REASON = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # as a single run's
 
 
 def _sweep_dir(path: Path) -> str:
@@ -289,8 +355,7 @@ def _sweep_dir(path: Path) -> str:
 
 
 def run_study(
-    conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
+    settings: StudySweeperConf, config: DictConfig, launcher: Any, arguments: list[str]
 ) -> dict[str, Any]:
     """Entry point used by the Hydra plugin."""
-    summary = StudyRun(conf, config, launcher, arguments).run()
-    return summary
+    return StudyRun(settings, config, launcher, arguments).run()

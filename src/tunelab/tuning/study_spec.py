@@ -6,6 +6,7 @@ line, the cell's scientific value, then the cell's nuisance parameters (searched
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config.identity import digest, is_volatile, override_key
 from tunelab.config.space import to_overrides
-from tunelab.tuning.settings import SWEEP_KEYS
+from tunelab.tuning.settings import StudySweeperConf
 
 _UNSAFE = re.compile(r"[^\w.\-]+")
-_OWN = ("study_name", "n_trials", "experiment")  # the study sets these per cell
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class StudySpec:
     seeds: list[int]
     metric: str
     direction: str
-    sweep_conf: dict[str, Any]
+    settings: StudySweeperConf  # hydra.sweeper, as the plugin built it
     checks: dict[str, Any]
     base: list[str] = field(default_factory=list)
     baseline: str | None = None  # the cell every other is compared with (None: all pairs)
@@ -113,61 +113,64 @@ def _cells(scientific: dict[str, Any], nuisance: dict[str, Any]) -> list[Cell]:
     return [Cell(n, ovs, {**common, **spaces.get(n, {})}) for n, ovs in pairs]
 
 
-def _seeds(conf: dict[str, Any]) -> list[int]:
-    seeds = conf.get("seeds", 5)
+def _seeds(settings: StudySweeperConf) -> list[int]:
+    seeds = settings.seeds
     if isinstance(seeds, int):
         if seeds < 1:
             raise ValueError("hydra.sweeper.seeds must be >= 1 (confirmation seeds per cell)")
-        start = int(conf.get("seed_start", 1))
-        return list(range(start, start + seeds))
+        return list(range(settings.seed_start, settings.seed_start + seeds))
     return [int(s) for s in seeds]
 
 
-def parse(conf: dict[str, Any], config: DictConfig, arguments: list[str]) -> StudySpec:
-    """The study from the sweeper's conf, the composed master config and the command line."""
+def parse(settings: StudySweeperConf, config: DictConfig, arguments: list[str]) -> StudySpec:
+    """The study from the sweeper's settings, the composed master config and the command line."""
     sel = OmegaConf.select
     metric = sel(config, "objective.metric", default="val/acc")
     direction = sel(config, "objective.direction", default="maximize")
     # the study's MLflow experiment, also passed to its jobs: command line > sweeper conf > config
     given = [o.split("=", 1)[1] for o in arguments if override_key(o) == "experiment"]
-    experiment = (given[-1] if given else None) or conf.get("experiment")
+    experiment = (given[-1] if given else None) or settings.experiment
     base = [format_override("experiment", experiment)] if experiment and not given else []
     experiment = experiment or sel(config, "experiment", default=None) or "tunelab"
-    name = conf.get("study_name") or f"{experiment}-study"
-    fixed = [format_override(k, v) for k, v in (conf.get("fixed") or {}).items()]
-    search_seeds = conf.get("search_seeds")
+    name = settings.study_name or f"{experiment}-study"
+    fixed = [format_override(k, v) for k, v in settings.fixed.items()]
+    search_seeds = settings.search_seeds
+    scientific, nuisance = (
+        dataclasses.asdict(settings.scientific),
+        dataclasses.asdict(settings.nuisance),
+    )
     return StudySpec(
         name=cell_name(name),
-        goal=str(conf.get("goal") or ""),
+        goal=settings.goal,
         experiment=str(experiment),
-        scientific=str((conf.get("scientific") or {}).get("name") or "scientific"),
-        cells=_cells(conf.get("scientific") or {}, conf.get("nuisance") or {}),
+        scientific=settings.scientific.name or "scientific",
+        cells=_cells(scientific, nuisance),
         fixed=fixed,
         arguments=list(arguments),
-        n_trials=int(conf.get("n_trials", 8)),
+        n_trials=settings.n_trials,
         search_seeds=[int(s) for s in search_seeds] if search_seeds else None,
-        seeds=_seeds(conf),
+        seeds=_seeds(settings),
         metric=metric,
         direction=direction,
-        sweep_conf={k: conf[k] for k in SWEEP_KEYS if k in conf and k not in _OWN},
+        settings=settings,
         checks={
-            "edge_fraction": float(conf.get("edge_fraction", 0.1)),
-            "top_k": int(conf.get("top_k_curves", 3)),
-            "bootstrap": int(conf.get("bootstrap", 500)),
-            "alpha": float(conf.get("alpha", 0.05)),
-            "min_effect": float(conf.get("min_effect", 0.005)),
+            "edge_fraction": settings.edge_fraction,
+            "top_k": settings.top_k_curves,
+            "bootstrap": settings.bootstrap,
+            "alpha": settings.alpha,
+            "min_effect": settings.min_effect,
         },
         base=base,
-        baseline=_baseline(conf),
-        vary_split=bool(conf.get("vary_split", True)),
+        baseline=_baseline(scientific, nuisance),
+        vary_split=settings.vary_split,
     )
 
 
-def _baseline(conf: dict[str, Any]) -> str | None:
-    name = (conf.get("scientific") or {}).get("baseline")
+def _baseline(scientific: dict[str, Any], nuisance: dict[str, Any]) -> str | None:
+    name = scientific.get("baseline")
     if name is None:
         return None
-    cells = [c.name for c in _cells(conf.get("scientific") or {}, conf.get("nuisance") or {})]
+    cells = [c.name for c in _cells(scientific, nuisance)]
     if cell_name(name) not in cells:
         raise ValueError(f"hydra.sweeper.scientific.baseline={name!r} is not a cell: {cells}")
     return cell_name(name)

@@ -26,6 +26,7 @@ from tunelab.config.sweep_check import grace_period
 from tunelab.tracking.policy import transient_text
 from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
+from tunelab.tuning.settings import PrunerConf, SweepSettings
 
 log = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "optuna.journal"
@@ -86,15 +87,12 @@ def make_storage(
     return rdb.open_server_storage(url, heartbeat_interval_s, grace, max_retries)
 
 
-def open_storage(url: str, conf: Any) -> BaseStorage:
+def open_storage(url: str, settings: SweepSettings) -> BaseStorage:
     """The storage a sweep's settings (hydra.sweeper) ask for; the first process to arrive at a
     file storage creates its tables while the others wait."""
     with processes.file_lock(lock_path(url)):
         return make_storage(
-            url,
-            int(conf.get("heartbeat_interval_s") or 60),
-            conf.get("grace_period_s"),
-            int(conf.get("max_retries", 1)),
+            url, settings.heartbeat_interval_s, settings.grace_period_s, settings.max_retries
         )
 
 
@@ -107,7 +105,11 @@ def ask_lock(storage: BaseStorage, url: str, name: str) -> contextlib.AbstractCo
 
 
 def open_study(
-    name: str, storage: BaseStorage, directions: list[str], pruner_spec: dict | None, url: str = ""
+    name: str,
+    storage: BaseStorage,
+    directions: list[str],
+    pruner_spec: PrunerConf | None,
+    url: str = "",
 ) -> optuna.Study:
     """Create or load the study (same name + storage = resume); the sampler is set on first ask."""
     try:

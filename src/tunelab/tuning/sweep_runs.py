@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from tunelab.config.secrets import mask
+from tunelab.reports.run_record import RunRecord
 from tunelab.run.names import trial_name
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.policy import tag_filter
@@ -22,6 +23,18 @@ STATUS = {
     "fail": "FAILED",
     "interrupted": "KILLED",
 }
+
+
+def log_record(writer: MlflowWriter, run_id: str, record: RunRecord) -> None:
+    """Put a report's record on a run: its values, params and tags (the run's earlier ones kept),
+    then its files."""
+    writer.log(
+        run_id, metrics=record.metrics, params=record.params, tags=record.tags, keep_existing=True
+    )
+    for path, folder in record.files:
+        writer.log_artifact(run_id, path, folder)
+    for folder_path in record.folders:
+        writer.log_artifacts(run_id, folder_path)
 
 
 class SweepRuns:
@@ -96,6 +109,22 @@ class SweepRuns:
         except Exception as exc:
             log.warning("could not leave the sweep's run %s: %s", self.parent_id, mask(str(exc)))
             return False
+
+    def finish(self, record: RunRecord, results_dir: str) -> None:
+        """The sweep's reports are written: the parent run gets their record and ends FINISHED. A
+        store that is away is logged, not raised: the files in `results_dir` stay."""
+        if not self.parent_id:
+            return
+        try:
+            self.writer.flush(quietly=True)
+            log_record(self.writer, self.parent_id, record)
+            self.writer.end_run(self.parent_id, "FINISHED")
+        except Exception as exc:
+            log.error(
+                "the sweep's MLflow run was not updated (%s); its results are in %s",
+                mask(str(exc))[:300],
+                results_dir,
+            )
 
     def interrupted(self, reason: str = "interrupted") -> None:
         """The sweep was stopped at once: its running trials (and the runs RUNNING under them)

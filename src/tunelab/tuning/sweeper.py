@@ -9,6 +9,7 @@ seed and Optuna is told the mean (per-seed values in the trial's user attrs, the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,8 +30,9 @@ from optuna.trial import TrialState
 
 from tunelab.compat.hydra_internals import runs_in_process
 from tunelab.config.identity import changed_keys, digest, fixed_settings
+from tunelab.config.search_methods import SAMPLERS, SamplerFacts
 from tunelab.config.secrets import mask
-from tunelab.config.space import build_space, describe, grid_values, suggest
+from tunelab.config.space import Param, build_space, describe, grid_values, suggest
 from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
@@ -39,7 +41,7 @@ from tunelab.tuning import devices, pruning, study_storage
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
 from tunelab.tuning.samplers import make_sampler
-from tunelab.tuning.settings import tracking_target
+from tunelab.tuning.settings import SweepSettings, TunelabSweeperConf, tracking_target
 from tunelab.tuning.sweep_runs import SweepRuns
 
 log = logging.getLogger(__name__)
@@ -69,11 +71,13 @@ class Sweep:
     """One sweep process working on a (possibly shared, possibly resumed) study."""
 
     def __init__(
-        self, conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
+        self, settings: TunelabSweeperConf, config: DictConfig, launcher: Any, arguments: list[str]
     ):
-        self.conf, self.config, self.launcher = conf, config, launcher
+        self.settings, self.config, self.launcher = settings, config, launcher
         sel = OmegaConf.select
-        objectives = conf.get("objectives") or [
+        objectives = [
+            {"metric": o.metric, "direction": o.direction} for o in settings.objectives or []
+        ] or [
             {
                 "metric": sel(config, "objective.metric", default="val/acc"),
                 "direction": sel(config, "objective.direction", default="maximize"),
@@ -81,47 +85,46 @@ class Sweep:
         ]
         self.metrics = [o["metric"] for o in objectives]
         self.directions = [o["direction"] for o in objectives]
-        self.space, self.fixed = build_space(conf.get("params"), arguments, conf.get("conditional"))
+        self.space, self.fixed = build_space(settings.params, arguments, settings.conditional)
         if not self.space:
             raise ValueError("empty search space: set hydra.sweeper.params or pass sweep overrides")
-        self.sampler_spec = dict(conf.get("sampler") or {"name": "tpe"})
-        self.sampler_name = self.sampler_spec["name"]
-        self.n_jobs = max(1, int(conf.get("n_jobs") or 1))
-        self._check_launch()
-        self.tracking_uri, self.experiment = tracking_target(conf, config)
+        self.sampler_name = settings.sampler.name
+        self.sampler_facts = SAMPLERS[self.sampler_name]
+        _check_space(self.sampler_facts, self.space)
+        self.runner, self.n_jobs, self.devices = _launch_plan(
+            settings, config, launcher, len(self.fixed), self.sampler_facts.sequential
+        )
+        self.tracking_uri, self.experiment = tracking_target(settings, config)
         # what the trials hold fixed: a study never mixes trials run under other settings
-        settings = fixed_settings(config, [p.name for p in self.space])
-        settings.update({"hydra.sweeper.seeds": conf.get("seeds"), "objectives": objectives})
-        self.settings = json.loads(json.dumps(settings, default=str))  # as the study stores it
-        self.study_name = conf.get("study_name") or (
-            f"{self.experiment}-{self.sampler_name}-{digest(self.settings, 8)}"
+        held = fixed_settings(config, [p.name for p in self.space])
+        held.update({"hydra.sweeper.seeds": settings.seeds, "objectives": objectives})
+        self.held = json.loads(json.dumps(held, default=str))  # as the study stores it
+        self.study_name = settings.study_name or (
+            f"{self.experiment}-{self.sampler_name}-{digest(self.held, 8)}"
         )
         self.storage_url = study_storage.normalize_storage(
-            conf.get("storage") or study_storage.default_storage(self.tracking_uri)
+            settings.storage or study_storage.default_storage(self.tracking_uri)
         )
-        self.seeds: list[int | None] = list(conf.get("seeds") or [None])
-        self.together = len(self.seeds) > 1 and can_group(conf, config)
+        self.seeds: list[int | None] = list(settings.seeds or [None])
+        self.together = len(self.seeds) > 1 and can_group(settings.replicas, config)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.context_path = str(self.sweep_dir / "sweep_context.json")
         self.state = _State()
         # the enclosing context (e.g. a DVC stage) and hydra.sweeper.tags go on every run
-        self.ctx = RunContext.from_env().derive(tags=conf.get("tags") or {})
+        self.ctx = RunContext.from_env().derive(tags=settings.tags)
         self.runs: SweepRuns | None = None
-
-    def _check_launch(self) -> None:
-        if self.sampler_name == "line":
-            floats = [p for p in self.space if isinstance(p.dist, FloatDistribution)]
-            if len(self.space) != 1 or len(floats) != 1:
-                raise ValueError("search=line needs exactly one continuous parameter (an interval)")
-            self.n_jobs = 1  # golden-section steps depend on the previous result
-        cached = bool(self.conf.get("cached_compose", True))
-        self.runner, self.n_jobs = plan_launch(self.launcher, self.n_jobs, len(self.fixed), cached)
-        self.n_jobs, self.devices = devices.plan(self.conf, self.config, self.n_jobs)
+        self.n_trials = settings.n_trials
+        self.max_retries = settings.max_retries
+        self.deadline: float | None = None  # set when the trials start (hydra.sweeper.timeout_s)
+        self.grid: dict[str, list] | None = None
+        if self.sampler_facts.gridded:
+            self.grid = grid_values(self.space, settings.grid_points)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in self.grid.values()))
 
     # ---- study -----------------------------------------------------------------------------
     def open(self) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = study_storage.open_storage(self.storage_url, self.conf)
+        self.storage = study_storage.open_storage(self.storage_url, self.settings)
         with study_storage.ask_lock(
             self.storage, self.storage_url, self.study_name
         ):  # one at a time
@@ -129,18 +132,16 @@ class Sweep:
                 self.study_name,
                 self.storage,
                 self.directions,
-                self.conf.get("pruner"),
+                self.settings.pruner,
                 self.storage_url,
             )
-            stale = study_storage.fail_stale(
-                self.storage, self.study, int(self.conf.get("max_retries", 1))
-            )
+            stale = study_storage.fail_stale(self.storage, self.study, self.max_retries)
             attrs = self.study.user_attrs
             self._check_settings(attrs.get("fixed_settings"))
-            seed = self.sampler_spec.get("seed")
+            seed = self.settings.sampler.seed
             if seed is None:
                 seed = attrs.get("sampler_seed", random.SystemRandom().randrange(2**31))
-            if self.conf.get("baseline") and "baseline_enqueued" not in attrs:
+            if self.settings.baseline and "baseline_enqueued" not in attrs:
                 study_storage.enqueue_baseline(self.study, self.space, self.config)
             for key, value in {
                 "sampler_seed": seed,
@@ -148,7 +149,7 @@ class Sweep:
                 "metrics": self.metrics,
                 "seeds": self.seeds,
                 "space": describe(self.space),
-                "fixed_settings": self.settings,
+                "fixed_settings": self.held,
             }.items():
                 if key not in attrs:
                     self.study.set_user_attr(key, value)
@@ -158,16 +159,10 @@ class Sweep:
                 "trials %s were left RUNNING by a dead sweep: marked FAIL and re-queued", stale
             )
         self.seed = int(seed)
-        self.grid = None
-        self.n_trials = int(self.conf.get("n_trials") or 20)
-        self.max_retries = int(self.conf.get("max_retries", 1))
-        if self.sampler_name == "grid":
-            self.grid = grid_values(self.space, int(self.conf.get("grid_points") or 5))
-            self.n_trials = min(self.n_trials, math.prod(len(v) for v in self.grid.values()))
         context = {
             "study_name": self.study_name,
             "storage": self.storage_url,
-            "pruner": self.conf.get("pruner"),
+            "pruner": dataclasses.asdict(self.settings.pruner),
             "directions": self.directions,
         }
         pruning.write_context(self.context_path, context)  # readable by this user only
@@ -175,9 +170,9 @@ class Sweep:
     def _check_settings(self, recorded: dict[str, Any] | None) -> None:
         """Refuse to add trials to a study whose earlier trials held other settings fixed (its best
         trial and best overrides would mix both); a study from before the check is not judged."""
-        if recorded is None or recorded == self.settings:
+        if recorded is None or recorded == self.held:
             return
-        lines = changed_keys(recorded, self.settings)
+        lines = changed_keys(recorded, self.held)
         more = f"\n  … and {len(lines) - 12} more" if len(lines) > 12 else ""
         shown = "\n  ".join(lines[:12]) + more
         raise SettingsChanged(
@@ -195,7 +190,7 @@ class Sweep:
         tags = {
             **self.ctx.tags,
             "sampler": self.sampler_name,
-            "pruner": (self.conf.get("pruner") or {}).get("name", "none"),
+            "pruner": self.settings.pruner.name,
             "optuna_storage": mask(self.storage_url),
             "sampler_seed": str(seed),
         }
@@ -215,9 +210,9 @@ class Sweep:
             if not waiting and study_storage.counted(trials) >= self.n_trials:
                 return None
             if not self.state.sampler_ready:
-                fixed_seed = self.sampler_name in ("qmc", "grid", "line")
+                fixed_seed = self.sampler_facts.fixed_seed
                 seed = self.seed if fixed_seed else self.seed + len(trials)
-                self.study.sampler = make_sampler(self.sampler_spec, seed, self.grid)
+                self.study.sampler = make_sampler(self.settings.sampler, seed, self.grid)
                 self.state.sampler_ready = True
             trial = self.study.ask()
             study_storage.claim(self.storage, self.study, trial)
@@ -249,7 +244,7 @@ class Sweep:
         out = Outcome("complete")
         beat = study_storage.heartbeat(self.storage, self.study_name, trial.number).start()
         try:
-            seed_key = str(self.conf.get("seed_key") or "seed")
+            seed_key = self.settings.seed_key
 
             def overrides_for(i: int) -> list[str]:
                 ctx = self.ctx.derive(
@@ -331,7 +326,7 @@ class Sweep:
                     )
                 end_tags["failure_reason"] = out.reason[:250]
                 self.state.failed += 1
-                limit = float(self.conf.get("max_failure_rate", 0.5)) * self.n_trials
+                limit = self.settings.max_failure_rate * self.n_trials
                 if self.state.failed > limit and not self.state.stop:
                     self.state.stop = f"{self.state.failed} failed trials exceed max_failure_rate (limit {limit:g})"
         state = {"complete": "COMPLETE", "pruned": "PRUNED"}.get(out.kind, "FAIL")
@@ -450,7 +445,7 @@ class Sweep:
 
     def run(self) -> dict[str, Any]:
         self.open()
-        timeout = self.conf.get("timeout_s")
+        timeout = self.settings.timeout_s
         self.deadline = time.time() + float(timeout) if timeout else None
         t0 = time.time()
         try:
@@ -485,18 +480,65 @@ class Sweep:
                 self.n_trials,
                 self.study_name,
             )
-        if study_storage.reports_due(
+        due = study_storage.reports_due(
             self.storage, self.storage_url, self.study, ran_here, self.runs
-        ):
-            result = sweep_outputs.finalize(self, util, ran_here)
+        )
+        outcome = self._outcome(util, ran_here)  # the trials as reports_due left them
+        if due:
+            report = sweep_outputs.finalize(outcome)
+            if self.runs:
+                self.runs.finish(report.record, str(self.sweep_dir))
+            result = report.summary
         else:
-            result = {**sweep_outputs.summary(self.study, self.metrics), "reported_here": False}
+            study = sweep_outputs.as_study(outcome)
+            result = {**sweep_outputs.summary(study, self.metrics), "reported_here": False}
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result
 
+    def _outcome(self, utilisation: float, ran_here: int) -> sweep_outputs.SweepOutcome:
+        """What this sweep produced, for its reports: the study's trials as they are now."""
+        return sweep_outputs.SweepOutcome(
+            study_name=self.study_name,
+            trials=tuple(self.study.get_trials(deepcopy=False)),
+            directions=tuple(self.study.directions),
+            metrics=tuple(self.metrics),
+            fixed=tuple(self.fixed),
+            space=tuple(self.space),
+            sampler=self.sampler_name,
+            seeds=tuple(self.seeds),
+            n_trials=self.n_trials,
+            n_jobs=self.n_jobs,
+            storage_url=self.storage_url,
+            sweep_dir=self.sweep_dir,
+            figures=self.settings.figures,
+            utilisation=utilisation,
+            n_run_here=ran_here,
+            experiment_id=self.runs.writer.experiment_id if self.runs else None,
+        )
+
 
 _REASON = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}  # as a single run's
+
+
+def _check_space(facts: SamplerFacts, space: list[Param]) -> None:
+    """A sequential sampler (the line search) needs exactly one continuous parameter."""
+    if facts.sequential:
+        floats = [p for p in space if isinstance(p.dist, FloatDistribution)]
+        if len(space) != 1 or len(floats) != 1:
+            raise ValueError("search=line needs exactly one continuous parameter (an interval)")
+
+
+def _launch_plan(
+    settings: SweepSettings, config: DictConfig, launcher: Any, n_fixed: int, sequential: bool
+) -> tuple[Any, int, list[str] | None]:
+    """(the runner that launches each job, trials at once, the device of each trial slot or
+    None): a sequential sampler runs one trial at a time; the launcher and the GPUs may allow
+    fewer than n_jobs."""
+    n_jobs = 1 if sequential else settings.n_jobs
+    runner, n_jobs = plan_launch(launcher, n_jobs, n_fixed, settings.cached_compose)
+    n_jobs, slots = devices.plan(settings.gpus, settings.trials_per_gpu, config, n_jobs)
+    return runner, n_jobs, slots
 
 
 def _main_thread() -> bool:
@@ -504,10 +546,10 @@ def _main_thread() -> bool:
 
 
 def run_sweep(
-    conf: dict[str, Any], config: DictConfig, launcher: Any, arguments: list[str]
+    settings: TunelabSweeperConf, config: DictConfig, launcher: Any, arguments: list[str]
 ) -> dict:
     """Entry point used by the Hydra plugin."""
-    sweep = Sweep(conf, config, launcher, arguments)
+    sweep = Sweep(settings, config, launcher, arguments)
     result = sweep.run()
     log.info("%s", trials_table(sweep.study, sweep.metrics))
     return result
