@@ -4,11 +4,9 @@ reader names a tag or a role from here, so a rename is one change. Imports nothi
 
 from __future__ import annotations
 
-from enum import StrEnum
 
-
-class Role(StrEnum):
-    """What a run is (its `role` tag). A StrEnum: the value is the tag's text."""
+class Role:
+    """What a run is: the values of its `role` tag (plain text, so they serialise anywhere)."""
 
     SINGLE = "single"  # one training run (`tunelab train`, a multirun's job)
     MULTIRUN = "multirun"  # the parent of a Hydra multirun's jobs
@@ -20,6 +18,7 @@ class Role(StrEnum):
     CONFIRM = "confirm"  # one seed of a cell's confirmation
     PIPELINE = "pipeline"  # the DVC pipeline's run, parent of its stages' runs
     DIAGNOSE = "diagnose"  # `tunelab diagnose`: the checks before training
+    ALL = (SINGLE, MULTIRUN, SWEEP, TRIAL, SEED, STUDY, CELL, CONFIRM, PIPELINE, DIAGNOSE)
 
 
 TRAINING_ROLES = (Role.CONFIRM, Role.SEED, Role.TRIAL)  # the runs of a study that trained something

@@ -26,6 +26,7 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, quote
 from tunelab.processes import file_lock
 from tunelab.run.context import RunContext
+from tunelab.tags import ROLE, Role
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.run_owners import keyed_run
 from tunelab.tuning import study_storage
@@ -106,7 +107,7 @@ class StudyRun:
             )
         self.index.set_user_attr("signature", spec.signature())
         if self.writer:
-            tags = {**self.ctx.tags, "study": spec.name, "role": "study"}
+            tags = {**self.ctx.tags, "study": spec.name, ROLE: Role.STUDY}
             tags.update(scientific=spec.scientific, goal=spec.goal)
             key = {"run_key": f"study:{spec.name}"}
             self.run_id = keyed_run(self.writer, spec.name, key, tags, self.ctx.parent_run_id)
@@ -141,7 +142,7 @@ class StudyRun:
 
     def _adopt(self, cell: Cell, run_id: str) -> None:
         if self.writer and self.run_id:
-            tags = {**self._cell_tags(cell), "role": "cell", "mlflow.parentRunId": self.run_id}
+            tags = {**self._cell_tags(cell), ROLE: Role.CELL, "mlflow.parentRunId": self.run_id}
             self.writer.set_tags(run_id, tags)
 
     def run_cell(self, cell: Cell) -> CellResult:
@@ -163,7 +164,7 @@ class StudyRun:
         run_id = None
         if self.writer:
             key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
-            tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
+            tags = {**self._cell_tags(cell), ROLE: Role.CELL, "sweep": name}
             run_id = keyed_run(self.writer, name, key, tags, parent_run_id=self.run_id)
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -232,7 +233,7 @@ class StudyRun:
         fixed = [*fixed, _sweep_dir(confirm_dir)]
         tags = {
             **self._cell_tags(cell),
-            "role": "confirm",
+            ROLE: Role.CONFIRM,
             "sweep": result.study_name,
             "trial": str(result.best.number) if result.best is not None else "-",
         }
