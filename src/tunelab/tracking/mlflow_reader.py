@@ -32,7 +32,6 @@ class MlflowReader:
         if self._client is None:
             from mlflow import MlflowClient
 
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             self._client = retry(lambda: MlflowClient(self.tracking_uri))
         return self._client
 
@@ -104,6 +103,7 @@ class MlflowReader:
     # ---- what a run holds ---------------------------------------------------------------------
     def artifact_bytes(self, run_id: str, path: str) -> bytes | None:
         """One artifact's bytes, None when the run has none; nothing is left on disk."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             with tempfile.TemporaryDirectory(prefix="tunelab-") as d:
                 local = retry(lambda: self.client.download_artifacts(run_id, path, d))
