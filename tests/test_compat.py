@@ -49,3 +49,28 @@ def test_hydras_own_launchers_are_what_compat_expects():
             )
             assert hydra_internals.runs_in_process(instance) is in_process
             assert hydra_internals.set_parallel_jobs(instance, 2) is not in_process
+
+
+def test_mlflow_says_which_server_runs_the_app_through_its_private_variable(monkeypatch):
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+
+    from tunelab.compat import mlflow_internals
+
+    monkeypatch.delenv(_MLFLOW_SGI_NAME.name, raising=False)
+    assert mlflow_internals.server_name() is None
+    monkeypatch.setenv("_MLFLOW_SGI_NAME", "uvicorn")  # what `mlflow server` exports for uvicorn
+    assert mlflow_internals.server_name() == "uvicorn"
+
+
+def test_mlflows_ui_page_is_the_view_compat_replaces():
+    from flask import Flask
+    from mlflow.server import app as mlflow_app
+
+    from tunelab.compat import mlflow_internals
+
+    endpoint, _ = mlflow_app.url_map.bind("localhost").match("/")
+    assert endpoint == mlflow_internals.UI_PAGE_VIEW and endpoint in mlflow_app.view_functions
+    app = Flask("page")
+    app.add_url_rule("/", mlflow_internals.UI_PAGE_VIEW, lambda: "mlflow's page")
+    mlflow_internals.replace_ui_page(app, lambda mlflow_view: f"tunelab's, over {mlflow_view()}")
+    assert app.test_client().get("/").get_data(as_text=True) == "tunelab's, over mlflow's page"

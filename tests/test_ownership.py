@@ -77,15 +77,16 @@ def _shared(writer):
 
 @pytest.mark.slow
 def test_a_joining_worker_leaves_the_owner_and_an_interrupted_one_does_not_end_the_run(workdir):
+    from tunelab.tags import OWNER
     from tunelab.tracking.mlflow_writer import MlflowWriter
-    from tunelab.tracking.run_owners import OWNER_TAG, leave, worker_tag
+    from tunelab.tracking.run_owners import leave, worker_tag
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     writer = MlflowWriter(uri, "shared")
     run_id = _shared(writer)  # this process creates the sweep's parent
     other = _worker(uri, "interrupted")  # a second worker joins, then is interrupted
     run = writer.client.get_run(run_id)
-    assert run.data.tags[OWNER_TAG] == processes.me()  # not re-stamped by the joining worker
+    assert run.data.tags[OWNER] == processes.me()  # not re-stamped by the joining worker
     assert run.info.status == "RUNNING"  # this process still works on the sweep
     assert worker_tag(other) not in run.data.tags  # the interrupted worker has left
     assert leave(writer, run_id, "KILLED")  # the last worker to leave ends it
@@ -94,15 +95,16 @@ def test_a_joining_worker_leaves_the_owner_and_an_interrupted_one_does_not_end_t
 
 @pytest.mark.slow
 def test_a_shared_run_is_closed_as_dead_only_when_every_worker_on_it_is_gone(workdir):
+    from tunelab.tags import OWNER
     from tunelab.tracking.mlflow_writer import MlflowWriter
-    from tunelab.tracking.run_owners import OWNER_TAG, close_dead_runs, leave
+    from tunelab.tracking.run_owners import close_dead_runs, leave
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     creator = _worker(uri, "exits")  # creates the parent, then its process is gone
     writer = MlflowWriter(uri, "shared")
     run_id = _shared(writer)  # this process joins and works on
     assert processes.is_dead(creator)
-    assert writer.client.get_run(run_id).data.tags[OWNER_TAG] == creator
+    assert writer.client.get_run(run_id).data.tags[OWNER] == creator
     assert close_dead_runs(writer) == []  # its owner is dead, but a worker on it lives
     assert writer.client.get_run(run_id).info.status == "RUNNING"
     leave(writer, run_id)  # this process is done too: nobody works on it any more

@@ -251,3 +251,14 @@ def test_a_plain_multirun_keeps_no_password_in_hydra_files_or_logs(workdir):
     masked_form = "postgresql://team:***@127.0.0.1:5432/optuna"
     for name in ("multirun.yaml", "0/.hydra/hydra.yaml", "1/.hydra/hydra.yaml"):
         assert masked_form in (workdir / "multirun" / "m" / name).read_text(), name
+
+
+def test_the_team_storage_is_read_from_the_environment_module(monkeypatch):
+    from tunelab import environment
+    from tunelab.tuning.study_storage import default_storage
+
+    monkeypatch.setenv(environment.OPTUNA_STORAGE, "  ")  # blank: not set
+    assert environment.optuna_storage() is None
+    assert default_storage("sqlite:////srv/mlflow.db") == "/srv/optuna.journal"
+    monkeypatch.setenv(environment.OPTUNA_STORAGE, "postgresql://team:S3cret@db/optuna")
+    assert default_storage("sqlite:////srv/mlflow.db") == "postgresql://team:S3cret@db/optuna"

@@ -29,3 +29,25 @@ def test_a_study_name_with_a_quote_never_reaches_a_search(tmp_path, capsys):
     (sweep / "summary.json").write_text(json.dumps({"study_name": "x' or tags.role != '"}))
     assert main(["trace", str(sweep), "--tracking-uri", store]) == 2
     assert "names no usable study" in capsys.readouterr().err
+
+
+def test_a_sweep_directory_lists_its_seed_runs_in_every_experiment(tmp_path, capsys):
+    from tunelab.tags import ROLE, SWEEP, Role
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    seeds = []
+    for experiment in ("tunelab", "tunelab-sweeps"):
+        exp = client.create_experiment(experiment)
+        tags = {SWEEP: "lr-sweep", ROLE: Role.SEED}
+        seeds.append(client.create_run(exp, tags=tags).info.run_id)
+        client.create_run(exp, tags={SWEEP: "lr-sweep", ROLE: Role.TRIAL})  # not a seed run
+        client.create_run(exp, tags={SWEEP: "other", ROLE: Role.SEED})  # another sweep's
+    sweep = tmp_path / "multirun"
+    sweep.mkdir()
+    (sweep / "summary.json").write_text(json.dumps({"study_name": "lr-sweep"}))
+    assert main(["trace", str(sweep), "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 run(s)") and all(s in out for s in seeds)
+    assert main(["trace", "no-such-run", "--tracking-uri", store]) == 2
+    assert f"run no-such-run is not in {store}" in capsys.readouterr().err

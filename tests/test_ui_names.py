@@ -84,6 +84,7 @@ def test_the_links_carry_mlflows_own_url_view_state():
     assert q["plot_metric_keys"] == '["val/acc"]'
     route, q = query(ui_link("3", view_key="p1"))
     assert route == "/experiments/3/runs" and q["viewStateShareKey"] == "p1"
+    assert query(ui_link("3", run_id="r1")) == ("/experiments/3/runs/r1", {})
     view = table_view("p1", "val/loss", True, ["test/acc"], ["optimizer.name"])
     assert view == {
         "searchFilter": "tags.mlflow.parentRunId = 'p1'",
@@ -98,17 +99,19 @@ def test_ui_compare_finds_a_parents_runs_by_its_id_or_its_name(tmp_path):
 
     from tunelab.commands.common import CommandError
     from tunelab.commands.ui import compared
+    from tunelab.tracking.mlflow_reader import MlflowReader
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = MlflowReader(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("lr-sweep")
     sweep = client.create_run(exp, run_name="lr-sweep").info.run_id
     trials = [client.create_run(exp, run_name=f"trial {i}").info.run_id for i in range(3)]
     client.set_tag(sweep, "compare.runs", ",".join(trials[:2]))  # the best two
-    assert compared(client, "lr-sweep") == (trials[:2], [exp])
-    assert compared(client, sweep) == (trials[:2], [exp])
+    assert compared(store, "lr-sweep") == (trials[:2], [exp])
+    assert compared(store, sweep) == (trials[:2], [exp])
     # a parent without the list: its children
     parent = client.create_run(exp, run_name="optimizer=sgd,adam").info.run_id
     kids = [client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id for _ in "ab"]
-    assert sorted(compared(client, "optimizer=sgd,adam")[0]) == sorted(kids)
+    assert sorted(compared(store, "optimizer=sgd,adam")[0]) == sorted(kids)
     with pytest.raises(CommandError, match="no run with that id or name"):
-        compared(client, "no-such-sweep")
+        compared(store, "no-such-sweep")

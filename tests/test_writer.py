@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -120,3 +121,75 @@ def test_experiments_open_in_the_runs_table_of_the_mlflow_ui(tmp_path):
     assert kinds["users-own"] == "genai_development"
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_store_uris_are_read_in_one_place(tmp_path, monkeypatch):
+    from tunelab.tracking import store_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert store_uri.sqlite_path("sqlite:///mlflow.db").name == "mlflow.db"
+    assert store_uri.sqlite_path("postgresql://u@db/mlflow") is None
+    assert store_uri.absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert store_uri.absolute_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert store_uri.lock_beside("sqlite:////abs/m.db", ".lock") == Path("/abs/m.db.lock")
+    assert store_uri.lock_beside("http://mlflow:5000", ".lock") is None
+    assert store_uri.missing_store("sqlite:///mlflow.db") and not store_uri.missing_store(
+        "http://x"
+    )
+
+
+def test_the_printed_ui_command_works_and_never_shows_a_password():
+    from tunelab.tracking.mlflow_writer import runs_link
+
+    hint = runs_link("sqlite:///mlflow.db", "1")
+    assert "mlflow ui --app-name tunelab --backend-store-uri sqlite:///mlflow.db " in hint
+    spaced = runs_link("sqlite:////tmp/my runs/mlflow.db", "1")
+    assert "--backend-store-uri 'sqlite:////tmp/my runs/mlflow.db'" in spaced  # one shell word
+    secret = runs_link("postgresql://team:S3cret@db:5432/mlflow", "1")
+    assert "S3cret" not in secret and "<masked>" not in secret
+    assert '--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"' in secret
+    assert "MLFLOW_BACKEND_STORE_URI=postgresql://team:***@db:5432/mlflow" in secret
+
+
+def test_the_reader_pages_through_runs_and_retries_a_busy_store(monkeypatch):
+    from mlflow.store.entities.paged_list import PagedList
+
+    from tunelab.tracking.mlflow_reader import MlflowReader
+
+    monkeypatch.setattr(policy.time, "sleep", lambda s: None)
+    pages = {None: PagedList(["a", "b"], "p2"), "p2": PagedList(["c"], None)}
+    calls = []
+
+    class Client:
+        def search_runs(self, experiments, query, max_results, order_by, page_token):
+            calls.append((experiments, page_token))
+            if len(calls) == 2:
+                raise MlflowException("(sqlite3.OperationalError) database is locked")
+            return pages[page_token]
+
+    reader = MlflowReader("http://mlflow:5000", experiment_id="7")
+    reader._client = Client()
+    assert reader.search("tags.x = '1'") == ["a", "b", "c"]
+    assert calls == [(["7"], None), (["7"], "p2"), (["7"], "p2")]
+    assert reader.search("", max_results=1, experiment_ids=["8"]) == ["a"]
+
+
+def test_the_reader_reads_runs_artifacts_and_histories_and_creates_no_store(tmp_path):
+    from tunelab.tracking.mlflow_reader import MlflowReader
+
+    missing = MlflowReader(f"sqlite:///{tmp_path / 'none.db'}")
+    assert missing.experiment_named("tunelab") is None and not (tmp_path / "none.db").exists()
+    writer = MlflowWriter(f"sqlite:///{tmp_path}/mlflow.db", "read")
+    run_id = writer.create_run("r", {"k": "v"})
+    writer.log_dict(run_id, {"a": 1}, "summary.json")
+    for step in range(3):
+        writer.log(run_id, metrics={"val/acc": step / 10}, step=step)
+    reader = MlflowReader(f"sqlite:///{tmp_path}/mlflow.db")
+    assert reader.experiment_named("read") == writer.experiment_id
+    assert reader.run(run_id).data.tags["k"] == "v" and reader.run("0" * 32) is None
+    assert reader.read_json(run_id, "summary.json") == {"a": 1}
+    assert reader.artifact_text(run_id, "missing.txt") is None
+    assert [m.value for m in reader.metric_history(run_id, "val/acc")] == [0.0, 0.1, 0.2]
+    assert reader.logged_pairs(run_id) == {("val/acc", s) for s in range(3)}
+    child = writer.create_run("c", {}, parent_run_id=run_id)
+    assert [r.info.run_id for r in reader.children(reader.run(run_id))] == [child]

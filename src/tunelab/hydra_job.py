@@ -24,6 +24,7 @@ from tunelab.config import ConfigError, validate
 from tunelab.config.secrets import mask, mask_file, mask_logs
 from tunelab.config.sweep_check import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
+from tunelab.tags import FAILURE_REASON, ROLE, Role
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class TunelabCallback(Callback):
             swept = {"swept": ",".join(swept_keys(list(config.hydra.overrides.task)))}
             self.parent_id = self.writer.create_run(
                 multirun_name(list(config.hydra.overrides.task)),
-                {**ctx.tags, "role": "multirun", "overrides": overrides, **swept},
+                {**ctx.tags, ROLE: Role.MULTIRUN, "overrides": overrides, **swept},
             )
             ctx = ctx.derive(parent_run_id=self.parent_id, tags=swept)
         self.restore_env = ctx.export()
@@ -196,7 +197,7 @@ class TunelabCallback(Callback):
         if failed and self.parent_id is not None and not self.failed:
             self.failed = True
             overrides = mask(" ".join(job_return.overrides or []))
-            self.writer.set_tags(self.parent_id, {"failure_reason": f"job failed: {overrides}"})
+            self.writer.set_tags(self.parent_id, {FAILURE_REASON: f"job failed: {overrides}"})
             self.writer.end_run(self.parent_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

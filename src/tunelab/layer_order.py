@@ -21,6 +21,12 @@ class Layer:
 LAYERS: tuple[Layer, ...] = (
     Layer("layer order", ("tunelab.layer_order",), "this table, read by the architecture test"),
     Layer(
+        "vocabulary",
+        ("tunelab.tags", "tunelab.environment"),
+        "the names of the tags tunelab writes and the roles of its runs (the data contract "
+        "`trace`, `reproduce` and the findings read); the `TUNELAB_*` environment settings",
+    ),
+    Layer(
         "other libraries' private APIs",
         ("tunelab.compat",),
         "every private API of another library that tunelab uses, one module per library, each "
@@ -54,8 +60,8 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "tracking",
         ("tunelab.tracking",),
-        "the `Tracker` protocol, `MlflowTracker`, and `MlflowWriter`, the only code that writes "
-        "to MLflow; run owners; the UI app",
+        "the `Tracker` protocol, `MlflowTracker`, `MlflowWriter` and `MlflowReader`, the only code "
+        "that writes to or reads MLflow; store URIs (`store_uri.py`); run owners; the UI app",
     ),
     Layer(
         "one run",

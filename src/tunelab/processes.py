@@ -10,6 +10,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from tunelab import environment
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX: no cross-process protection
@@ -25,7 +27,7 @@ def identity(hostname: str, namespace: str, boot_id: str) -> str:
 
 def _host() -> str:
     """This machine: `$TUNELAB_HOST`, else identity() of this hostname, pid namespace and boot id."""
-    named = os.environ.get("TUNELAB_HOST", "").strip()
+    named = environment.host_name()
     if named:
         return named.replace(":", "_")
     try:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config.identity import digest
 from tunelab.run.context import RunContext
+from tunelab.tags import FAILURE_REASON, ROLE, Role
 
 PIPELINE_KEY = "pipeline"
 
@@ -68,16 +69,16 @@ def stage_run(stage: str, params: str | Path, **tags: str) -> Iterator[RunContex
         writer,
         f"pipeline {key[:8]}",
         {"run_key": f"pipeline:{key}"},
-        {"role": "pipeline", **_dvc_tags(), "params_digest": key},
+        {ROLE: Role.PIPELINE, **_dvc_tags(), "params_digest": key},
         ctx.parent_run_id,
     )
     try:
         yield ctx.derive(parent_run_id=pipeline, tags=extra)
     except BaseException:
-        writer.set_tags(pipeline, {"failure_reason": f"stage {stage} failed"})
+        writer.set_tags(pipeline, {FAILURE_REASON: f"stage {stage} failed"})
         writer.end_run(pipeline, "FAILED")
         raise
-    writer.delete_tags(pipeline, ["failure_reason"])
+    writer.delete_tags(pipeline, [FAILURE_REASON])
     writer.end_run(pipeline, "FINISHED")
 
 

@@ -4,11 +4,11 @@ text from a run record made safe to print."""
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from tunelab.config.secrets import mask
+from tunelab.tracking.mlflow_reader import MlflowReader
+from tunelab.tracking.store_uri import absolute_uri, missing_store
 
 DEFAULT_STORE = "sqlite:///mlflow.db"  # conf/tracking/mlflow.yaml
 
@@ -20,40 +20,18 @@ class CommandError(RuntimeError):
 def store_uri(given: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's default store; a SQLite store
     must exist (a command never creates one)."""
-    from tunelab.tracking.mlflow_writer import absolute_uri
-
     uri = absolute_uri(given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+    if missing_store(uri):
         raise CommandError(f"no MLflow store at {mask(uri)} (pass --tracking-uri)")
     return uri
 
 
-def client(uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
-
-
-def get_run(mlflow: Any, run_id: str, uri: str) -> Any:
-    try:
-        return mlflow.get_run(run_id)
-    except Exception:
-        raise CommandError(f"run {run_id} is not in {mask(uri)}") from None
-
-
-def artifact_text(mlflow: Any, run_id: str, path: str) -> str | None:
-    """A text artifact of a run, or None when it has none."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            return Path(mlflow.download_artifacts(run_id, path, d)).read_text()
-    except Exception:
-        return None
-
-
-def run_link(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
-    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
-    return f"{base}/runs/{run_id}" if run_id else f"{base}/runs?workflowType=machine_learning"
+def get_run(store: MlflowReader, run_id: str) -> Any:
+    """The run, or the user told it is not in the store."""
+    run = store.run(run_id)
+    if run is None:
+        raise CommandError(f"run {run_id} is not in {mask(store.tracking_uri)}")
+    return run
 
 
 def printable(text: object, keep: str = "") -> str:

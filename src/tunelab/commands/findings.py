@@ -54,7 +54,7 @@ def run(args: Any) -> int:
     import os
 
     from tunelab.findings import document, runner, spec, store
-    from tunelab.tracking.mlflow_writer import absolute_uri
+    from tunelab.tracking.store_uri import absolute_uri, sqlite_path
 
     try:
         claims = spec.load(args.claims)
@@ -62,8 +62,8 @@ def run(args: Any) -> int:
         given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or STORE
         if args.action == "run":
             uri = absolute_uri(given)
-            if uri.startswith("sqlite:///"):
-                Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            if (path := sqlite_path(uri)) is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             runner.run_all(claims, args.budget, uri, args.work / args.budget, args.only, args.jobs)
             if args.only:
                 print(

@@ -37,6 +37,21 @@ from typing import Any
 
 from tunelab.commands import common
 from tunelab.commands.common import CommandError, printable
+from tunelab.tags import (
+    DATA_DIGEST,
+    GIT_DIRTY,
+    GIT_SHA,
+    PARENT_RUN_ID,
+    REPLICATE,
+    REPRODUCES,
+    REPRODUCTION,
+    REPRODUCTION_KEY,
+    ROLE,
+    Role,
+)
+from tunelab.tracking.mlflow_reader import MlflowReader
+from tunelab.tracking.mlflow_writer import MlflowWriter, ui_link
+from tunelab.tracking.policy import tag_filter
 
 HELP = "re-run a recorded run from its config, commit and data, and compare"
 ENVIRONMENT = ("version.torch", "version.numpy", "device", "device_name", "threads")
@@ -81,40 +96,38 @@ class Plan:
 
 def run(args: Any) -> int:
     uri = common.store_uri(args.tracking_uri)
-    mlflow = common.client(uri)
-    original = common.get_run(mlflow, args.run_id, uri)
+    store = MlflowReader(uri)
+    original = common.get_run(store, args.run_id)
     trusted = frozenset(args.trust_target)
     # every seed run is checked, and its diff agreed to, before any is checked out or trained
     repo = Path(args.repo)
-    plans = [plan(mlflow, uri, r, repo, trusted) for r in _seed_runs(mlflow, original)]
+    plans = [plan(store, uri, r, repo, trusted) for r in _seed_runs(store, original)]
     for p in plans:
         agree_to_diff(p, show=args.show_diff, apply=args.apply_diff)
     worst = 0
     for p in plans:
-        worst = max(worst, reproduce_one(mlflow, uri, p))
+        worst = max(worst, reproduce_one(store, uri, p))
     return worst
 
 
-def _seed_runs(mlflow: Any, run: Any) -> list[Any]:
+def _seed_runs(store: MlflowReader, run: Any) -> list[Any]:
     """The training runs behind `run`: itself, or a sweep trial's seed runs."""
-    if run.data.tags.get("role") != "trial":
+    if run.data.tags.get(ROLE) != Role.TRIAL:
         return [run]
-    children = mlflow.search_runs(
-        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
-    )
+    children = store.children(run)
     if not children:
         raise CommandError(f"trial run {run.info.run_id} has no seed runs to reproduce")
-    return sorted(children, key=lambda r: r.data.tags.get("replicate", "0"))
+    return sorted(children, key=lambda r: r.data.tags.get(REPLICATE, "0"))
 
 
-def plan(mlflow: Any, uri: str, original: Any, repo: Path, trusted: frozenset[str]) -> Plan:
+def plan(store: MlflowReader, uri: str, original: Any, repo: Path, trusted: frozenset[str]) -> Plan:
     """Every check of a run's record that needs no checkout: its config, commit and diff."""
     run_id, tags = original.info.run_id, original.data.tags
-    text = common.artifact_text(mlflow, run_id, "config.yaml")
+    text = store.artifact_text(run_id, "config.yaml")
     if text is None:
         raise CommandError(f"run {run_id} has no config.yaml: it was not recorded by a tunelab run")
     config = checked_config(text, trusted, f"run {run_id}", uri)
-    sha = tags.get("git_sha", "unknown")
+    sha = tags.get(GIT_SHA, "unknown")
     if sha == "unknown":
         raise CommandError(f"run {run_id} records no git commit: it cannot be rebuilt")
     if not FULL_SHA.fullmatch(sha):
@@ -128,8 +141,8 @@ def plan(mlflow: Any, uri: str, original: Any, repo: Path, trusted: frozenset[st
     if _git(Path(top), "cat-file", "-e", f"{sha}^{{commit}}") is None:
         raise CommandError(f"run {run_id}: commit {sha} is not in the repository {top} (fetch it)")
     diff = ""
-    if tags.get("git_dirty") == "true":
-        diff = common.artifact_text(mlflow, run_id, "git.diff") or ""
+    if tags.get(GIT_DIRTY) == "true":
+        diff = store.artifact_text(run_id, "git.diff") or ""
         if not diff.strip():
             raise CommandError(
                 f"run {run_id} was recorded from a dirty tree but has no git.diff: it cannot be "
@@ -236,7 +249,7 @@ def _answer(question: str) -> bool:
         return False
 
 
-def reproduce_one(mlflow: Any, uri: str, p: Plan) -> int:
+def reproduce_one(store: MlflowReader, uri: str, p: Plan) -> int:
     original, run_id = p.original, p.original.info.run_id
     print(f"reproducing run {run_id} at commit {p.sha[:12]}" + (" with its diff" if p.diff else ""))
     with _worktree(p.top, p.sha) as tree, tempfile.TemporaryDirectory() as tmp:
@@ -247,19 +260,20 @@ def reproduce_one(mlflow: Any, uri: str, p: Plan) -> int:
                 raise CommandError(
                     f"run {run_id}: its recorded diff does not apply to {p.sha[:12]}"
                 )
-        new = _train(mlflow, uri, original, p.config, tree, Path(tmp))
-    rows, verdict, status = compare(mlflow, original, new)
+        new = _train(store, uri, original, p.config, tree, Path(tmp))
+    rows, verdict, status = compare(store, original, new)
     print(common.table(rows, ["", "original", "reproduction", "difference"]))
     print(printable(verdict))
-    report = {"reproduces": run_id, "verdict": verdict, "rows": rows}
-    new_id = new.info.run_id
-    mlflow.log_dict(new_id, report, "reproduction.json")
-    mlflow.set_tag(new_id, "reproduction", "match" if status == 0 else "differs")
-    print(f"the reproduction: run {new_id}  {common.run_link(new.info.experiment_id, new_id)}")
+    report = {REPRODUCES: run_id, "verdict": verdict, "rows": rows}
+    new_id, experiment_id = new.info.run_id, new.info.experiment_id
+    writer = MlflowWriter(uri, store.experiment_name(experiment_id))
+    writer.log_dict(new_id, report, "reproduction.json")
+    writer.set_tags(new_id, {REPRODUCTION: "match" if status == 0 else "differs"})
+    print(f"the reproduction: run {new_id}  {ui_link(experiment_id, run_id=new_id)}")
     return status
 
 
-def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path) -> Any:
+def _train(store: MlflowReader, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path) -> Any:
     """Train the checked config with the worktree's code; the new run."""
     from omegaconf import OmegaConf
 
@@ -270,8 +284,8 @@ def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path
     cfg.trainer.resume = "never"
     (tmp / "reproduce.yaml").write_text(OmegaConf.to_yaml(cfg))
     key = secrets.token_hex(16)  # names the new run for a commit whose metrics.json has no run_id
-    tag = {"reproduces": original.info.run_id, "reproduction_key": key}
-    ctx = RunContext(tags=tag, data_digest=original.data.tags.get("data_digest"))
+    tag = {REPRODUCES: original.info.run_id, REPRODUCTION_KEY: key}
+    ctx = RunContext(tags=tag, data_digest=original.data.tags.get(DATA_DIGEST))
     # the commit's code; a target the user trusts (--trust-target) is theirs, not the commit's:
     # it is imported from their own PYTHONPATH, as it is today
     own = os.environ.get("PYTHONPATH", "") if cfg.get("allowed_targets") else ""
@@ -305,10 +319,10 @@ def _train(mlflow: Any, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path
                 f"run {original.info.run_id}: {changed[changed.index('data changed') :]}"
             )
         raise CommandError("the reproduction failed:\n  " + "\n  ".join(tail))
-    return reported_run(mlflow, original, out, key)
+    return reported_run(store, original, out, key)
 
 
-def reported_run(mlflow: Any, original: Any, out: Path, key: str) -> Any:
+def reported_run(store: MlflowReader, original: Any, out: Path, key: str) -> Any:
     """The run the reproduction reports as its own (`run_id` in the metrics.json of its job
     directory `out`), never a search for runs tagged `reproduces=`: anyone can tag a run so. A
     commit whose metrics.json has no run_id is answered by the one run carrying this
@@ -318,24 +332,25 @@ def reported_run(mlflow: Any, original: Any, out: Path, key: str) -> Any:
     except (OSError, ValueError, AttributeError):
         reported = None
     if isinstance(reported, str) and reported:
-        try:
-            new = mlflow.get_run(reported)
-        except Exception:
+        new = store.run(reported)
+        if new is None:
             raise CommandError(
                 f"the reproduction reported run {printable(reported)}, which is not in this store"
-            ) from None
-        if new.data.tags.get("reproduction_key") != key:
+            )
+        if new.data.tags.get(REPRODUCTION_KEY) != key:
             raise CommandError(f"the reproduction reported run {new.info.run_id}, which is not it")
         return new
-    found = mlflow.search_runs(
-        [original.info.experiment_id], f"tags.reproduction_key = '{key}'", max_results=2
+    found = store.search(
+        tag_filter({REPRODUCTION_KEY: key}),
+        experiment_ids=[original.info.experiment_id],
+        max_results=2,
     )
     if len(found) != 1:
         raise CommandError("the reproduction ran but no single run in this store records it")
     return found[0]
 
 
-def compare(mlflow: Any, original: Any, new: Any) -> tuple[list[list[str]], str, int]:
+def compare(store: MlflowReader, original: Any, new: Any) -> tuple[list[list[str]], str, int]:
     """(table rows, verdict, exit status): every final and per-epoch metric, and the environment."""
     rows, differs = [], []
     a, b = original.data.metrics, new.data.metrics
@@ -348,8 +363,8 @@ def compare(mlflow: Any, original: Any, new: Any) -> tuple[list[list[str]], str,
         if not same:
             differs.append(key)
     for key in sorted(k for k in a if not k.startswith("perf/") and k in b):
-        h1 = [m.value for m in mlflow.get_metric_history(original.info.run_id, key)]
-        h2 = [m.value for m in mlflow.get_metric_history(new.info.run_id, key)]
+        h1 = [m.value for m in store.metric_history(original.info.run_id, key)]
+        h2 = [m.value for m in store.metric_history(new.info.run_id, key)]
         if len(h1) > 1 and h1 != h2 and key not in differs:
             differs.append(f"{key} (per epoch)")
     env = {k: (original.data.tags.get(k), new.data.tags.get(k)) for k in ENVIRONMENT}
@@ -359,7 +374,7 @@ def compare(mlflow: Any, original: Any, new: Any) -> tuple[list[list[str]], str,
         return rows, "identical: every final and per-epoch metric matches", 0
     if not env_diff:
         return rows, f"differs in the same environment: {', '.join(differs)}", 1
-    spread = _seed_spread(mlflow, original)
+    spread = _seed_spread(store, original)
     within = spread is not None and all(
         abs(b[k] - a[k]) <= 2 * spread.get(k, 0.0) for k in differs if k in a and k in b
     )
@@ -369,12 +384,12 @@ def compare(mlflow: Any, original: Any, new: Any) -> tuple[list[list[str]], str,
     return rows, f"differs ({', '.join(differs)}); the environment differs: {where}", 1
 
 
-def _seed_spread(mlflow: Any, original: Any) -> dict[str, float] | None:
+def _seed_spread(store: MlflowReader, original: Any) -> dict[str, float] | None:
     """Per-metric std over the seeds of the original's sweep trial, when it had several."""
-    parent = original.data.tags.get("mlflow.parentRunId")
+    parent = original.data.tags.get(PARENT_RUN_ID)
     if not parent:
         return None
-    metrics = mlflow.get_run(parent).data.metrics
+    metrics = common.get_run(store, parent).data.metrics
     spread = {k[: -len("_std")]: v for k, v in metrics.items() if k.endswith("_std")}
     return spread or None
 

@@ -19,6 +19,24 @@ import yaml
 
 from tunelab.commands import common
 from tunelab.commands.common import CommandError, printable
+from tunelab.tags import (
+    CELL,
+    DATA_DIGEST,
+    DVC_EXP,
+    DVC_STAGE,
+    GIT_SHA,
+    PARENT_RUN_ID,
+    REPRODUCES,
+    ROLE,
+    SEED,
+    STUDY,
+    SWEEP,
+    TRIAL,
+    Role,
+)
+from tunelab.tracking.mlflow_reader import MlflowReader
+from tunelab.tracking.mlflow_writer import ui_link
+from tunelab.tracking.policy import tag_filter
 
 HELP = "list the runs behind a metric, a sweep or a study, or where a run came from"
 LINEAGE = "lineage.json"  # written beside a stage's metrics: the runs they were computed from
@@ -31,16 +49,15 @@ def add_arguments(p: Any) -> None:
 
 
 def run(args: Any) -> int:
-    uri = common.store_uri(args.tracking_uri)
-    mlflow = common.client(uri)
+    store = MlflowReader(common.store_uri(args.tracking_uri))
     path = Path(args.target)
     if path.is_file():
         ids = metric_runs(path, args.key)
     elif path.is_dir():
-        ids = directory_runs(mlflow, path)
+        ids = directory_runs(store, path)
     else:
-        return describe(mlflow, common.get_run(mlflow, args.target, uri))
-    runs = [common.get_run(mlflow, i, uri) for i in ids]
+        return describe(store, common.get_run(store, args.target))
+    runs = [common.get_run(store, i) for i in ids]
     print(listing(runs))
     return 0
 
@@ -66,7 +83,7 @@ def metric_runs(path: Path, key: str | None) -> list[str]:
     return list(lineage["computed_from"])
 
 
-def directory_runs(mlflow: Any, path: Path) -> list[str]:
+def directory_runs(store: MlflowReader, path: Path) -> list[str]:
     """The runs of a sweep (its trials' seed runs) or a study (its confirmation runs)."""
     for summary in (path / "study" / "summary.json", path / "summary.json"):
         if summary.is_file():
@@ -79,65 +96,53 @@ def directory_runs(mlflow: Any, path: Path) -> list[str]:
     name = str(data.get("study_name", ""))
     if not name or "'" in name or "\\" in name:  # it goes into a search filter as a literal
         raise CommandError(f"{path}: summary.json names no usable study ({printable(name)!r})")
-    runs = mlflow.search_runs(search_all(mlflow), f"tags.sweep = '{name}' and tags.role = 'seed'")
+    runs = store.search(tag_filter({SWEEP: name, ROLE: Role.SEED}))
     return [r.info.run_id for r in runs]
-
-
-def search_all(mlflow: Any) -> list[str]:
-    return [e.experiment_id for e in mlflow.search_experiments(max_results=50000)]
 
 
 def listing(runs: list[Any]) -> str:
     rows = []
     for r in runs:
         t = r.data.tags
-        where = t.get("cell") or t.get("sweep") or t.get("dvc_stage") or ""
+        where = t.get(CELL) or t.get(SWEEP) or t.get(DVC_STAGE) or ""
         rows.append(
             [
                 r.info.run_id,
-                t.get("role", ""),
+                t.get(ROLE, ""),
                 where,
-                t.get("seed", ""),
-                t.get("git_sha", "")[:12],
-                t.get("data_digest", "")[:12],
-                common.run_link(r.info.experiment_id, r.info.run_id),
+                t.get(SEED, ""),
+                t.get(GIT_SHA, "")[:12],
+                t.get(DATA_DIGEST, "")[:12],
+                ui_link(r.info.experiment_id, run_id=r.info.run_id),
             ]
         )
-    header = ["run", "role", "from", "seed", "git", "data", "link"]
+    header = ["run", ROLE, "from", SEED, "git", "data", "link"]
     return f"{len(runs)} run(s)\n" + common.table(rows, header)
 
 
-def describe(mlflow: Any, run: Any) -> int:
+def describe(store: MlflowReader, run: Any) -> int:
     """Where one run came from, and what it holds."""
     t = run.data.tags
     print(listing([run]))
-    for label, key in (
-        ("sweep", "sweep"),
-        ("trial", "trial"),
-        ("study", "study"),
-        ("cell", "cell"),
-        ("reproduces", "reproduces"),
-    ):
+    for key in (SWEEP, TRIAL, STUDY, CELL, REPRODUCES):
         if t.get(key):
-            print(f"{label}: {printable(t[key])}")
-    parent = t.get("mlflow.parentRunId")
+            print(f"{key}: {printable(t[key])}")
+    parent = t.get(PARENT_RUN_ID)
     if parent:
-        p = mlflow.get_run(parent)
-        role, name = p.data.tags.get("role", ""), p.info.run_name or ""
+        p = common.get_run(store, parent)
+        role, name = p.data.tags.get(ROLE, ""), p.info.run_name or ""
         what = name if name.startswith(role) else f"{role} {name}".strip()  # "trial 3 …" once
         print(printable(f"parent: {parent} ({what})"))
-    stage = t.get("dvc_stage")
+    stage = t.get(DVC_STAGE)
     if stage:
-        exp = f" (experiment {t['dvc_exp']})" if t.get("dvc_exp") else ""
+        exp = f" (experiment {t[DVC_EXP]})" if t.get(DVC_EXP) else ""
         print(printable(f"DVC stage: {stage}{exp}"))
         entry = lock_entry(stage)
         if entry:
             print(f"  dvc.lock: {printable(entry['cmd'])}")
             for dep in entry.get("deps", []):
                 print(printable(f"    {dep.get('path')}  {dep.get('md5') or dep.get('hash', '')}"))
-    children = mlflow.search_runs(
-        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
-    )
+    children = store.children(run)
     if children:
         print("children:\n" + listing(children))
     return 0

@@ -17,6 +17,9 @@ from typing import Any
 from tunelab.commands import common
 from tunelab.commands.common import CommandError
 from tunelab.config.secrets import mask
+from tunelab.tags import COMPARE_RUNS
+from tunelab.tracking.mlflow_reader import MlflowReader
+from tunelab.tracking.mlflow_writer import ui_link
 
 HELP = "the MLflow UI on the project's store, with the link to its runs"
 DEFAULT_PORT = 5000
@@ -54,51 +57,41 @@ def free_port(preferred: int = 0) -> int:
     raise CommandError("no free port on 127.0.0.1")
 
 
-def compared(client: Any, target: str) -> tuple[list[str], list[str]]:
+def compared(store: MlflowReader, target: str) -> tuple[list[str], list[str]]:
     """The runs `--compare` names (the ones its parent run lists, else its children) and their
     experiments. `target`: a parent run's id, or a sweep's or study's run name."""
-    from mlflow.exceptions import MlflowException
-
-    from tunelab.tracking.mlflow_writer import COMPARE_TAG
-
-    try:
-        parents = [client.get_run(target)]
-    except MlflowException:
-        ids = [e.experiment_id for e in client.search_experiments()]
+    parent = store.run(target)
+    if parent is None:
         name = target.replace("'", "\\'")
-        found = client.search_runs(ids, f"attributes.run_name = '{name}'") if ids else []
-        parents = [r for r in found if r.data.tags.get(COMPARE_TAG)] or found
-    if not parents:
+        found = store.search(f"attributes.run_name = '{name}'")
+        parents = [r for r in found if r.data.tags.get(COMPARE_RUNS)] or found
+        parent = parents[0] if parents else None
+    if parent is None:
         raise CommandError(f"--compare {target!r}: no run with that id or name")
-    parent = parents[0]
-    runs = [r for r in parent.data.tags.get(COMPARE_TAG, "").split(",") if r]
+    runs = [r for r in parent.data.tags.get(COMPARE_RUNS, "").split(",") if r]
     if not runs:
-        children = client.search_runs(
-            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-        )
-        runs = [r.info.run_id for r in children]
+        runs = [r.info.run_id for r in store.children(parent)]
     if not runs:
         raise CommandError(f"--compare {target!r}: run {parent.info.run_id} has no runs to compare")
-    experiments = {client.get_run(r).info.experiment_id for r in runs}
+    experiments = {common.get_run(store, r).info.experiment_id for r in runs}
     return runs, sorted(experiments)
 
 
 def run(args: Any) -> int:
     uri = common.store_uri(args.tracking_uri)
     print(f"starting the MLflow UI on {mask(uri)} …", flush=True)
-    exp = common.client(uri).get_experiment_by_name(args.experiment)
-    compare = compared(common.client(uri), args.compare) if args.compare else None
-    if exp is None:
+    store = MlflowReader(uri)
+    experiment_id = store.experiment_named(args.experiment)
+    compare = compared(store, args.compare) if args.compare else None
+    if experiment_id is None:
         raise CommandError(f"no experiment {args.experiment!r} in {mask(uri)} (pass --experiment)")
     previous = signal.signal(signal.SIGTERM, _terminated)
     server = None
     try:
         server, port = serve(uri, args.port)
-        link = common.run_link(exp.experiment_id, port=port)
+        link = ui_link(experiment_id, port=port)
         print(f"MLflow UI on {mask(uri)}: {link}", flush=True)
         if compare:
-            from tunelab.tracking.mlflow_writer import ui_link
-
             runs, experiments = compare
             print(f"side by side: {ui_link(experiments, runs=runs, port=port)}", flush=True)
         if args.check:

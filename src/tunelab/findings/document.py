@@ -12,6 +12,7 @@ from tunelab.findings import search_section, study_section
 from tunelab.findings.spec import Claim, Spec
 from tunelab.findings.store import Reader
 from tunelab.findings.study_section import DATA, Section
+from tunelab.tags import ROLE, Role
 
 ARTICLES = {
     "000": "seed 000, the deep learning tuning playbook (Chinese summary)",
@@ -113,7 +114,7 @@ def compute(spans: list[tuple[float, float]]) -> str:
 
 
 def environment(reader: Reader) -> str:
-    runs = reader.search({"role": "confirm"})
+    runs = reader.search({ROLE: Role.CONFIRM})
     if not runs:
         return "no training run found"
     t = runs[0].data.tags

@@ -14,6 +14,7 @@ from tunelab.findings.study_section import DATA, Section, glance_row
 from tunelab.findings.verdict import Judged, judge, line
 from tunelab.reports.verdict_words import pct
 from tunelab.reports.verdicts import compare
+from tunelab.tags import Role
 
 TOL = 0.005  # "reached the grid's best": within half a point of it
 
@@ -50,7 +51,7 @@ def search(
     for m in claim.methods:
         ran = seeds if m.seeded else seeds[:1]
         for seed in ran:
-            run = reader.require("sweep", f"{claim.id}-{dataset}-{m.name}-s{seed}")
+            run = reader.require(Role.SWEEP, f"{claim.id}-{dataset}-{m.name}-s{seed}")
             out.spans.append(reader.span(run))
             trials = reader.trials(run)
             best = chosen(trials)

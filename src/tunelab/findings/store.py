@@ -4,16 +4,13 @@ search sweep's trials, the runs behind every number and the time they took."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tunelab.config.secrets import mask
+from tunelab.tags import CELL, OPTUNA_STATE, PARENT_RUN_ID, ROLE, STUDY, TRAINING_ROLES, TRIAL, Role
+from tunelab.tracking.mlflow_reader import MlflowReader
 from tunelab.tracking.policy import tag_filter
-
-RUN_ROLES = ("confirm", "seed", "trial")  # the runs that trained something
 
 
 class Missing(LookupError):
@@ -31,52 +28,28 @@ class Trial:
 
 
 class Reader:
+    """One experiment of a store, as the findings read it (through tracking's MlflowReader)."""
+
     def __init__(self, uri: str, experiment: str, create: bool = False) -> None:
         self.uri, self.experiment_name = uri, experiment
-        self._client: Any = None
-        self._exp: Any = None
+        self.store = MlflowReader(uri)
         self._create = create
 
     @property
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            self._client = MlflowClient(self.uri)
-        return self._client
-
-    def _exists(self) -> bool:
-        prefix = "sqlite:///"
-        return not self.uri.startswith(prefix) or Path(self.uri[len(prefix) :]).is_file()
-
-    @property
     def experiment_id(self) -> str | None:
-        if self._exp is None and self._exists():
-            self._exp = self.client.get_experiment_by_name(self.experiment_name)
-        return self._exp.experiment_id if self._exp is not None else None
+        if self.store.experiment_id is None:
+            self.store.experiment_id = self.store.experiment_named(self.experiment_name)
+        return self.store.experiment_id
 
     def search(self, tags: dict[str, str], extra: str = "") -> list[Any]:
         if self.experiment_id is None:
             return []
         query = tag_filter(tags) + (f" and {extra}" if extra else "")
-        out, token = [], None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                query,
-                max_results=1000,
-                order_by=["attributes.start_time DESC"],
-                page_token=token,
-            )
-            out += list(page)
-            token = page.token
-            if not token:
-                return out
+        return self.store.search(query, order_by=["attributes.start_time DESC"])
 
     def parent(self, kind: str, name: str) -> Any | None:
         """The newest FINISHED parent run of a study or sweep called `name`."""
-        runs = self.search({"role": kind, kind: name}, "attributes.status = 'FINISHED'")
+        runs = self.search({ROLE: kind, kind: name}, "attributes.status = 'FINISHED'")
         return runs[0] if runs else None
 
     def finished(self, kind: str, name: str) -> bool:
@@ -99,24 +72,20 @@ class Reader:
 
     def artifact(self, run_id: str, path: str) -> bytes | None:
         """One artifact's bytes (None when the run has none); nothing is left on disk."""
-        with tempfile.TemporaryDirectory(prefix="findings-") as d:
-            try:
-                return Path(self.client.download_artifacts(run_id, path, d)).read_bytes()
-            except Exception:
-                return None
+        return self.store.artifact_bytes(run_id, path)
 
     def seconds_by_cell(self, study: str) -> dict[str, list[float]]:
         """Wall seconds of each finished training run of a study, per cell."""
         out: dict[str, list[float]] = {}
-        for r in self.search({"study": study}):
-            if r.data.tags.get("role") in RUN_ROLES and r.info.end_time:
-                cell = r.data.tags.get("cell", "")
+        for r in self.search({STUDY: study}):
+            if r.data.tags.get(ROLE) in TRAINING_ROLES and r.info.end_time:
+                cell = r.data.tags.get(CELL, "")
                 out.setdefault(cell, []).append((r.info.end_time - r.info.start_time) / 1000)
         return out
 
     def training(self, study: str) -> str:
         """What the confirmation runs of a study trained: the model and the epochs per run."""
-        runs = self.search({"study": study, "role": "confirm"})
+        runs = self.search({STUDY: study, ROLE: Role.CONFIRM})
         if not runs:
             return "no confirmation run recorded"
         p = runs[0].data.params
@@ -126,17 +95,17 @@ class Reader:
 
     def trials(self, sweep_run: Any) -> list[Trial]:
         """A sweep's trials in order, from their MLflow runs."""
-        runs = self.search({"mlflow.parentRunId": sweep_run.info.run_id, "role": "trial"})
+        runs = self.search({PARENT_RUN_ID: sweep_run.info.run_id, ROLE: Role.TRIAL})
         out = []
         for r in runs:
             m, t = r.data.metrics, r.data.tags
-            if "trial" not in t:
+            if TRIAL not in t:
                 continue
             out.append(
                 Trial(
-                    int(t["trial"]),
+                    int(t[TRIAL]),
                     r.info.run_id,
-                    t.get("optuna_state", "?"),
+                    t.get(OPTUNA_STATE, "?"),
                     m.get("val/acc"),
                     m.get("test/acc"),
                     int(m.get("epochs_run", 0)),

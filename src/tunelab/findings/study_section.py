@@ -14,6 +14,7 @@ from tunelab.findings.store import Reader
 from tunelab.findings.verdict import Judged, judge, line
 from tunelab.reports import verdict_words
 from tunelab.reports.verdict_words import pct, points
+from tunelab.tags import Role
 
 TEST, VAL = "test/acc", "val/acc"
 
@@ -94,7 +95,7 @@ def _seed_runs(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: float) -> Section:
     name = f"{claim.id}-{dataset}"
-    run = reader.require("study", name)
+    run = reader.require(Role.STUDY, name)
     summary = reader.summary(run)
     judged = summary["judged"].get(TEST)
     if judged is None:
@@ -148,7 +149,7 @@ def audit(reader: Reader, claim: Claim, dataset: str, fig_dir: Path) -> Section:
     """The seed audit: the spread of one configuration over seeds, one run's prediction interval,
     what the luckiest seed (and seed 42) would have claimed."""
     name = f"{claim.id}-{dataset}"
-    run = reader.require("study", name)
+    run = reader.require(Role.STUDY, name)
     summary = reader.summary(run)
     c = summary["cells"][0]
     a, one = c["audit_by_metric"][TEST], c["one_run"][TEST]

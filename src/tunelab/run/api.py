@@ -32,6 +32,7 @@ from tunelab.run.record import (
     start_run,
 )
 from tunelab.run.store import RunStore
+from tunelab.tags import FAILURE_REASON, ROLE, Role
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -
     s = setup(cfg, ctx)
     model = s.model.to(s.device)
     tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking, s.allow)
-    start_run(tracker, cfg, ctx.derive(tags={"role": "diagnose"}), s.splits, s.device, None)
+    start_run(tracker, cfg, ctx.derive(tags={ROLE: Role.DIAGNOSE}), s.splits, s.device, None)
     tracker.set_tags({"diagnose": str(cfg.diagnose.name)})
     with signals.signals_raise():
         try:
@@ -135,7 +136,7 @@ def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -
                 cfg, s.splits, model, build.optimizer_factory(cfg.optimizer, s.allow), tracker
             )
         except BaseException as exc:
-            tracker.set_tags({"failure_reason": diagnostics.failure_reason(exc)})
+            tracker.set_tags({FAILURE_REASON: diagnostics.failure_reason(exc)})
             tracker.end(
                 "KILLED" if isinstance(exc, (KeyboardInterrupt, signals.Terminated)) else "FAILED"
             )

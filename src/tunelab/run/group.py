@@ -26,6 +26,7 @@ from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
 from tunelab.run.replica_rules import build_replicas, can_batch, config_reason
 from tunelab.run.replicas import Replica, fit_replicas
 from tunelab.run.store import RunStore
+from tunelab.tags import FAILURE_REASON
 
 log = logging.getLogger(__name__)
 SAVED = "group.pt"  # the batched group's checkpoint
@@ -240,7 +241,7 @@ def _finish(
         epoch = replica.state.epoch + 1
         tracker.set_tags(
             {
-                "failure_reason": "nonfinite_loss",
+                FAILURE_REASON: "nonfinite_loss",
                 "diverged_at_epoch": str(epoch),
                 "failure_message": str(replica.reason),
             }

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.config.identity import override_key
+from tunelab.tags import ROLE, Role
 
 MAX_LEN = 250  # MLflow's limit on a run name
 
@@ -39,10 +40,10 @@ def swept_values(overrides: list[str], swept: str) -> list[str]:
 
 def job_name(overrides: list[str], tags: dict[str, str], seed: Any) -> str:
     """The name of one training run, from its (non-hydra) overrides and its context's tags."""
-    role = tags.get("role")
-    if role == "seed":
+    role = tags.get(ROLE)
+    if role == Role.SEED:
         return f"seed {seed}"
-    if role == "confirm" and tags.get("cell"):
+    if role == Role.CONFIRM and tags.get("cell"):
         return f"cell {tags['cell']} / seed {seed}"
     if tags.get("swept") and (values := swept_values(overrides, tags["swept"])):
         return " ".join(values)[:MAX_LEN]

@@ -16,10 +16,11 @@ from tunelab.run.lineage import git_state, lineage_tags
 from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate
 from tunelab.run.names import job_name, swept_values
 from tunelab.run.signals import Terminated
+from tunelab.tags import FAILURE_MESSAGE, FAILURE_REASON, ROLE, Role
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
-FAILURE_TAGS = ("failure_reason", "failure_message")
+FAILURE_TAGS = (FAILURE_REASON, FAILURE_MESSAGE)
 
 
 def close_unfinished(tracker: Tracker, run_id: str) -> None:
@@ -48,7 +49,7 @@ def start_run(
         "data_digest": splits.digest,
         "data": splits.name,
         "overrides": " ".join(overrides) or "(none)",
-        "role": "single",
+        ROLE: Role.SINGLE,
         "objective": cfg.objective.metric,
         **ambient,
     }
@@ -177,15 +178,15 @@ def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:
     if isinstance(exc, Pruned):
         tags, status = {"pruned": "true", "pruned_at_epoch": str(state.epoch)}, "KILLED"
     elif isinstance(exc, KeyboardInterrupt):
-        tags, status = {"failure_reason": "interrupted"}, "KILLED"
+        tags, status = {FAILURE_REASON: "interrupted"}, "KILLED"
     elif isinstance(exc, Terminated):
-        tags, status = {"failure_reason": "terminated"}, "KILLED"
+        tags, status = {FAILURE_REASON: "terminated"}, "KILLED"
     elif isinstance(exc, DivergedError):
-        tags = {"failure_reason": "nonfinite_loss", "diverged_at_epoch": str(exc.epoch)}
+        tags = {FAILURE_REASON: "nonfinite_loss", "diverged_at_epoch": str(exc.epoch)}
         status = "FAILED"
     else:
         reason = getattr(exc, "reason", None) or type(exc).__name__
-        tags = {"failure_reason": reason, "failure_message": mask(str(exc))[:5000]}
+        tags = {FAILURE_REASON: reason, FAILURE_MESSAGE: mask(str(exc))[:5000]}
         status = "FAILED"
     try:
         tracker.set_tags(tags)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +31,10 @@ from urllib.parse import quote, urlencode
 
 from tunelab import processes
 from tunelab.background import BackgroundWriter
-from tunelab.config.secrets import mask
 from tunelab.processes import file_lock
+from tunelab.tags import COMPARE_RUNS, FAILURE_REASON, OWNER, PARENT_RUN_ID
 from tunelab.tracking import run_owners
+from tunelab.tracking.mlflow_reader import MlflowReader
 from tunelab.tracking.policy import (
     MAX_METRICS,
     MAX_PARAMS,
@@ -44,16 +44,9 @@ from tunelab.tracking.policy import (
     finite,
     retry,
 )
+from tunelab.tracking.store_uri import lock_beside, ui_command
 
 log = logging.getLogger(__name__)
-
-
-def absolute_uri(uri: str) -> str:
-    """Pin a relative sqlite path to the current directory (MLflow caches stores by URI)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 # The experiment tag that marks classic model development (MLflow 3.17's UI chooses its view from a
@@ -67,7 +60,7 @@ _KIND = (EXPERIMENT_KIND, "custom_model_development")
 # the store (plain `mlflow ui`/`mlflow server` too) opens the view.
 SHARED_VIEW = "mlflow.sharedViewState."
 # The runs a multirun's, a sweep's or a study's run lists for comparison (`tunelab ui --compare`).
-COMPARE_TAG = "compare.runs"
+COMPARE_TAG = COMPARE_RUNS
 
 
 def table_view(
@@ -81,7 +74,7 @@ def table_view(
     sorted by the metric `order_by`, these metrics and params as its columns."""
     view: dict[str, Any] = {}
     if children_of:
-        view["searchFilter"] = f"tags.mlflow.parentRunId = '{children_of}'"
+        view["searchFilter"] = f"tags.{PARENT_RUN_ID} = '{children_of}'"
     if order_by:
         view.update(orderByKey=f"metrics.`{order_by}`", orderByAsc=ascending)
     columns = [
@@ -98,12 +91,16 @@ def ui_link(
     metric: str | None = None,
     view_key: str | None = None,
     port: int = 5000,
+    run_id: str | None = None,
 ) -> str:
     """Every link into the MLflow UI: the compare view of `runs` (MLflow's
     `#/compare-runs?runs=[...]&experiments=[...]`), or with `metric` their curves of that metric
-    in one chart; else the experiment's runs table, in the shared view `view_key` if given."""
+    in one chart; else the page of the run `run_id`; else the experiment's runs table, in the
+    shared view `view_key` if given."""
     base = f"http://127.0.0.1:{port}/#"
     ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids or [])
+    if run_id and not runs:
+        return f"{base}/experiments/{ids[0] if ids else None}/runs/{run_id}"
     js = functools.partial(json.dumps, separators=(",", ":"))
     if runs:
         query = {"runs": js(list(runs)), "experiments": js(sorted(set(ids)))}
@@ -122,9 +119,8 @@ def ui_link(
 def runs_link(tracking_uri: str, experiment_id: str | None, **view: Any) -> str:
     """The command that opens the MLflow UI on this store, and a direct link to the runs table
     (`view`: what `ui_link` takes)."""
-    ui = f"mlflow ui --app-name tunelab --backend-store-uri {mask(tracking_uri)}"
     return (
-        f"see the runs: {ui}  then open {ui_link(experiment_id, **view)}\n"
+        f"see the runs: {ui_command(tracking_uri)}  then open {ui_link(experiment_id, **view)}\n"
         "(the links open in any MLflow UI on this store; only tunelab's app, `--app-name tunelab`"
         " or `tunelab ui`, also keeps MLflow's Assistant panel closed)"
     )
@@ -149,14 +145,7 @@ def compare_hint(experiment_ids: str | list[str], runs: list[str], metric: str) 
 _swept: set[str] = set()  # stores whose dead runs this process has already closed
 
 
-def schema_lock(tracking_uri: str) -> Path | None:
-    """The lock file beside a SQLite store: its tables are created or migrated by one process at
-    a time (MLflow's migrations are not safe to run concurrently)."""
-    prefix = "sqlite:///"
-    return Path(tracking_uri[len(prefix) :] + ".lock") if tracking_uri.startswith(prefix) else None
-
-
-class MlflowWriter:
+class MlflowWriter(MlflowReader):
     """One tracking store and experiment. Thread-safe (MlflowClient is); picklable (the client and
     the queue are recreated on the other side, after pending writes are sent).
 
@@ -164,24 +153,17 @@ class MlflowWriter:
     process of this host left RUNNING when it died."""
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
-        self.tracking_uri = absolute_uri(tracking_uri)
+        super().__init__(tracking_uri)
         self.experiment = experiment
-        self._client: Any = None
         self._queue: BackgroundWriter | None = None
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema chatter
-        with file_lock(schema_lock(self.tracking_uri)):
+        # a SQLite store's tables are created or migrated by one process at a time (MLflow's
+        # migrations are not safe to run concurrently)
+        with file_lock(lock_beside(self.tracking_uri, ".lock")):
             self.experiment_id = self._experiment_id(experiment)
         if self.tracking_uri not in _swept:
             _swept.add(self.tracking_uri)
             run_owners.close_dead_runs(self)
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = retry(lambda: MlflowClient(self.tracking_uri))
-        return self._client
 
     def __getstate__(self) -> dict[str, Any]:
         self.flush()
@@ -218,9 +200,9 @@ class MlflowWriter:
             return exp.experiment_id
 
     def create_run(self, name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
-        all_tags = {k: clip(v) for k, v in tags.items()} | {run_owners.OWNER_TAG: processes.me()}
+        all_tags = {k: clip(v) for k, v in tags.items()} | {OWNER: processes.me()}
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_RUN_ID] = parent_run_id
         run = retry(
             lambda: self.client.create_run(self.experiment_id, run_name=name[:250], tags=all_tags)
         )
@@ -236,50 +218,23 @@ class MlflowWriter:
         except Exception as exc:  # deleted, or from another store
             log.warning("cannot reopen MLflow run %s (%s)", run_id, str(exc).splitlines()[0])
             return False
-        owner = {run_owners.OWNER_TAG: processes.me()} if claim else {}
+        owner = {OWNER: processes.me()} if claim else {}
         self.set_tags(run_id, {**(tags or {}), **owner})
         return True
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """A FINISHED run loses the failure reason an earlier end (killed, failed) left on it."""
         if status == "FINISHED":
-            self.delete_tags(run_id, ["failure_reason"])
+            self.delete_tags(run_id, [FAILURE_REASON])
         retry(lambda: self.client.set_terminated(run_id, status=status))
-
-    def run_status(self, run_id: str) -> str | None:
-        try:
-            return retry(lambda: self.client.get_run(run_id)).info.status
-        except Exception as exc:  # e.g. the run lives in another store
-            log.warning("could not look up run %s: %s", run_id, str(exc).splitlines()[0])
-            return None
 
     def mark_killed(self, run_id: str, reason: str) -> bool:
         """End a run that a dead process left RUNNING as KILLED; False if it is not RUNNING here."""
         if self.run_status(run_id) != "RUNNING":
             return False
-        self.set_tags(run_id, {"failure_reason": reason})
+        self.set_tags(run_id, {FAILURE_REASON: reason})
         self.end_run(run_id, "KILLED")
         return True
-
-    def search(
-        self,
-        filter_string: str = "",
-        order_by: list[str] | None = None,
-        experiment_ids: list[str] | None = None,
-    ) -> list[Any]:
-        """Every matching run of the experiment (or of `experiment_ids`), page by page."""
-        out, token = [], None
-        exps = experiment_ids or [self.experiment_id]
-        while True:
-            page = retry(
-                lambda t=token: self.client.search_runs(
-                    exps, filter_string, max_results=1000, order_by=order_by, page_token=t
-                )
-            )
-            out += list(page)
-            token = page.token
-            if not token:
-                return out
 
     # ---- records ------------------------------------------------------------------------------
     def log(
@@ -343,25 +298,3 @@ class MlflowWriter:
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         retry(lambda: self.client.log_figure(run_id, figure, artifact_file))
-
-    def read_json(self, run_id: str, artifact_path: str) -> Any | None:
-        """A JSON artifact of a run, or None when it has none."""
-        import os
-
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                path = retry(lambda: self.client.download_artifacts(run_id, artifact_path, d))
-                return json.loads(Path(path).read_text())
-        except Exception as exc:
-            log.info("no %s for run %s: %s", artifact_path, run_id, str(exc).splitlines()[0])
-            return None
-
-    def logged_pairs(self, run_id: str) -> set[tuple[str, int]]:
-        """(metric, step) pairs a run already has: a resumed run skips them."""
-        keys = retry(lambda: self.client.get_run(run_id)).data.metrics
-        return {
-            (k, m.step)
-            for k in keys
-            for m in retry(lambda k=k: self.client.get_metric_history(run_id, k))
-        }

@@ -16,15 +16,14 @@ import time
 from typing import Any
 
 from tunelab import processes
+from tunelab.tags import OWNER, RUN_KEY, WORKER_PREFIX, tag_ref
 from tunelab.tracking.policy import retry, tag_filter
 
 log = logging.getLogger(__name__)
-OWNER_TAG = "tunelab.owner"
-WORKER_TAG = "tunelab.worker."  # + a digest of the stamp of a process working on a shared run
 
 
 def worker_tag(stamp: str) -> str:
-    return WORKER_TAG + hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    return WORKER_PREFIX + hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
 def keyed_run(
@@ -64,8 +63,8 @@ def keyed_run(
 def workers(tags: dict[str, str]) -> list[str]:
     """The stamps of the processes working on a run (its tags): a shared run's listed workers, any
     other run's owner."""
-    listed = [v for k, v in tags.items() if k.startswith(WORKER_TAG)]
-    return listed or [tags.get(OWNER_TAG, "")]
+    listed = [v for k, v in tags.items() if k.startswith(WORKER_PREFIX)]
+    return listed or [tags.get(OWNER, "")]
 
 
 def leave(writer: Any, run_id: str, status: str | None = None) -> bool:
@@ -76,7 +75,9 @@ def leave(writer: Any, run_id: str, status: str | None = None) -> bool:
     if status is None:
         return False
     tags = retry(lambda: writer.client.get_run(run_id)).data.tags
-    others = [w for k, w in tags.items() if k.startswith(WORKER_TAG) and not processes.is_dead(w)]
+    others = [
+        w for k, w in tags.items() if k.startswith(WORKER_PREFIX) and not processes.is_dead(w)
+    ]
     if others:
         log.info(
             "run %s is left RUNNING: %d other process(es) still work on it", run_id, len(others)
@@ -90,11 +91,10 @@ def close_dead_runs(writer: Any) -> list[str]:
     """End as KILLED the runs of every experiment in the writer's store that processes of this
     host left RUNNING when they died (SIGKILL, OOM, power cut): runs whose owner, or for a shared
     run every listed worker, is such a process; returns their ids."""
-    experiments = retry(lambda: writer.client.search_experiments(max_results=50000))
-    ids = [e.experiment_id for e in experiments]
+    ids = writer.experiment_ids()
     running = "attributes.status = 'RUNNING'"
-    mine = f"{running} and tags.`{OWNER_TAG}` LIKE '{processes.HOST}:%'"
-    shared = f"{running} and tags.run_key LIKE '%'"  # its workers may be of this host
+    mine = f"{running} and {tag_ref(OWNER)} LIKE '{processes.HOST}:%'"
+    shared = f"{running} and {tag_ref(RUN_KEY)} LIKE '%'"  # its workers may be of this host
     queries = (mine, shared) if ids else ()
     runs = {r.info.run_id: r for q in queries for r in writer.search(q, experiment_ids=ids)}
     closed = []

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from flask import Flask, Response
 
+from tunelab.compat import mlflow_internals
+
 STORAGE_KEY = "mlflow.workflowType_v1"
 DEFAULT_VIEW = "machine_learning"
 # MLflow opens its Assistant panel (a third of the page) on a browser's first visit unless this
@@ -44,21 +46,19 @@ def with_default_view(html: str) -> str:
 
 def create_app(app: Flask | None = None):
     """The factory `mlflow server --app-name tunelab` calls (entry point `mlflow.app`)."""
-    from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app as mlflow_app
 
     app = app or mlflow_app
     index = Path(app.static_folder or "") / "index.html"
-    serve_ui = app.view_functions["serve"]
 
-    def serve():
+    def serve(mlflow_view):
         if not index.exists():
-            return serve_ui()
+            return mlflow_view()
         page = with_default_view(index.read_text(encoding="utf-8"))
         return Response(page, mimetype="text/html", headers={"Cache-Control": "no-cache"})
 
-    app.view_functions["serve"] = serve
-    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+    mlflow_internals.replace_ui_page(app, serve)
+    if mlflow_internals.server_name() == "uvicorn":
         from mlflow.server.fastapi_app import create_fastapi_app
 
         return create_fastapi_app(app)

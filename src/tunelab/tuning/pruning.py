@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from tunelab import environment
 from tunelab.config.secrets import MASK, mask
 from tunelab.run.context import Reporter, TrialRef
 from tunelab.run.loop import Pruned
@@ -80,7 +81,7 @@ def storage_url(recorded: str) -> str:
 
     sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
     typed = sweep_settings(sweeper).storage if sweeper is not None else None
-    for candidate in (typed, os.environ.get(ENV_STORAGE)):
+    for candidate in (typed, environment.optuna_storage()):
         if candidate:
             with contextlib.suppress(ValueError):
                 url = normalize_storage(str(candidate))

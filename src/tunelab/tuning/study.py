@@ -35,6 +35,7 @@ from tunelab.processes import file_lock
 from tunelab.reports.study_analysis import StudyOutcome
 from tunelab.run import signals
 from tunelab.run.context import RunContext
+from tunelab.tags import FAILURE_REASON, ROLE, Role
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.run_owners import keyed_run, leave
 from tunelab.tuning import study_storage
@@ -116,7 +117,7 @@ class StudyRun:
             )
         self.index.set_user_attr("signature", spec.signature())
         if self.writer:
-            tags = {**self.ctx.tags, "study": spec.name, "role": "study"}
+            tags = {**self.ctx.tags, "study": spec.name, ROLE: Role.STUDY}
             tags.update(scientific=spec.scientific, goal=spec.goal)
             key = {"run_key": f"study:{spec.name}"}
             self.run_id = keyed_run(self.writer, spec.name, key, tags, self.ctx.parent_run_id)
@@ -166,7 +167,7 @@ class StudyRun:
                 continue
             try:
                 if leave(self.writer, run_id, "KILLED") and reason:
-                    self.writer.set_tags(run_id, {"failure_reason": reason})
+                    self.writer.set_tags(run_id, {FAILURE_REASON: reason})
             except Exception as exc:  # the store is away: the study's own error is what matters
                 log.warning("could not leave the study's run %s: %s", run_id, mask(str(exc)))
 
@@ -197,7 +198,7 @@ class StudyRun:
 
     def _adopt(self, cell: Cell, run_id: str) -> None:
         if self.writer and self.run_id:
-            tags = {**self._cell_tags(cell), "role": "cell", "mlflow.parentRunId": self.run_id}
+            tags = {**self._cell_tags(cell), ROLE: Role.CELL, "mlflow.parentRunId": self.run_id}
             self.writer.set_tags(run_id, tags)
 
     def run_cell(self, cell: Cell) -> CellResult:
@@ -219,7 +220,7 @@ class StudyRun:
         run_id = None
         if self.writer:
             key = {"run_key": f"sweep:{name}"}  # the cell's nuisance sweep made it, if it ran
-            tags = {**self._cell_tags(cell), "role": "cell", "sweep": name}
+            tags = {**self._cell_tags(cell), ROLE: Role.CELL, "sweep": name}
             run_id = keyed_run(self.writer, name, key, tags, parent_run_id=self.run_id)
         self.cell_run_id = run_id
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("stale")]
@@ -291,7 +292,7 @@ class StudyRun:
         fixed = [*fixed, _sweep_dir(confirm_dir)]
         tags = {
             **self._cell_tags(cell),
-            "role": "confirm",
+            ROLE: Role.CONFIRM,
             "sweep": result.study_name,
             "trial": str(result.best.number) if result.best is not None else "-",
         }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,12 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from tunelab import processes
+from tunelab import environment, processes
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, contains
 from tunelab.config.sweep_check import grace_period
 from tunelab.tracking.policy import transient_text
+from tunelab.tracking.store_uri import absolute_uri, lock_beside, sqlite_path
 from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
 from tunelab.tuning.settings import PrunerConf, SweepSettings
@@ -31,16 +31,16 @@ from tunelab.tuning.settings import PrunerConf, SweepSettings
 log = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "optuna.journal"
 OWNER = "tunelab:owner"  # system attr: the owner stamp of the sweep process running a trial
-ENV_STORAGE = "TUNELAB_OPTUNA_STORAGE"  # a team's study database, e.g. postgresql://…
+ENV_STORAGE = environment.OPTUNA_STORAGE  # a team's study database, e.g. postgresql://…
 
 
 def default_storage(tracking_uri: str | None) -> str:
     """$TUNELAB_OPTUNA_STORAGE, else a journal file next to the MLflow sqlite store (or in the
     working directory)."""
-    if os.environ.get(ENV_STORAGE):
-        return os.environ[ENV_STORAGE]
-    if tracking_uri and tracking_uri.startswith("sqlite:///"):
-        return str(Path(tracking_uri[len("sqlite:///") :]).resolve().parent / DEFAULT_JOURNAL)
+    if team := environment.optuna_storage():
+        return team
+    if (db := sqlite_path(tracking_uri)) is not None:
+        return str(db.resolve().parent / DEFAULT_JOURNAL)
     return str(Path(DEFAULT_JOURNAL).resolve())
 
 
@@ -50,9 +50,9 @@ def normalize_storage(url: str) -> str:
         return "journal:" + str(Path(url[len("journal:") :]).resolve())
     if "://" not in url:
         return "journal:" + str(Path(url).resolve())
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(url[len("sqlite:///") :]).resolve())
-    if url.startswith("sqlite:///") or rdb.scheme(url) in rdb.SERVER_SCHEMES:
+    if sqlite_path(url) is not None:
+        return absolute_uri(url)
+    if rdb.scheme(url) in rdb.SERVER_SCHEMES:
         return url
     raise ValueError(
         f"unknown Optuna storage {mask(url)!r}: use journal:PATH (or a path), sqlite:///FILE, "
@@ -64,9 +64,7 @@ def lock_path(url: str) -> Path | None:
     """File used to serialise ask() between sweep processes sharing a file-based storage."""
     if url.startswith("journal:"):
         return Path(url[len("journal:") :] + ".ask.lock")
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :] + ".ask.lock")
-    return None
+    return lock_beside(url, ".ask.lock")
 
 
 def make_storage(

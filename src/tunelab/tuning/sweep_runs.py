@@ -10,6 +10,7 @@ from typing import Any
 from tunelab.config.secrets import mask
 from tunelab.reports.run_record import RunRecord
 from tunelab.run.names import trial_name
+from tunelab.tags import FAILURE_REASON, ROLE, Role
 from tunelab.tracking.mlflow_writer import MlflowWriter
 from tunelab.tracking.policy import tag_filter
 from tunelab.tracking.run_owners import keyed_run, leave
@@ -48,7 +49,7 @@ class SweepRuns:
 
     def open_parent(self, tags: dict[str, Any], parent_run_id: str | None) -> str:
         key = {"run_key": f"sweep:{self.study_name}"}
-        tags = {**tags, "sweep": self.study_name, "role": "sweep"}
+        tags = {**tags, "sweep": self.study_name, ROLE: Role.SWEEP}
         self.parent_id = keyed_run(self.writer, self.study_name, key, tags, parent_run_id)
         return self.parent_id
 
@@ -57,7 +58,7 @@ class SweepRuns:
             raise RuntimeError("the sweep was stopped")
         run_id = self.writer.create_run(
             trial_name(number, params),
-            {**tags, "role": "trial", "optuna_state": "RUNNING"},
+            {**tags, ROLE: Role.TRIAL, "optuna_state": "RUNNING"},
             parent_run_id=self.parent_id,
         )
         with self._lock:
@@ -76,8 +77,8 @@ class SweepRuns:
     def _end(self, run_id: str, status: str, metrics: dict, tags: dict, params: dict) -> None:
         self.writer.log(run_id, metrics=metrics, params=params, tags=tags)
         self.writer.end_run(run_id, status)
-        if status == "KILLED" and tags.get("failure_reason"):  # a job killed while it recorded
-            self.close_stale(run_id, tags["failure_reason"])
+        if status == "KILLED" and tags.get(FAILURE_REASON):  # a job killed while it recorded
+            self.close_stale(run_id, tags[FAILURE_REASON])
 
     def end_late(
         self, run_id: str, kind: str, metrics: dict, params: dict, told: int | None, n_seeds: int
@@ -142,4 +143,4 @@ class SweepRuns:
         another process still works on it."""
         self.writer.flush(quietly=True)
         if self.leave("KILLED"):  # the last worker to leave ends it
-            self.writer.set_tags(self.parent_id, {"failure_reason": reason})
+            self.writer.set_tags(self.parent_id, {FAILURE_REASON: reason})

@@ -37,6 +37,7 @@ from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
+from tunelab.tags import FAILURE_REASON, ROLE, Role
 from tunelab.tuning import devices, pruning, study_storage
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
@@ -249,7 +250,7 @@ class Sweep:
             def overrides_for(i: int) -> list[str]:
                 ctx = self.ctx.derive(
                     parent_run_id=run_id,
-                    tags={**tags, "role": "seed", "replicate": str(i)},
+                    tags={**tags, ROLE: Role.SEED, "replicate": str(i)},
                     log_model=False,
                     trial=TrialRef(self.context_path, trial.number, report=i == 0),
                 )
@@ -316,7 +317,7 @@ class Sweep:
                 self.study.tell(trial, state=TrialState.FAIL)
                 attrs = {**trial.user_attrs, "number": trial.number}
                 study_storage.requeue(self.study, trial.params, attrs, self.max_retries)
-                end_tags["failure_reason"] = reason
+                end_tags[FAILURE_REASON] = reason
             else:  # a server or database away is not the config's fault: not counted, run again
                 away = study_storage.infrastructure_failure(trial, out.reason)
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -324,7 +325,7 @@ class Sweep:
                     study_storage.requeue(
                         self.study, trial.params, trial.user_attrs, self.max_retries
                     )
-                end_tags["failure_reason"] = out.reason[:250]
+                end_tags[FAILURE_REASON] = out.reason[:250]
                 self.state.failed += 1
                 limit = self.settings.max_failure_rate * self.n_trials
                 if self.state.failed > limit and not self.state.stop:
