@@ -407,16 +407,16 @@ def test_a_difference_within_the_seed_spread_passes_only_where_the_environment_d
 
 def test_a_run_of_a_commit_whose_jobs_report_no_run_id_still_reproduces(rec):
     """Commits from before metrics.json held run_id: the run carrying the reproduction's key."""
-    cli = rec.repo / "src" / "tunelab" / "cli.py"
-    today = cli.read_text()
+    job = rec.repo / "src" / "tunelab" / "hydra_job.py"
+    today = job.read_text()
     written = 'written = {"run_id": result.run_id, **result.metrics}'
     assert written in today
-    cli.write_text(today.replace(written, "written = result.metrics"))
+    job.write_text(today.replace(written, "written = result.metrics"))
     git(rec.repo, "commit", "-qam", "metrics.json without run_id")
     try:
         run_id = train(rec.repo, *TINY)
     finally:
-        cli.write_text(today)
+        job.write_text(today)
         git(rec.repo, "commit", "-qam", "metrics.json with run_id")
     proc = reproduce(rec, run_id)
     assert proc.returncode == 0 and "identical" in proc.stdout, proc.stdout + proc.stderr
