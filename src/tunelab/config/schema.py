@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config import groups, targets
+from tunelab.config import data_rules, groups, targets
 from tunelab.config.groups import SCHEDULER_KNOBS
 
 
@@ -45,6 +45,7 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
         if isinstance(plain.get(group), dict):
             problems += _group_problems(group, plain[group])
     problems += _cross_problems(plain)
+    problems += data_rules.problems(plain)  # augment node, augmentation vs data
     problems += _path_problems(cfg)
     if check_data and not problems:
         problems += _file_problems(cfg)
