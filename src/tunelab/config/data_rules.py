@@ -103,3 +103,18 @@ def problems(plain: dict[str, Any]) -> list[str]:
         problem = fit_problem(node, ("C", "L"))
         out += [f"{problem} (data={data.get('name')})"] if problem else []
     return out
+
+
+def layout_problems(plain: dict[str, Any]) -> list[str]:
+    """An image folder that cannot be trained on (missing, no class folders, an empty class,
+    class sets that differ), found before any run, directory, lock or study exists."""
+    data = plain.get("data") or {}
+    if data.get("_target_") != "tunelab.data.images.images" or not data.get("path"):
+        return []
+    from tunelab.data.images import DataError, scan
+
+    try:
+        scan(data["path"])
+    except DataError as exc:
+        return [str(exc)]
+    return []

@@ -49,6 +49,7 @@ def validate(cfg: DictConfig, *, check_data: bool = True) -> None:
     problems += _path_problems(cfg)
     if check_data and not problems:
         problems += _file_problems(cfg)
+        problems += data_rules.layout_problems(plain)  # an image folder's layout
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
