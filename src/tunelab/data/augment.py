@@ -98,7 +98,9 @@ def _mix(
     if kind == "mixup_alpha":
         lam = float(rng.beta(alpha, alpha))
         op = K.RandomMixUpV2(lambda_val=(lam, lam), p=1.0, data_keys=["input", "class"])
-        x, labels = op(x, y)
+        shape = x.shape  # kornia mixes (B, C, H, W): sequences and features as 1-pixel-high images
+        mixed, labels = op(x.reshape(shape[0], -1, 1, shape[-1]), y)
+        x = mixed.reshape(shape)
         mixes = [(labels[:, 1], labels[:, 2])]  # kornia's mixup: lam is the partner's share
     else:
         op = K.RandomCutMixV2(
