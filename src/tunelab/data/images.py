@@ -96,12 +96,12 @@ def decode(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB" if channels == 3 else "L")
-            a = np.asarray(im, dtype=np.uint8)
+            a = np.array(im, dtype=np.uint8)  # a copy torch may own
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     if a.shape[:2] != tuple(size):
         raise DataError(f"{path}: {a.shape[1]}x{a.shape[0]} pixels, the set is {size[1]}x{size[0]}")
-    return a.transpose(2, 0, 1) if a.ndim == 3 else a[None]
+    return np.ascontiguousarray(a.transpose(2, 0, 1)) if a.ndim == 3 else a[None]
 
 
 class FileDataset(Dataset):
