@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tunelab.data.splits import Splits
 
-LoaderMode = Literal["auto", "memory", "stream"]
 LOADER_MODES = ("auto", "memory", "stream")
 
 
@@ -196,9 +194,3 @@ class ArrayDataset(Dataset):
 def hard_labels(target: torch.Tensor) -> torch.Tensor:
     """Class ids of a target batch: itself, or the argmax of soft (mixed) targets."""
     return target.argmax(1) if target.ndim == 2 else target
-
-
-def describe(data: Any) -> dict[str, Any]:
-    """What the run records about its data source: mode, sizes and the manifest figures."""
-    mode = "stream" if isinstance(data, StreamedSplits) else "memory"
-    return {"loader": mode, **data.sizes(), **getattr(data, "provenance", {})}
