@@ -5,6 +5,7 @@ step's own, the streamed ones independent of the worker count and resumable mid-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, mlflow_runs, run_cli
 
 from tunelab.config import ConfigError, validate
 from tunelab.data import images as I
@@ -380,9 +381,15 @@ def test_data_images_trains_from_disk_through_the_cli(folder, tmp_path):
         "model.width=8",
         "model.depth=2",
         "trainer.max_epochs=1",
-        "tracking=none",
         cwd=work,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "grey image(s) converted to RGB" in proc.stderr + proc.stdout
+    (run,) = mlflow_runs(work)
+    manifest = build_manifest(folder, [str(p.relative_to(folder)) for p in folder.rglob("*.*g")])
+    assert run.data.tags["data_digest"] == manifest.digest and manifest.hashed == 0
+    (dataset,) = run.inputs.dataset_inputs
+    profile = json.loads(dataset.dataset.profile)
+    assert profile["manifest_digest"] == manifest.digest
+    assert (profile["files"], profile["classes"], profile["carved"]) == (300, 10, ["test", "val"])

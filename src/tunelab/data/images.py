@@ -178,7 +178,6 @@ def images(
         "manifest_digest": manifest.digest,
         "files": manifest.files,
         "classes": len(folder.classes),
-        "class_names": list(folder.classes),
         "carved": carved,
     }
     shape = (channels, *size)
