@@ -393,3 +393,22 @@ def test_data_images_trains_from_disk_through_the_cli(folder, tmp_path):
     profile = json.loads(dataset.dataset.profile)
     assert profile["manifest_digest"] == manifest.digest
     assert (profile["files"], profile["classes"], profile["carved"]) == (300, 10, ["test", "val"])
+
+
+def test_auto_streams_a_set_above_the_memory_limit(folder):
+    assert isinstance(I.images(path=str(folder), memory_limit_mb=0.5), L.StreamedSplits)
+    assert isinstance(I.images(path=str(folder), memory_limit_mb=64), Splits)
+
+
+def test_augmented_streamed_batches_do_not_depend_on_the_worker_count(folder):
+    from tunelab.data.augment import make_augment
+
+    standard = {"name": "standard", "pad": 4, "flip": True, "cutmix_alpha": 1.0}
+    seen = []
+    for workers in (0, 2):
+        data = I.images(path=str(folder), loader="stream", num_workers=workers)
+        aug = make_augment(standard, data.input_shape, data.num_classes, data.norm)
+        batches = L.epoch_batches(data, 64, seed=1, epoch=3, start_batch=1)
+        seen.append([aug(x, y, 1, 3, b) for b, (x, y) in enumerate(batches, start=1)])
+    for (xa, ta), (xb, tb) in zip(*seen, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ta, tb)
