@@ -89,8 +89,7 @@ def epoch_batches(
     it (its permutation, its slices), and the tensors already sit on `device`. Streamed: the
     order comes from (seed, epoch) alone; x arrives standardised float32 on `device`."""
     if isinstance(data, StreamedSplits):
-        yield from _streamed(data, batch_size, seed, epoch, start_batch, drop_last, device)
-        return
+        return _streamed(data, batch_size, seed, epoch, start_batch, drop_last, device)
     x, y = (
         (data["x_train"], data["y_train"])
         if isinstance(data, dict)
@@ -98,10 +97,9 @@ def epoch_batches(
     )
     if generator is None:
         raise ValueError("in-memory batches need the run's generator (its state is the order)")
-    perm = torch.randperm(len(y), generator=generator).to(x.device)
-    for start in list(batch_ranges(len(y), batch_size, drop_last))[start_batch:]:
-        idx = perm[start : start + batch_size]
-        yield x[idx], y[idx]
+    perm = torch.randperm(len(y), generator=generator).to(x.device)  # drawn now, as the step does
+    starts = list(batch_ranges(len(y), batch_size, drop_last))[start_batch:]
+    return ((x[idx], y[idx]) for idx in (perm[s : s + batch_size] for s in starts))
 
 
 def split_batches(
