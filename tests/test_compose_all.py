@@ -52,18 +52,31 @@ def files(tmp_path_factory):
         (cifar / name).write_bytes(pickle.dumps(batch))
     np.savez(root / "arrays.npz", x_train=rng.normal(size=(40, 6)), y_train=rng.integers(0, 3, 40),
              x_test=rng.normal(size=(10, 6)), y_test=rng.integers(0, 3, 10))  # fmt: skip
+    from PIL import Image
+
+    for label in ("a", "b"):  # an ImageFolder: train/<class>/*.png
+        (root / "images" / "train" / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / "train" / label / f"{i}.png")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=SMALL)
     splits = build.build_data(cfg.data)
     model = build.build_model(cfg.model, splits.input_shape, splits.num_classes)
     write_atomic(serialize({"model": model.state_dict()}), root / "backbone.pt")
-    return {"cifar": cifar, "npz": root / "arrays.npz", "ckpt": root / "backbone.pt"}
+    return {
+        "cifar": cifar,
+        "npz": root / "arrays.npz",
+        "ckpt": root / "backbone.pt",
+        "images": root / "images",
+    }
 
 
 def overrides_for(group: str, option: str, files: dict) -> list[str]:
     extra = {
         ("data", "cifar10"): [f"data.path={files['cifar']}"],
         ("data", "npz"): [f"data.path={files['npz']}"],
+        ("data", "images"): [f"data.path={files['images']}"],
     }.get((group, option), [])
     if group == "finetune" and option != "none":
         extra = [f"finetune.init_checkpoint={files['ckpt']}"]
@@ -75,7 +88,7 @@ def overrides_for(group: str, option: str, files: dict) -> list[str]:
 def test_every_option_composes_validates_and_builds(group, option, files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a tracker's store lands here
     cfg = compose_with_hydra(*overrides_for(group, option, files))
-    validate(cfg, load_data=build.build_data)
+    validate(cfg, check_files=build.file_problems)
     build_objects(cfg)
     if group == "finetune" and cfg.finetune.init_checkpoint:
         net = build.build_model(cfg.model, (1, 16), 4)

@@ -53,7 +53,7 @@ def test_groups_have_the_documented_options():
         "plateau",
     }
     assert set(options("model")) == {"logreg", "mlp", "cnn", "resnet"}
-    assert set(options("data")) == {"mnist1d", "digits", "cifar10", "npz", "synthetic"}
+    assert set(options("data")) == {"mnist1d", "digits", "images", "cifar10", "npz", "synthetic"}
 
 
 @pytest.mark.parametrize("model", options("model"))

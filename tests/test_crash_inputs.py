@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import compose_cfg, run_cli
 
-from tunelab.build import build_data
+from tunelab.build import file_problems
 from tunelab.config import ConfigError, validate
 
 
@@ -66,7 +66,9 @@ def test_a_bad_data_file_is_rejected_at_validation(tmp_path, damage, needle):
     path = tmp_path / "bad.npz"
     np.savez(path, **damage(arrays()))
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg("data=npz", f"data.path={path}", "model=mlp"), load_data=build_data)
+        validate(
+            compose_cfg("data=npz", f"data.path={path}", "model=mlp"), check_files=file_problems
+        )
     assert f"data.path='{path}'" in str(err.value) and needle in str(err.value)
 
 
@@ -85,4 +87,4 @@ def test_the_cli_leaves_no_trace_of_a_bad_data_file(tmp_path, damage, needle):
 def test_a_good_data_file_passes(tmp_path):
     path = tmp_path / "good.npz"
     np.savez(path, **arrays())
-    validate(compose_cfg("data=npz", f"data.path={path}", "model=mlp"), load_data=build_data)
+    validate(compose_cfg("data=npz", f"data.path={path}", "model=mlp"), check_files=file_problems)

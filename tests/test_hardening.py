@@ -231,7 +231,7 @@ def test_messages_say_what_a_file_is_not(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
     with pytest.raises(ConfigError, match="not an .npz archive"):
-        validate(compose_cfg("data=npz", f"data.path={text}"), load_data=build.build_data)
+        validate(compose_cfg("data=npz", f"data.path={text}"), check_files=build.file_problems)
     from tunelab.run.checkpoint import CheckpointError, load_safe
 
     with pytest.raises(CheckpointError, match="not a tunelab checkpoint"):

@@ -19,7 +19,8 @@ from tunelab.config import rules as r
 FILE_GROUPS = tuple(g for g in groups.NODE_GROUPS if (CONF / g).is_dir())
 # conf/ directories that are not nodes of a run's config: presets of Hydra's launcher, of the
 # sweepers (search, study) and recipes, which set other groups' keys.
-PRESET_DIRS = ("launcher", "recipe", "search", "study")
+PRESET_DIRS = ("launcher", "preset", "recipe", "search", "study")
+OWN_RULES = ("augment",)  # checked by config/data_rules.py (tests/test_augment.py)
 
 
 def option_files() -> list[tuple[str, Path]]:
@@ -199,7 +200,7 @@ def test_the_fuzz_has_at_least_a_hundred_cases(local_files):
 def test_every_conf_directory_is_a_checked_group_or_a_preset():
     """A new group's directory with no table in config/groups.py would go unchecked."""
     dirs = {p.name for p in CONF.iterdir() if p.is_dir()}
-    assert dirs == {*FILE_GROUPS, *PRESET_DIRS}
+    assert dirs == {*FILE_GROUPS, *PRESET_DIRS, *OWN_RULES}
     assert {"data", "model", "optimizer", "scheduler", "trainer", "diagnose"} <= set(FILE_GROUPS)
 
 

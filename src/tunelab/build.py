@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tunelab.config import targets
+from tunelab.data.images import DataError, scan
 from tunelab.data.splits import Splits
 from tunelab.optim.param_groups import param_groups
 
@@ -101,3 +102,24 @@ def build_schedule_factory(raw: dict[str, Any]) -> Any:
     node = OmegaConf.create(raw)
     _checked(node, "scheduler", targets.SHIPPED)
     return instantiate(node, _partial_=True, _convert_="all", _recursive_=False)
+
+
+def file_problems(cfg: DictConfig) -> list[str]:
+    """The problems of the files behind a config's local data paths, found before any run,
+    directory, lock or study exists: a .npz is loaded to see what it holds; an image folder's
+    layout is scanned (missing, no class folders, an empty class, class sets that differ)."""
+    data = cfg.get("data")
+    target = str(data.get("_target_", "")) if data is not None else ""
+    if target == "tunelab.data.images.images" and data.get("path"):
+        try:
+            scan(data.path)
+        except DataError as exc:
+            return [str(exc)]
+    elif target.endswith(".npz"):
+        try:
+            build_data(data)
+        except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
+            text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            return [first if first.startswith("data.") else f"data.path={data.path!r}: {first}"]
+    return []

@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.build import build_data
+from tunelab.build import file_problems
 from tunelab.config import ConfigError, validate
 from tunelab.config.secrets import mask, mask_file, mask_logs
 from tunelab.config.sweep_check import sweeper_kind, validate_multirun
@@ -91,7 +91,7 @@ def _hydra_mode() -> str | None:
 def _validate_or_exit(config: DictConfig, multirun: bool = False) -> None:
     """Hydra turns a callback's exceptions into warnings; SystemExit is what stops it."""
     try:
-        validate(config, load_data=build_data)
+        validate(config, check_files=file_problems)
         if multirun:
             validate_multirun(config)
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelab.config import data_rules
 from tunelab.config import rules as r
 
 BOOKKEEPING = ("name", "_target_", "_partial_")
@@ -54,7 +55,6 @@ DATA: dict[str, dict[str, r.Check]] = {
         "cache_dir": r.optional_text,
     },
     "tunelab.data.sources.digits": {**DATA_COMMON, "test_fraction": r.OPEN_UNIT},
-    "tunelab.data.sources.cifar10": {**DATA_COMMON, **SUBSET, "path": r.text},
     "tunelab.data.sources.npz": {
         **DATA_COMMON,
         "path": r.text,
@@ -73,6 +73,7 @@ DATA: dict[str, dict[str, r.Check]] = {
         "data_seed": SEED,
     },
     "tunelab.data.sources.prepared": {"path": r.text, "source": r.anything},
+    **data_rules.DATA,  # images and cifar10: config/data_rules.py
 }
 
 BLOCK = {
@@ -297,7 +298,7 @@ OBJECTIVE: dict[str, r.Check] = {
 # Every group whose node validation checks, in the order its problems are listed.
 NODE_GROUPS = (*BY_TARGET, "trainer", "finetune", "diagnose", "objective")
 # Top-level nodes: the groups' and what train.yaml and pipeline.yaml define besides them.
-TOP_NODES = (*NODE_GROUPS, "hydra", "pipeline")
+TOP_NODES = (*NODE_GROUPS, "hydra", "pipeline", "augment")  # augment: config/data_rules.py
 
 
 def settings_of(group: str, node: dict[str, Any]) -> dict[str, r.Check] | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config import groups, targets
+from tunelab.config import data_rules, groups, targets
 from tunelab.config.groups import SCHEDULER_KNOBS
 
 
@@ -34,9 +34,12 @@ def knob_problems(schedule: str, knobs: dict[str, Any]) -> list[tuple[str, Any, 
     return out
 
 
-def validate(cfg: DictConfig, *, load_data: Callable[[DictConfig], Any] | None = None) -> None:
-    """Raise ConfigError listing every problem of cfg; with load_data (`build.build_data`) also
-    load a local .npz data file, once every other key is right, to check what it holds."""
+def validate(
+    cfg: DictConfig, *, check_files: Callable[[DictConfig], list[str]] | None = None
+) -> None:
+    """Raise ConfigError listing every problem of cfg; with check_files (`build.file_problems`)
+    also, once every other key is right, the problems of the files behind its local paths (what
+    a .npz holds, an image folder's layout): config itself reads no data and imports no torch."""
     try:
         own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # noqa: SIM118
         plain = OmegaConf.to_container(own, resolve=True, throw_on_missing=False)
@@ -48,9 +51,10 @@ def validate(cfg: DictConfig, *, load_data: Callable[[DictConfig], Any] | None =
         if isinstance(plain.get(group), dict):
             problems += _group_problems(group, plain[group])
     problems += _cross_problems(plain)
+    problems += data_rules.problems(plain)  # augment node, augmentation vs data
     problems += _path_problems(cfg)
-    if load_data is not None and not problems:
-        problems += _file_problems(cfg, load_data)
+    if check_files is not None and not problems:
+        problems += check_files(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -130,18 +134,4 @@ def _path_problems(cfg: DictConfig) -> list[str]:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None and not Path(str(value)).expanduser().exists():
             out.append(f"{key}={value!r}: no such file or directory")
-    return out
-
-
-def _file_problems(cfg: DictConfig, load_data: Callable[[DictConfig], Any]) -> list[str]:
-    """Files behind local paths must be what their key expects: load them to find out."""
-    out = []
-    data = cfg.get("data")
-    if data is not None and str(data.get("_target_", "")).endswith(".npz"):
-        try:
-            load_data(data)
-        except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
-            text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-            out.append(first if first.startswith("data.") else f"data.path={data.path!r}: {first}")
     return out

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunelab.data.images import stream_arrays
+from tunelab.data.loader import LoaderSettings, StreamedSplits, choose_mode
+from tunelab.data.manifest import build_manifest
 from tunelab.data.splits import Splits, make_splits
 
 
@@ -86,9 +89,20 @@ def digits(
 
 
 def cifar10(
-    *, path: str, val_fraction: float = 0.1, split_seed: int = 0, train_subset: int | None = None
-) -> Splits:
-    """CIFAR-10 from the standard python batches (data_batch_1..5, test_batch) in a local directory."""
+    *,
+    path: str,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    train_subset: int | None = None,
+    loader: str = "auto",
+    memory_limit_mb: float = 1024,
+    num_workers: int = 0,
+    pin_memory: bool = True,
+    persistent_workers: bool = False,
+    prefetch_factor: int = 2,
+) -> Splits | StreamedSplits:
+    """CIFAR-10 from the standard python batches (data_batch_1..5, test_batch) in a local directory:
+    in memory as always, or streamed from compact uint8 arrays (`data.loader`)."""
     root = Path(path).expanduser()
     files = [root / f"data_batch_{i}" for i in range(1, 6)] + [root / "test_batch"]
     missing = [f.name for f in files if not f.exists()]
@@ -98,24 +112,41 @@ def cifar10(
             "Download 'cifar-10-python.tar.gz', extract it and point data.path at the "
             "'cifar-10-batches-py' directory."
         )
+    manifest = build_manifest(root, [f.name for f in files])
     batches = [_unpickle(f) for f in files]
-    x = (
-        np.concatenate([b[b"data"] for b in batches[:5]]).reshape(-1, 3, 32, 32).astype(np.float32)
-        / 255.0
-    )
+    x8 = np.concatenate([b[b"data"] for b in batches[:5]]).reshape(-1, 3, 32, 32)
     y = np.concatenate([b[b"labels"] for b in batches[:5]]).astype(np.int64)
-    x_test = batches[5][b"data"].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    x8_test = batches[5][b"data"].reshape(-1, 3, 32, 32)
     y_test = np.asarray(batches[5][b"labels"], dtype=np.int64)
-    return make_splits(
-        x,
+    provenance = {"manifest_digest": manifest.digest, "files": manifest.files, "classes": 10}
+    n_bytes = (len(y) + len(y_test)) * 3 * 32 * 32 * 4
+    if choose_mode(loader, n_bytes, memory_limit_mb) == "stream":
+        settings = LoaderSettings(num_workers, pin_memory, persistent_workers, prefetch_factor)
+        return stream_arrays(
+            x8,
+            y,
+            x8_test,
+            y_test,
+            name="cifar10",
+            digest=manifest.digest,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            train_subset=train_subset,
+            settings=settings,
+            provenance=provenance,
+        )
+    splits = make_splits(
+        x8.astype(np.float32) / 255.0,
         y,
-        x_test,
+        x8_test.astype(np.float32) / 255.0,
         y_test,
         name="cifar10",
         val_fraction=val_fraction,
         split_seed=split_seed,
         train_subset=train_subset,
     )
+    splits.provenance = provenance
+    return splits
 
 
 class _BatchUnpickler(pickle.Unpickler):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ class Splits:
     num_classes: int
     name: str
     digest: str
+    norm: tuple[float, float] | None = None  # the (mean, std) the inputs were standardised with
+    provenance: dict = field(default_factory=dict)  # manifest digest, file and class counts
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -66,9 +68,11 @@ def make_splits(
     if train_subset:
         train_idx = train_idx[:train_subset]
     x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+    norm = None
     if standardize:
         mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
+        norm = (mean, std)
     num_classes = int(max(y.max(), y_test.max())) + 1
     tensors = [
         torch.as_tensor(np.ascontiguousarray(a))
@@ -76,7 +80,11 @@ def make_splits(
     ]
     tensors = [t.float() if i % 2 == 0 else t.long() for i, t in enumerate(tensors)]
     return Splits(
-        *tensors, num_classes=num_classes, name=name, digest=digest_arrays(x, y, x_test, y_test)
+        *tensors,
+        num_classes=num_classes,
+        name=name,
+        digest=digest_arrays(x, y, x_test, y_test),
+        norm=norm,
     )
 
 

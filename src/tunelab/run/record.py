@@ -84,6 +84,7 @@ def start_run(
             **splits.sizes(),
             "num_classes": splits.num_classes,
             "input_shape": list(splits.input_shape),
+            **splits.provenance,  # an image folder's manifest digest, file and class counts
         },
     )
     tracker.log_dict(resolved, "config.yaml")

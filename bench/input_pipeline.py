@@ -1,0 +1,126 @@
+"""The streaming input path against pre-decoded tensors: one epoch of the default CNN over 32x32
+PNGs read from disk (one DataLoader worker, augment=standard on the device) versus the same
+batches from the same images held in memory, in a minimal training loop (forward, backward, SGD).
+
+Both paths augment alike, so the ratio is what reading and decoding files costs a training epoch;
+the epoch without augmentation is printed beside it, and the loader's images/s alone (decode and
+collate, no model). Epochs of the two paths alternate, so a shared machine's slow phases hit both.
+
+    python bench/input_pipeline.py [--path FOLDER] [--per-class 48] [--epochs 3] [--workers 1]
+
+Without --path, an ImageFolder of scikit-learn's digits at 32x32 RGB PNGs is written to a
+temporary directory (the generator of tests/test_images.py)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tunelab import build  # noqa: E402
+from tunelab.data import images  # noqa: E402
+from tunelab.data.augment import make_augment  # noqa: E402
+from tunelab.data.loader import epoch_batches  # noqa: E402
+
+
+def train_epoch(model, opt, batches, aug, seed: int, epoch: int) -> int:
+    """The minimal step: augment, forward, loss, backward, SGD; returns the examples seen."""
+    model.train()
+    seen = 0
+    for b, (x, y) in enumerate(batches):
+        if aug is not None:
+            x, y = aug(x, y, seed, epoch, b)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(x)
+    return seen
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--path", default=None, help="an ImageFolder (default: generated digits)")
+    p.add_argument("--per-class", type=int, default=48)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.path
+        if path is None:
+            from test_images import write_folder
+
+            path = str(write_folder(Path(tmp) / "digits32", per_class=args.per_class))
+        measure(path, args)
+
+
+def measure(path: str, args: argparse.Namespace) -> None:
+    memory = images.images(path=path, loader="memory")
+    stream = images.images(
+        path=path, loader="stream", num_workers=args.workers, persistent_workers=args.workers > 0
+    )
+    n, bs = len(memory.y_train), args.batch_size
+    cfg = OmegaConf.load(ROOT / "conf/model/cnn.yaml")
+    standard = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/augment/standard.yaml"))
+    shape, k = memory.input_shape, memory.num_classes
+    aug_mem = make_augment(standard, shape, k, memory.norm)
+    aug_str = make_augment(standard, shape, k, stream.norm)
+    print(
+        f"{n} training images {shape}, batch {bs}, torch threads {torch.get_num_threads()}, "
+        f"loader workers {args.workers}"
+    )
+
+    def loader_only() -> float:
+        t0 = time.perf_counter()
+        for _ in epoch_batches(stream, bs, seed=0, epoch=1):
+            pass
+        return time.perf_counter() - t0
+
+    loader_only()  # workers started, files in the page cache
+    t_load = statistics.median(loader_only() for _ in range(3))
+    print(f"loader alone (decode + collate, {args.workers} worker): {n / t_load:,.0f} images/s")
+
+    times: dict[str, list[float]] = {"stream+aug": [], "memory+aug": [], "memory": []}
+    runs = {
+        "stream+aug": lambda g, e: epoch_batches(stream, bs, seed=0, epoch=e),
+        "memory+aug": lambda g, e: epoch_batches(memory, bs, seed=0, epoch=e, generator=g),
+        "memory": lambda g, e: epoch_batches(memory, bs, seed=0, epoch=e, generator=g),
+    }
+    augs = {"stream+aug": aug_str, "memory+aug": aug_mem, "memory": None}
+    state = {}
+    for name in runs:
+        torch.manual_seed(0)
+        model = build.build_model(cfg, shape, k)
+        state[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    for epoch in range(args.epochs + 1):  # epoch 0 warms up each path, not counted
+        for name, batches in runs.items():
+            model, opt = state[name]
+            g = torch.Generator().manual_seed(epoch)
+            t0 = time.perf_counter()
+            train_epoch(model, opt, batches(g, epoch + 1), augs[name], 0, epoch + 1)
+            if epoch:
+                times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in med.items():
+        print(
+            f"epoch {name:<11} {t:7.2f} s  {n / t:8,.0f} images/s  (epochs: "
+            f"{', '.join(f'{v:.2f}' for v in times[name])})"
+        )
+    print(f"ratio stream+aug / memory+aug: {med['stream+aug'] / med['memory+aug']:.3f}")
+    print(f"ratio stream+aug / memory (no augmentation): {med['stream+aug'] / med['memory']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
