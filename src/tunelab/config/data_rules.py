@@ -103,11 +103,3 @@ def problems(plain: dict[str, Any]) -> list[str]:
         problem = fit_problem(node, ("C", "L"))
         out += [f"{problem} (data={data.get('name')})"] if problem else []
     return out
-
-    from tunelab.data.images import DataError, scan
-
-    try:
-        scan(data["path"])
-    except DataError as exc:
-        return [str(exc)]
-    return []
