@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, ROOT, run_cli
+from conftest import FAST, ROOT, reaped, run_cli
 from test_reproduce import env as reproduce_env
 from test_reproduce import repo  # noqa: F401  (this project in a fresh git repository)
 
@@ -184,8 +184,14 @@ def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tm
         "tracking.log_model=false",
         "hydra.sweep.dir=multirun/s",
     ]
-    proc = subprocess.Popen(
-        args, cwd=work, env=reproduce_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    proc = reaped(
+        subprocess.Popen(
+            args,
+            cwd=work,
+            env=reproduce_env(repo),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     )
     seen: set[bytes] = set()
     typed = b""

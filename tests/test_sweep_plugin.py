@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import reaped
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -357,8 +358,8 @@ def test_mlflow_runs_seeds_and_best_overrides_reproduce(app):
 
 def _spawn(app: Path, *overrides: str) -> subprocess.Popen:
     cmd = [sys.executable, "app.py", "-m", *overrides]
-    return subprocess.Popen(
-        cmd, cwd=app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    return reaped(
+        subprocess.Popen(cmd, cwd=app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, free_port, run_cli, wait_for_health
+from conftest import FAST, free_port, reaped, run_cli, wait_for_health
 from optuna.trial import TrialState
 from test_sweep_plugin import app  # noqa: F401  (the toy Hydra app whose objective is known)
 
@@ -46,6 +46,8 @@ def _workers(app_dir: Path, n: int, env: dict, *overrides: str) -> list[str]:
         )  # fmt: skip
         for i in range(n)
     ]
+    for p in procs:
+        reaped(p)
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n=====\n".join(o[-3000:] for o in outs)
     return outs
@@ -196,8 +198,8 @@ def test_the_team_server_with_basic_auth_records_a_training_run(postgres, tmp_pa
            "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "WORKERS": "1"}  # fmt: skip
     log = tmp_path / "server.log"
     with log.open("w") as out:
-        server = subprocess.Popen(["bash", str(DEPLOY)], env=env, cwd=tmp_path, stdout=out,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+        server = reaped(subprocess.Popen(["bash", str(DEPLOY)], env=env, cwd=tmp_path,
+                                         stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
 
@@ -269,11 +271,11 @@ def test_a_tracking_server_that_goes_away_fails_trials_and_the_sweep_resumes(app
 
     def serve() -> subprocess.Popen:
         with log.open("a") as out:
-            server = subprocess.Popen(
+            server = reaped(subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                  str(port), "--backend-store-uri", backend, "--workers", "1"],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **QUIET},
-            )  # fmt: skip
+            ))  # fmt: skip
         wait_for_health(server, url, log)
         return server
 
@@ -285,8 +287,8 @@ def test_a_tracking_server_that_goes_away_fails_trials_and_the_sweep_resumes(app
            "hydra.sweeper.figures=false", "hydra.sweeper.max_failure_rate=0.2",
            "hydra.sweeper.max_retries=3", "experiment=away"]  # fmt: skip
     server = serve()
-    worker = subprocess.Popen(cmd, cwd=app, env=env, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    worker = reaped(subprocess.Popen(cmd, cwd=app, env=env, text=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT))  # fmt: skip
     deadline = time.monotonic() + 120
     while True:  # two trials done, then the server goes away
         try:
@@ -338,9 +340,9 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_by_the_heartbeat(
            "hydra.sweeper.figures=false", "hydra.sweeper.heartbeat_interval_s=1",
            "hydra.sweeper.grace_period_s=3", "experiment=killed"]  # fmt: skip
     # two machines: the survivor cannot see the victim's process, only its heartbeat stop
-    workers = [subprocess.Popen([*cmd, f"hydra.sweep.dir=multirun/k{i}"], cwd=app,
+    workers = [reaped(subprocess.Popen([*cmd, f"hydra.sweep.dir=multirun/k{i}"], cwd=app,
                                 env={**env, "TUNELAB_HOST": f"machine-{i}"}, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
                for i in range(2)]  # fmt: skip
     victim, survivor = workers
     deadline, killed = time.monotonic() + 120, None
