@@ -78,9 +78,37 @@ def test_golden_section_converges_on_unimodal_function():
     assert abs(math.log10(study.best_params["lr"]) + 2) < 0.05
 
 
-@pytest.mark.parametrize("name", ["grid", "random", "qmc", "tpe", "gp", "cmaes", "nsgaii", "line"])
-def test_every_sampler_builds(name):
-    assert make_sampler({"name": name}, 0, {"x": [1, 2]}) is not None
+SAMPLER_CLASSES = {
+    "grid": "_Grid",
+    "random": "RandomSampler",
+    "qmc": "QMCSampler",
+    "tpe": "TPESampler",
+    "gp": "GPSampler",
+    "cmaes": "CmaEsSampler",
+    "nsgaii": "NSGAIISampler",
+    "line": "GoldenSectionSampler",
+    "bruteforce": "BruteForceSampler",
+}
+PRUNER_CLASSES = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "wilcoxon": "WilcoxonPruner",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_CLASSES))
+def test_every_sampler_name_builds_its_sampler(name):
+    assert type(make_sampler({"name": name}, 0, {"x": [1, 2]})).__name__ == SAMPLER_CLASSES[name]
+
+
+@pytest.mark.parametrize("name", sorted(PRUNER_CLASSES))
+def test_every_pruner_name_builds_its_pruner(name):
+    kwargs = {"percentile": {"percentile": 25.0}}.get(name, {})
+    pruner = make_pruner({"name": name, "kwargs": kwargs})
+    assert type(pruner).__name__ == PRUNER_CLASSES[name]
 
 
 def test_unknown_names_fail_clearly():
