@@ -74,7 +74,9 @@ def kill_at_random_epoch(proc, rng: random.Random, last: int, cwd: Path, every: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("every", [1, 2])
-def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, mlflow_schema, every):
+def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(
+    tmp_path, mlflow_schema, every, session_seed
+):
     """every=2 also kills after epochs that were logged but not checkpointed: replayed, not duplicated."""
     import shutil
 
@@ -85,7 +87,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bit_identical(tmp_path, mlflow_s
     args = [*ARGS, f"trainer.checkpoint_every_epochs={every}"]
     reference = start_cli(*args, cwd=ref_dir)
     victim = start_cli(*args, cwd=crash_dir)
-    rng = random.Random()
+    rng = random.Random(session_seed + every)  # the seed is printed with a failure
     killed_after = kill_at_random_epoch(victim, rng, last=EPOCHS // 2, cwd=crash_dir, every=every)
     (dead,) = mlflow_runs(crash_dir)
     assert dead.info.status == "RUNNING"  # SIGKILL leaves no chance to clean up

@@ -407,7 +407,7 @@ def test_a_difference_within_the_seed_spread_passes_only_where_the_environment_d
 
 def test_a_run_of_a_commit_whose_jobs_report_no_run_id_still_reproduces(rec):
     """Commits from before metrics.json held run_id: the run carrying the reproduction's key."""
-    cli = rec.repo / "src" / "tunelab" / "cli.py"
+    cli = rec.repo / "src" / "tunelab" / "hydra_job.py"
     today = cli.read_text()
     written = 'written = {"run_id": result.run_id, **result.metrics}'
     assert written in today
