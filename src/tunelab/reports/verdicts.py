@@ -298,20 +298,3 @@ def _signed(x: float) -> str:
 
 def _p(p: float) -> str:
     return "–" if not math.isfinite(p) else (f"{p:.2f}" if p >= 0.01 else f"{p:.1g}")
-
-
-def null_rate(
-    k: int, n: int, studies: int, step: float, sd: float, alpha: float = 0.05, seed: int = 0
-) -> float:
-    """Share of simulated studies with no true difference in which any pair is resolved: the
-    verdict code's false-verdict rate (values quantised to `step`, like accuracy on 1/step
-    examples)."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(0.9, 0.02, size=(studies, 1, n))  # shared per seed: pairing
-    x = np.round((base + rng.normal(0, sd, size=(studies, k, n))) / step) * step
-    pairs = list(itertools.combinations(range(k), 2))
-    d = np.stack([x[:, i] - x[:, j] for i, j in pairs], axis=1)  # (S, m, n)
-    flat = d.reshape(-1, n)
-    p, exact = paired_p(flat, step)
-    p = p.reshape(studies, len(pairs))
-    return float((np.minimum(1.0, p * len(pairs)) <= alpha).any(axis=1).mean())
