@@ -21,6 +21,9 @@ from conftest import NO_TELEMETRY, free_port, reaped, wait_for_health
 
 from tunelab.localpg import LocalPostgres
 
+# the PostgreSQL cluster and the MLflow server (session fixtures) start on one worker only
+pytestmark = pytest.mark.xdist_group("postgres")
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ROLES = {"mlflow": "Mlflow-Db-Pass-2718", "tunelab_worker": "Worker:Db\\Pass-1618"}
 

@@ -157,6 +157,7 @@ def _children(root: int) -> dict[int, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("postgres")
 def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tmp_path):  # noqa: F811
     """A sweep whose study database and MLflow store are PostgreSQL URLs with the password typed
     on the command line, from a tree with an uncommitted password: the password is in no file
