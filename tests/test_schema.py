@@ -206,3 +206,46 @@ def test_the_fuzz_is_refused_cleanly(group, local_files, tmp_path, monkeypatch):
 def test_the_fuzz_has_at_least_a_hundred_cases(local_files):
     n = len(TOP_CASES) + sum(len(fuzz_cases(g, local_files)) for g in FILE_GROUPS)
     assert n >= 100, n
+
+
+PROBE = """
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from tunelab.command_line import check
+from tunelab.config.schema import ConfigError, validate
+
+conf = sys.argv[1]
+assert check(["trainer.max_epoch=2"], Path(conf))[0]  # a misspelt key, answered
+with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    validate(compose("train"))  # the default config: valid, its data checked
+    try:
+        validate(compose("train", overrides=["optimizer.lr=-1", "trainer.batch_size=0"]))
+    except ConfigError as exc:
+        assert "optimizer.lr" in str(exc) and "trainer.batch_size" in str(exc), exc
+    else:
+        raise AssertionError("not refused")
+for module in sys.argv[2:]:
+    __import__(module)
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_validation_imports_no_torch():
+    """README: every key is checked before anything runs, with no torch import. A fresh
+    interpreter checks a command line, a valid config and a refused one, and has not imported
+    torch; the control imports a module that does, and the probe sees it."""
+    import ast
+    import subprocess
+    import sys
+
+    def probe(*modules: str) -> list[str]:
+        cmd = [sys.executable, "-c", PROBE, str(CONF), *modules]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+
+    assert probe() == []
+    assert "torch" in probe("tunelab.run.loop")  # the control
