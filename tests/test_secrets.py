@@ -231,6 +231,22 @@ def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tm
         text = Path(client.download_artifacts(record.info.run_id, name, str(tmp_path))).read_text()
         assert "***" in text and secret not in text, name
 
+    def artifacts(run_id: str, path: str | None = None) -> list[str]:
+        found = []
+        for a in client.list_artifacts(run_id, path):
+            found += artifacts(run_id, a.path) if a.is_dir else [a.path]
+        return found
+
+    stored = 0
+    for run in runs:  # every artifact of every run: the sweep's reports, each job's records
+        where = tmp_path / "artifacts" / run.info.run_id
+        where.mkdir(parents=True)
+        for path in artifacts(run.info.run_id):
+            local = Path(client.download_artifacts(run.info.run_id, path, str(where)))
+            assert secret.encode() not in local.read_bytes(), (run.data.tags.get("role"), path)
+            stored += 1
+    assert stored >= 10, stored  # the records were there to be read
+
     # the jobs (joblib workers) reached the study through the masked context: they reported
     study = optuna.load_study(study_name=context["study_name"], storage=storage)
     assert all(t.intermediate_values for t in study.trials), study.trials
