@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +47,93 @@ def compose_cfg(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
+# What a developer's shell may export that would send a test's runs or studies elsewhere (a team's
+# server, say), log in to it, or hand a test a context it did not set.
+AMBIENT = (
+    "TUNELAB_",
+    "MLFLOW_",
+    "OPTUNA_",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "DATABASE_URL",
+)
+SEED_VARIABLE = "TUNELAB_TEST_SEED"
+TEST_SETTINGS = ("TUNELAB_TEST_", "TUNELAB_CHROMIUM")  # the suite's own: kept
+
+
+def pytest_configure(config) -> None:
+    """One seed per session, from $TUNELAB_TEST_SEED or drawn, handed to xdist's workers."""
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        config.test_seed = int(worker["test_seed"])
+    else:
+        drawn = random.SystemRandom().randrange(2**31)
+        config.test_seed = int(os.environ.get(SEED_VARIABLE) or drawn)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist: every worker draws from the controller's seed."""
+    node.workerinput["test_seed"] = node.config.test_seed
+
+
+def pytest_report_header(config) -> str:
+    return f"test seed: {config.test_seed} (replay: {SEED_VARIABLE}={config.test_seed} pytest ...)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        seed = item.config.test_seed
+        report.sections.append(("test seed", f"{SEED_VARIABLE}={seed} replays this run's draws"))
+    return report
+
+
+@pytest.fixture
+def session_seed(request) -> int:
+    """This session's seed (in the header and with every failure): for a test's random draws."""
+    return request.config.test_seed
+
+
 @pytest.fixture(autouse=True)
-def _no_ambient_store(monkeypatch):
-    """Tests never write to a store the environment names (a team's server, say)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def _no_ambient_settings(monkeypatch):
+    """Tests never write to a store or study the environment names, nor log in with its
+    credentials: every tunelab, MLflow, Optuna and libpq variable is cleared."""
+    for name in list(os.environ):
+        if name.startswith(AMBIENT) and not name.startswith(TEST_SETTINGS):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def reaped(proc: subprocess.Popen) -> subprocess.Popen:
+    """proc, killed with everything it started if it is still running when the test ends (a failed
+    assertion included), so no training, server or sweep outlives its test."""
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    import psutil
+
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is not None:
+            continue
+        try:
+            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -123,6 +208,7 @@ def start_cli(*args: str, cwd: Path, env: dict | None = None, **popen: object):
         text=True,
         **popen,
     )
+    reaped(proc)
     proc.lines, proc.output = queue.Queue(), []
 
     def pump() -> None:

@@ -34,10 +34,9 @@ def test_bad_input_fails_fast_with_a_clear_message_and_no_side_effects(tmp_path,
     assert proc.returncode != 0
     for needle in needles:
         assert needle in proc.stderr + proc.stdout, (needle, proc.stderr[-2000:])
-    leftovers = {p.name for p in tmp_path.iterdir()}
-    assert not leftovers & {"outputs", "multirun", "mlruns", "checkpoints"}, leftovers
-    if (tmp_path / "mlflow.db").exists():
-        assert _runs(tmp_path) == []
+    assert (
+        list(tmp_path.iterdir()) == []
+    )  # no outputs/, multirun/, mlruns/, checkpoints/ or mlflow.db
 
 
 def test_single_run_prints_where_to_look(tmp_path):
@@ -92,7 +91,7 @@ def test_multirun_puts_jobs_under_one_parent(tmp_path, launcher):
         assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
 
 
-def test_epochs_count_from_one_in_the_log_the_metrics_and_the_tags(tmp_path):
+def test_epochs_count_from_one_in_the_log_the_metrics_and_best_epoch(tmp_path):
     proc = run_cli(*FAST, "trainer.max_epochs=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr

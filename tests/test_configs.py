@@ -105,7 +105,7 @@ def test_every_optimizer_trains_a_few_steps(optimizer, small_1d):
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses))
-    assert losses[-1] < losses[0] * 1.5
+    assert min(losses[1:]) < losses[0]  # a step lowered the loss
 
 
 def test_bias_and_norm_parameters_skip_weight_decay():
@@ -191,8 +191,10 @@ def test_cifar10_names_the_expected_path(tmp_path):
         build.build_data(compose_cfg("data=cifar10", f"data.path={tmp_path}").data)
 
 
-def test_mnist1d_is_the_official_split():
-    splits = build.build_data(compose_cfg().data)
+def test_mnist1d_is_the_official_split(tmp_path):
+    splits = build.build_data(
+        compose_cfg(f"data.cache_dir={tmp_path}").data
+    )  # not the repo's data/
     assert splits.sizes() == {"train": 3600, "val": 400, "test": 1000}
     assert splits.input_shape == (1, 40) and splits.num_classes == 10
 

@@ -31,8 +31,9 @@ def test_context_round_trips_through_the_environment():
 
 def test_derive_merges_tags_and_export_restores_the_outer_context(monkeypatch):
     outer = RunContext(tags={"dvc_stage": "tune"})
-    for key in outer.to_env():
-        monkeypatch.delenv(key, raising=False)
+    for key in outer.to_env():  # whatever export() leaves, monkeypatch takes back after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     restore_outer = outer.export()
     inner = RunContext.from_env().derive(parent_run_id="p", tags={"role": "seed"})
     assert dict(inner.tags) == {"dvc_stage": "tune", "role": "seed"}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import reaped
 
 from tunelab.tuning.study_storage import make_storage
 
@@ -27,10 +28,10 @@ def _studies(target: str, cwd: Path) -> list[str]:
     """Start the dashboard on `target` (a journal path or a storage URL) and list its studies."""
     port = _free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
-    proc = subprocess.Popen(
+    proc = reaped(subprocess.Popen(
         [str(exe), target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    ))  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

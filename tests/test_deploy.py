@@ -17,9 +17,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from conftest import NO_TELEMETRY, free_port, wait_for_health
+from conftest import NO_TELEMETRY, free_port, reaped, wait_for_health
 
 from tunelab.localpg import LocalPostgres
+
+# the PostgreSQL cluster and the MLflow server (session fixtures) start on one worker only
+pytestmark = pytest.mark.xdist_group("postgres")
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ROLES = {"mlflow": "Mlflow-Db-Pass-2718", "tunelab_worker": "Worker:Db\\Pass-1618"}
@@ -204,12 +207,14 @@ def test_the_team_server_speaks_https_and_no_secret_is_on_a_command_line(
     }
     log = tmp_path / "server.log"
     with log.open("w") as out:
-        server = subprocess.Popen(
-            ["bash", str(DEPLOY / "team-server.sh")],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        server = reaped(
+            subprocess.Popen(
+                ["bash", str(DEPLOY / "team-server.sh")],
+                env=env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         )
     base = f"https://127.0.0.1:{port}"
     search = "/api/2.0/mlflow/experiments/search?max_results=5"
@@ -282,14 +287,16 @@ def test_the_team_server_refuses_to_serve_the_network_without_tls(tmp_path):
 def start_ui(cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     """`tunelab ui` as a user starts it from a terminal (a suite started in the background
     inherits SIGINT ignored), its output readable line by line."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tunelab", "ui"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    return reaped(
+        subprocess.Popen(
+            [sys.executable, "-m", "tunelab", "ui"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     )
 
 

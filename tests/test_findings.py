@@ -17,6 +17,8 @@ from tunelab.findings import spec as findings_spec
 from tunelab.findings.spec import Check, SpecError
 from tunelab.findings.verdict import judge
 
+pytestmark = pytest.mark.xdist_group("findings")  # the reduced findings run: built once
+
 ROOT = Path(__file__).resolve().parents[1]
 CLAIMS = ROOT / "docs" / "findings" / "claims.yaml"
 RUN_ID = re.compile(r"`([0-9a-f]{32})`")

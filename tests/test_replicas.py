@@ -138,7 +138,7 @@ def test_replicas_match_api_runs_over_ten_epochs_in_float32(tmp_path, monkeypatc
     assert len(set(epochs)) > 1 and min(epochs) < 10  # some stopped early, not all together
     tests = []
     for run, rep in zip(runs, reps, strict=True):
-        assert rep.status == "FINISHED" and rep.state.stopped_early or rep.state.epoch == 10
+        assert rep.status == "FINISHED" and (rep.state.stopped_early or rep.state.epoch == 10)
         assert rep.state.epoch == run.metrics["epochs_run"]
         assert rep.state.best_epoch == run.metrics["best_epoch"]
         for key in ("train/loss", "val/loss"):

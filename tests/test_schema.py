@@ -135,10 +135,15 @@ TOP_CASES = [
 ]  # fmt: skip
 
 
+CRASH = "not a refusal: "
+
+
 def run_in_process(overrides: list[str]) -> str:
     """`python src/train.py OVERRIDES` inside this process; the error text it exits with."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
 
     from tunelab.hydra_job import job
 
@@ -151,8 +156,10 @@ def run_in_process(overrides: list[str]) -> str:
             )  # fmt: skip
         except SystemExit as exc:
             return str(exc.code)
-        except Exception as exc:  # Hydra's own refusals (e.g. an unknown group option)
-            return f"{type(exc).__name__}: {exc}"
+        except (HydraException, OmegaConfBaseException, MissingConfigException) as exc:
+            return f"{type(exc).__name__}: {exc}"  # Hydra's own refusals (an unknown option)
+        except Exception as exc:  # a crash, whatever its message names
+            return f"{CRASH}{type(exc).__name__}: {exc}"
     return ""
 
 
@@ -186,7 +193,7 @@ def test_the_fuzz_is_refused_cleanly(group, local_files, tmp_path, monkeypatch):
     unclear = []
     for overrides, key in cases:
         message = run_in_process(overrides)
-        if not message or key not in message:
+        if not message or key not in message or message.startswith(CRASH):
             unclear.append((overrides, message[:300]))
     assert not unclear, f"{len(unclear)} of {len(cases)} not refused by key: {unclear[:5]}"
     assert os.listdir(tmp_path) == []  # no outputs/, multirun/, lock, mlflow.db, journal
@@ -210,3 +217,46 @@ def test_every_diagnostic_has_a_settings_table_and_an_option():
 
     shipped = {p.stem for p in (CONF / "diagnose").glob("*.yaml")}
     assert set(groups.DIAGNOSE) == set(DIAGNOSTICS) == shipped
+
+
+PROBE = """
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from tunelab.command_line import check
+from tunelab.config.schema import ConfigError, validate
+
+conf = sys.argv[1]
+assert check(["trainer.max_epoch=2"], Path(conf))[0]  # a misspelt key, answered
+with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    validate(compose("train"))  # the default config: valid, its data checked
+    try:
+        validate(compose("train", overrides=["optimizer.lr=-1", "trainer.batch_size=0"]))
+    except ConfigError as exc:
+        assert "optimizer.lr" in str(exc) and "trainer.batch_size" in str(exc), exc
+    else:
+        raise AssertionError("not refused")
+for module in sys.argv[2:]:
+    __import__(module)
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_validation_imports_no_torch():
+    """README: every key is checked before anything runs, with no torch import. A fresh
+    interpreter checks a command line, a valid config and a refused one, and has not imported
+    torch; the control imports a module that does, and the probe sees it."""
+    import ast
+    import subprocess
+    import sys
+
+    def probe(*modules: str) -> list[str]:
+        cmd = [sys.executable, "-c", PROBE, str(CONF), *modules]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+
+    assert probe() == []
+    assert "torch" in probe("tunelab.run.loop")  # the control

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, ROOT, run_cli
+from conftest import FAST, ROOT, reaped, run_cli
 from test_reproduce import env as reproduce_env
 from test_reproduce import repo  # noqa: F401  (this project in a fresh git repository)
 
@@ -157,6 +157,7 @@ def _children(root: int) -> dict[int, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("postgres")
 def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tmp_path):  # noqa: F811
     """A sweep whose study database and MLflow store are PostgreSQL URLs with the password typed
     on the command line, from a tree with an uncommitted password: the password is in no file
@@ -184,8 +185,14 @@ def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tm
         "tracking.log_model=false",
         "hydra.sweep.dir=multirun/s",
     ]
-    proc = subprocess.Popen(
-        args, cwd=work, env=reproduce_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    proc = reaped(
+        subprocess.Popen(
+            args,
+            cwd=work,
+            env=reproduce_env(repo),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     )
     seen: set[bytes] = set()
     typed = b""
@@ -223,6 +230,22 @@ def test_a_password_typed_on_the_command_line_leaves_no_trace(repo, postgres, tm
     for name in ("config.yaml", "overrides.yaml", "git.diff"):
         text = Path(client.download_artifacts(record.info.run_id, name, str(tmp_path))).read_text()
         assert "***" in text and secret not in text, name
+
+    def artifacts(run_id: str, path: str | None = None) -> list[str]:
+        found = []
+        for a in client.list_artifacts(run_id, path):
+            found += artifacts(run_id, a.path) if a.is_dir else [a.path]
+        return found
+
+    stored = 0
+    for run in runs:  # every artifact of every run: the sweep's reports, each job's records
+        where = tmp_path / "artifacts" / run.info.run_id
+        where.mkdir(parents=True)
+        for path in artifacts(run.info.run_id):
+            local = Path(client.download_artifacts(run.info.run_id, path, str(where)))
+            assert secret.encode() not in local.read_bytes(), (run.data.tags.get("role"), path)
+            stored += 1
+    assert stored >= 10, stored  # the records were there to be read
 
     # the jobs (joblib workers) reached the study through the masked context: they reported
     study = optuna.load_study(study_name=context["study_name"], storage=storage)

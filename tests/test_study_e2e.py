@@ -184,3 +184,57 @@ def test_sigterm_during_a_confirmation_stops_the_study_and_resume_reruns_that_se
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((workdir / "resumed" / "study" / "summary.json").read_text())
     assert all(c["stats"]["val/acc"]["n"] == 2 for c in summary["cells"])
+
+
+SAME_SPACE = """# @package _global_
+defaults:
+  - override /data: synthetic
+  - override /model: mlp
+  - override /scheduler: constant
+  - override /hydra/sweeper: tunelab_study
+model: {width: 16}
+trainer: {max_epochs: 1, batch_size: 64}
+hydra:
+  sweeper:
+    study_name: same
+    experiment: same
+    goal: Does a little weight decay matter?
+    scientific: {name: optimizer.weight_decay, values: [0.0, 1.0e-4]}
+    nuisance:
+      common: {optimizer.lr: 'tag(log, interval(1.0e-3, 1.0e-1))'}
+    n_trials: 2
+    seeds: 2
+    vary_split: VARY
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vary_split", [True, False])
+def test_cells_with_one_space_try_the_same_points_and_vary_split_draws_a_split_per_seed(
+    workdir, vary_split
+):
+    """README: cells with the same nuisance space get the same quasi-random points (no sampler
+    seed given); with vary_split each confirmation seed trains on its own split, data.split_seed =
+    the seed, the same in every cell; without, every seed on the config's split."""
+    conf = workdir / "extra_conf" / "study"
+    conf.mkdir(parents=True)
+    (conf / "same.yaml").write_text(SAME_SPACE.replace("VARY", str(vary_split).lower()))
+    args = ["-m", "study=same", f"hydra.searchpath=[file://{workdir / 'extra_conf'}]"]
+    proc = run_cli(*args, "hydra.sweep.dir=same", cwd=workdir, env=NO_MODEL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs: dict[str, list] = {}
+    for r in mlflow_runs(workdir, "same"):
+        runs.setdefault(r.data.tags.get("role"), []).append(r)
+    points: dict[str, list] = {}
+    for r in sorted(runs["trial"], key=lambda r: int(r.data.tags["trial"])):
+        points.setdefault(r.data.tags["cell"], []).append(r.data.params["optimizer.lr"])
+    assert len(points) == 2 and all(len(p) == 2 for p in points.values()), points
+    first, second = points.values()
+    assert first == second and first[0] != first[1], points  # the same two points, in order
+    splits = {
+        (r.data.tags["cell"], r.data.tags["seed"]): r.data.params["data.split_seed"]
+        for r in runs["confirm"]
+    }
+    assert len(splits) == 4, splits
+    for (_, seed), split in splits.items():
+        assert split == (seed if vary_split else "0"), splits

@@ -106,3 +106,38 @@ def test_every_preset_composes_and_searches_existing_keys(preset):
             branch = [f"{p.condition[0]}={p.condition[1]}"] if p.condition else []
             job = compose("train", overrides=[f"search={preset}", *branch]) if branch else cfg
             assert OmegaConf.select(job, p.name) is not None, f"{preset}: no key {p.name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_pruned_trial_is_pruned_in_the_study_and_tagged_in_mlflow(tmp_path, launcher):
+    """A learning rate that learns nothing, tried after two that learn (grid order, seed 5):
+    median pruning stops it, with either launcher; its study trial is PRUNED and its run KILLED
+    with pruned=true and the epoch."""
+    jobs = ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"] if launcher == "joblib" else []
+    out = _train(
+        tmp_path, "-m", "search=grid", *TINY, "trainer.max_epochs=4", "optimizer=adam",
+        "optimizer.lr=choice(3.0e-3, 2.0e-3, 1.0e-6)", "optimizer.weight_decay=0.0",
+        "scheduler=constant", "hydra.sweeper.sampler.seed=5", "hydra.sweeper.pruner.name=median",
+        "++hydra.sweeper.pruner.kwargs.n_startup_trials=1", "hydra.sweeper.study_name=pr",
+        "tracking.log_model=false", *jobs,
+    )  # fmt: skip
+    trials = {t.params["optimizer.lr"]: t for t in _study(tmp_path, "pr").trials}
+    assert trials[1e-6].number == 2 and trials[1e-6].state == TrialState.PRUNED, out[-3000:]
+    # the other two may prune each other (median of one finished trial), never fail
+    pruned = {lr for lr, t in trials.items() if t.state == TrialState.PRUNED}
+    assert {t.state for t in trials.values()} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert f"{3 - len(pruned)} complete, {len(pruned)} pruned, 0 failed" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tunelab")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    tagged = [r for r in runs if r.data.tags.get("pruned") == "true"]
+    assert {float(r.data.params["optimizer.lr"]) for r in tagged} == pruned, out[-3000:]
+    assert all(r.info.status == "KILLED" for r in tagged)
+    seeds = [r for r in tagged if r.data.tags.get("role") == "seed"]  # the runs that trained
+    assert len(seeds) == len(pruned), [r.data.tags.get("role") for r in tagged]
+    assert {int(r.data.tags["pruned_at_epoch"]) for r in seeds} <= {1, 2, 3}  # before the last
+    others = [(r.data.tags.get("role"), r.info.status) for r in runs if r not in tagged]
+    assert all(status == "FINISHED" for _, status in others), others

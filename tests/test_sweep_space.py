@@ -81,15 +81,37 @@ def test_golden_section_converges_on_unimodal_function():
     assert abs(math.log10(study.best_params["lr"]) + 2) < 0.05
 
 
+SAMPLER_CLASSES = {
+    "grid": "_Grid",
+    "random": "RandomSampler",
+    "qmc": "QMCSampler",
+    "tpe": "TPESampler",
+    "gp": "GPSampler",
+    "cmaes": "CmaEsSampler",
+    "nsgaii": "NSGAIISampler",
+    "line": "GoldenSectionSampler",
+    "bruteforce": "BruteForceSampler",
+}
+PRUNER_CLASSES = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "wilcoxon": "WilcoxonPruner",
+}
+
+
 @pytest.mark.parametrize("name", sorted(search_methods.SAMPLERS))
-def test_every_sampler_builds(name):
-    assert make_sampler({"name": name}, 0, {"x": [1, 2]}) is not None
+def test_every_sampler_name_builds_its_sampler(name):
+    assert type(make_sampler({"name": name}, 0, {"x": [1, 2]})).__name__ == SAMPLER_CLASSES[name]
 
 
 @pytest.mark.parametrize("name", sorted(search_methods.PRUNERS))
-def test_every_pruner_builds(name):
-    kwargs = {"percentile": 25.0} if name == "percentile" else {}  # its one required argument
-    assert make_pruner({"name": name, "kwargs": kwargs}) is not None
+def test_every_pruner_name_builds_its_pruner(name):
+    kwargs = {"percentile": {"percentile": 25.0}}.get(name, {})
+    pruner = make_pruner({"name": name, "kwargs": kwargs})
+    assert type(pruner).__name__ == PRUNER_CLASSES[name]
 
 
 def test_validation_takes_sampler_names_from_the_registry(monkeypatch):

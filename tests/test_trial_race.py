@@ -83,6 +83,7 @@ def _age_heartbeat(url: str, tid: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("retry_taken", [False, True], ids=["retry-waits", "retry-taken"])
+@pytest.mark.xdist_group("postgres")
 def test_a_result_that_arrives_after_a_stale_heartbeat_failure_is_recorded_once(
     app,  # noqa: F811
     postgres,
@@ -216,6 +217,7 @@ def test_a_heartbeat_that_cannot_be_recorded_is_logged_without_the_password(capl
     assert "TopSecret42" not in caplog.text
 
 
+@pytest.mark.xdist_group("postgres")
 def test_the_grace_period_is_three_intervals_by_default_and_never_less(postgres):
     url = postgres.url("grace")
     assert make_storage(url, heartbeat_interval_s=5).grace_period == 15

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import ROOT, TRAIN, free_port, wait_for_health
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ui_store")]  # one worker builds it
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -90,14 +90,23 @@ def _server(store: Path, *app: str):
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """An MLflow server (tunelab's app) on a store made by a multirun and a small sweep, and the
-    links the multirun printed."""
+    """An MLflow server (tunelab's app) on a store made by a multirun and a small sweep (an MLP on
+    the synthetic data), no models logged, and the links the multirun printed."""
     exe = _chromium()
     store = tmp_path_factory.mktemp("ui_store")
-    printed = _train(store, MULTIRUN, "trainer.max_epochs=2", "data=synthetic",
-                     "tracking.log_model=false")  # fmt: skip
-    _train(store, "search=random", "hydra.sweeper.n_trials=3", "trainer.max_epochs=2",
-           "data=synthetic", "hydra.sweeper.study_name=lr-sweep")  # fmt: skip
+    # no UI test opens a model; the multirun, whose val/acc curves the link tests read, trains
+    # the default model as before
+    small = ["trainer.max_epochs=2", "data=synthetic", "tracking.log_model=false"]
+    printed = _train(store, MULTIRUN, *small)
+    _train(
+        store,
+        "search=random",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.study_name=lr-sweep",
+        "model=mlp",
+        "model.width=16",
+        *small,
+    )
     with _server(store, "--app-name", "tunelab") as url:
         yield SimpleNamespace(url=url, exe=exe, store=store, links=_links(printed))
 

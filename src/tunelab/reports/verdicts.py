@@ -267,20 +267,3 @@ def _pooled(spreads: list[tuple[float, int]]) -> float:
     """Pooled paired SD (weighted by degrees of freedom)."""
     dof = sum(n - 1 for _, n in spreads)
     return math.sqrt(sum((n - 1) * s * s for s, n in spreads) / dof) if dof else math.nan
-
-
-def null_rate(
-    k: int, n: int, studies: int, step: float, sd: float, alpha: float = 0.05, seed: int = 0
-) -> float:
-    """Share of simulated studies with no true difference in which any pair is resolved: the
-    verdict code's false-verdict rate (values quantised to `step`, like accuracy on 1/step
-    examples)."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(0.9, 0.02, size=(studies, 1, n))  # shared per seed: pairing
-    x = np.round((base + rng.normal(0, sd, size=(studies, k, n))) / step) * step
-    pairs = list(itertools.combinations(range(k), 2))
-    d = np.stack([x[:, i] - x[:, j] for i, j in pairs], axis=1)  # (S, m, n)
-    flat = d.reshape(-1, n)
-    p, exact = paired_p(flat, step)
-    p = p.reshape(studies, len(pairs))
-    return float((np.minimum(1.0, p * len(pairs)) <= alpha).any(axis=1).mean())
