@@ -16,20 +16,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import groups, targets
-from tunelab.config.groups import SCHEDULER_KNOBS
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says which, why and what is allowed."""
-
-
-def knob_problems(schedule: str, knobs: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    """(key, value, allowed) for every bad knob of `schedule` present in `knobs`."""
-    out = []
-    for key, check in {**SCHEDULER_KNOBS["warmup"], **SCHEDULER_KNOBS.get(schedule, {})}.items():
-        if key in knobs and (allowed := check(knobs[key])) is not None:
-            out.append((key, knobs[key], allowed))
-    return out
 
 
 def validate(cfg: DictConfig, *, check_data: bool = True) -> None:

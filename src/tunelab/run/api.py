@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 from tunelab import build, startup
 from tunelab.config import validate
 from tunelab.diagnostics import command as diagnostics
-from tunelab.optim.lr_schedule import build_training
 from tunelab.run import signals
 from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.context import RunContext, RunResult
@@ -63,7 +62,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
     model.to(device)
     data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
     lr_mult = float(ft.get("backbone_lr_mult", 1.0))
-    optimizer, schedule = build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
+    optimizer, schedule = build.build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     autocast = autocast_for(cfg.trainer, device)
     store = RunStore.for_config(cfg)

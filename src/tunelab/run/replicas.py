@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, vmap
 
-from tunelab.optim.lr_schedule import build_training, steps_per_epoch
+from tunelab.build import build_training
+from tunelab.optim.lr_schedule import steps_per_epoch
 from tunelab.run.loop import DivergedError, Objective, TrainState, _update_early_stopping
 from tunelab.run.replica_rules import can_batch, config_reason
 
