@@ -3,4 +3,5 @@ a test in tests/test_compat.py that fails when a release changes it:
 
 - `hydra_internals`: Hydra's config loader, override dirname and launcher classes (the in-process
   launcher and the joblib launcher's job count).
+- `torch_internals`: torch's fused per-tensor norm (the training step's gradient norm).
 """

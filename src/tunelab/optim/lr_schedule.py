@@ -90,11 +90,12 @@ class Schedule:
             g["lr"] = lr
 
 
+def batches_per_epoch(n: int, trainer: DictConfig) -> int:
+    """Batches in one epoch of n training examples (drop_last drops a short last one)."""
+    bs = int(trainer.batch_size)
+    return n // bs if trainer.drop_last and n >= bs else -(-n // bs)
+
+
 def steps_per_epoch(n: int, trainer: DictConfig) -> int:
     """Optimizer steps in one epoch of n training examples (drop_last, gradient accumulation)."""
-    batches = (
-        n // trainer.batch_size
-        if trainer.drop_last and n >= trainer.batch_size
-        else -(-n // trainer.batch_size)
-    )
-    return max(1, -(-batches // trainer.grad_accum_steps))
+    return max(1, -(-batches_per_epoch(n, trainer) // trainer.grad_accum_steps))

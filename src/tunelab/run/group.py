@@ -23,7 +23,7 @@ from tunelab.run.context import RunContext, RunResult, aggregate
 from tunelab.run.loop import DivergedError, TrainState
 from tunelab.run.prepare import SPLIT_KEYS, autocast_for, setup
 from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
-from tunelab.run.replica_rules import build_replicas, can_batch, config_reason
+from tunelab.run.replica_rules import build_replicas, can_batch, config_reason, has_convolutions
 from tunelab.run.replicas import Replica, fit_replicas
 from tunelab.run.store import RunStore
 
@@ -82,8 +82,7 @@ def batching_reason(cfg: DictConfig, model: nn.Module, device: Any) -> str | Non
         return reason
     if mode is False:
         return "trainer.batch_replicas=false"
-    convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    if mode == "auto" and convs and device.type == "cpu":
+    if mode == "auto" and has_convolutions(model) and device.type == "cpu":
         return (
             "on a CPU, batched convolutions train slower than one run after another "
             "(trainer.batch_replicas=true batches them anyway)"
