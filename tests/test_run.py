@@ -244,3 +244,28 @@ def test_a_finished_config_run_again_says_so_and_trains_a_new_run(in_tmp, caplog
     assert second.run_id != first.run_id
     note = [r.getMessage() for r in caplog.records if "already ran to its end" in r.getMessage()]
     assert note and first.run_id in note[0] and "training a new run" in note[0]
+
+
+def test_every_shipped_optimizer_has_a_row_of_facts_that_replicas_and_diagnosis_follow():
+    """conf/optimizer/<name>.yaml's class must have a row in config/groups.py's OPTIMIZERS (a
+    missing one fails here, not silently); replica rules and the curve diagnosis read it."""
+    from conftest import CONF
+    from omegaconf import OmegaConf
+
+    from tunelab.config.groups import OPTIMIZER, OPTIMIZERS
+    from tunelab.diagnostics.curves import ADAPTIVE_RECOMMENDATIONS, recommendation
+    from tunelab.run.replica_rules import config_reason
+
+    files = sorted((CONF / "optimizer").glob("*.yaml"))
+    assert len(files) >= 11
+    for path in files:
+        node = OmegaConf.load(path)
+        facts = OPTIMIZERS.get(node._target_)
+        assert facts is not None, f"{path.name}: {node._target_} has no row in OPTIMIZERS"
+        assert OPTIMIZER[node._target_] is facts.settings
+        adaptive = recommendation("diverged", node.name) == ADAPTIVE_RECOMMENDATIONS["diverged"]
+        assert adaptive is facts.adaptive, path.name
+        cfg = compose_cfg(*FAST, f"optimizer={path.stem}", "model.dropout=0.0")
+        assert (config_reason(cfg) is None) is facts.elementwise, path.name
+    lbfgs = compose_cfg(*FAST, "optimizer._target_=torch.optim.LBFGS")
+    assert "not elementwise" in config_reason(lbfgs)  # a class without a row never batches

@@ -30,7 +30,7 @@ from tunelab.run.store import RunStore
 log = logging.getLogger(__name__)
 SAVED = "group.pt"  # the batched group's checkpoint
 SEEDS_DONE = "seeds.pt"  # the seeds a group trained one after another has finished
-TrainOne = Callable[[DictConfig, RunContext], RunResult]
+TrainOne = Callable[[DictConfig, RunContext, Any], RunResult]  # api.train(cfg, ctx, tracker)
 
 
 def replica_seeds(cfg: DictConfig) -> list[int] | None:
@@ -68,7 +68,7 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
         log.warning(
             "trainer.replicas: the %d seeds train one after another: %s", len(seeds), reason
         )
-        return _summary(cfg, _one_after_another(cfg, configs, contexts, ctx, train))
+        return _summary(cfg, _one_after_another(cfg, configs, contexts, ctx, train, base.allow))
     return _summary(cfg, _batched(cfg, configs, contexts, ctx, base, models))
 
 
@@ -108,9 +108,11 @@ def _one_after_another(
     contexts: list[RunContext],
     ctx: RunContext,
     train: TrainOne,
+    allow: frozenset[str],
 ) -> list[RunResult]:
-    """Each seed as its plain run. The group remembers the seeds it has finished: a re-run after
-    a crash keeps their runs and continues with the first unfinished one (resumed by its own
+    """Each seed as its plain run, recorded by a tracker of the group's (which knows the run of a
+    seed that diverged). The group remembers the seeds it has finished: a re-run after a crash
+    keeps their runs and continues with the first unfinished one (resumed by its own
     checkpoint)."""
     store = RunStore.for_config(group_cfg)
     with store.locked():
@@ -125,10 +127,11 @@ def _one_after_another(
                     done[str(cfg.seed)]["run_id"],
                 )
                 continue
+            tracker = build.build_tracker(cfg.tracking, allow)
             try:
-                result = train(cfg, seed_ctx.derive(tags={"replica_group": group}))
+                result = train(cfg, seed_ctx.derive(tags={"replica_group": group}), tracker)
             except DivergedError as exc:  # a result: the other seeds go on
-                result = _failed(getattr(exc, "run_id", None), cfg, str(exc))
+                result = _failed(tracker.run_id, cfg, str(exc))
             done[str(cfg.seed)] = {**result.__dict__, "checkpoint": str(result.checkpoint or "")}
             store.save({"model": {}, "group": group, "results": done}, SEEDS_DONE)
             store.flush()  # on disk before the next seed starts
@@ -236,18 +239,9 @@ def _finish(
     """Record one replica's outcome as its plain run would: FAILED with why, or the selected
     epoch's weights evaluated, tested and logged."""
     if replica.status == "FAILED":
-        epoch = replica.state.epoch + 1
-        tracker.set_tags(
-            {
-                "failure_reason": "nonfinite_loss",
-                "diverged_at_epoch": str(epoch),
-                "failure_message": str(replica.reason),
-            }
-        )
-        tracker.end("FAILED")
+        end_failed(tracker, DivergedError(*replica.diverged), replica.state)
         return _failed(tracker.run_id, cfg, str(replica.reason))
     own = RunStore(store.dir / f"seed-{replica.seed}")
-    own.run_id = tracker.run_id
     write_atomic(
         serialize({"model": replica.best_weights, "epoch": replica.state.best_epoch}), own.best_path
     )

@@ -52,6 +52,7 @@ class Replica:
     state: TrainState = field(default_factory=TrainState)
     status: str = "RUNNING"  # FINISHED | FAILED
     reason: str | None = None
+    diverged: tuple[int, float] | None = None  # a FAILED replica's DivergedError (epoch, loss)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -114,7 +115,7 @@ class _Stack:
     def fail_nonfinite(self, values: torch.Tensor, epoch: int) -> None:
         for r, v in zip(self.replicas, values.tolist(), strict=True):
             if not math.isfinite(v) and r.status == "RUNNING":  # fit's DivergedError, as a status
-                r.status, r.reason = "FAILED", str(DivergedError(epoch, v))
+                r.status, r.reason, r.diverged = "FAILED", str(DivergedError(epoch, v)), (epoch, v)
 
     def retire(self) -> int:
         """Take the replicas that failed or stopped early out (at an epoch's end): re-stack
