@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tunelab import build  # noqa: E402
-from tunelab.optim.lr_schedule import build_schedule  # noqa: E402
+from tunelab.build import build_schedule  # noqa: E402
 from tunelab.run.api import run  # noqa: E402
 from tunelab.run.context import RunContext  # noqa: E402
 from tunelab.tracking.mlflow_tracker import MlflowTracker  # noqa: E402

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tunelab import build  # noqa: E402
-from tunelab.optim.lr_schedule import build_training  # noqa: E402
+from tunelab.build import build_training  # noqa: E402
 from tunelab.run.api import SPLIT_KEYS  # noqa: E402
 from tunelab.run.loop import Objective, TrainState, fit  # noqa: E402
 from tunelab.run.replica_rules import build_replicas, can_batch, config_reason  # noqa: E402

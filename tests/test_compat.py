@@ -74,3 +74,36 @@ def test_mlflows_ui_page_is_the_view_compat_replaces():
     app.add_url_rule("/", mlflow_internals.UI_PAGE_VIEW, lambda: "mlflow's page")
     mlflow_internals.replace_ui_page(app, lambda mlflow_view: f"tunelab's, over {mlflow_view()}")
     assert app.test_client().get("/").get_data(as_text=True) == "tunelab's, over mlflow's page"
+
+
+def test_torchs_fused_tensor_norms_are_each_tensors_norm():
+    import torch
+
+    from tunelab.compat import torch_internals
+
+    tensors = [torch.randn(3, 4), torch.randn(5), torch.ones(2, dtype=torch.float64)]
+    norms = torch_internals.tensor_norms(tensors)
+    assert len(norms) == 3 and all(n.dim() == 0 for n in norms)
+    for n, t in zip(norms, tensors, strict=True):
+        assert torch.allclose(n, torch.linalg.vector_norm(t)) and n.dtype == t.dtype
+
+
+def test_the_public_layer_classes_cover_torchs_private_bases():
+    """Replica rules name batch norms and convolutions by their public classes: every public
+    torch.nn class under the private bases they stand for (lazy ones aside) is listed."""
+    from torch import nn
+
+    from tunelab.run.replica_rules import BATCH_NORMS, CONVOLUTIONS
+
+    for base, listed in (
+        (nn.modules.batchnorm._BatchNorm, BATCH_NORMS),
+        (nn.modules.conv._ConvNd, CONVOLUTIONS),
+    ):
+        public = {
+            cls
+            for cls in vars(nn).values()
+            if isinstance(cls, type)
+            and issubclass(cls, base)
+            and not cls.__name__.startswith(("_", "Lazy", "Sync"))
+        }
+        assert public and public <= set(listed), sorted(c.__name__ for c in public - set(listed))

@@ -13,10 +13,10 @@ from conftest import CONF
 from hydra import compose, initialize_config_dir
 
 from tunelab import build
+from tunelab.build import build_schedule
 from tunelab.config import validate
 from tunelab.config.space import build_space
 from tunelab.diagnostics.command import DIAGNOSTICS, prepare
-from tunelab.optim.lr_schedule import build_schedule
 from tunelab.run.api import load_backbone
 from tunelab.run.checkpoint import serialize, write_atomic
 from tunelab.tuning.samplers import make_pruner, make_sampler

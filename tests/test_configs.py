@@ -10,9 +10,9 @@ import torch
 from conftest import CONF, compose_cfg
 
 from tunelab import build
+from tunelab.build import build_schedule
 from tunelab.config import ConfigError, validate
 from tunelab.data.sources import synthetic
-from tunelab.optim.lr_schedule import build_schedule
 
 
 def options(group: str) -> list[str]:

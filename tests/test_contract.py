@@ -77,6 +77,23 @@ def test_run_returns_what_it_recorded(in_tmp):
     assert "model" not in artifacts  # the context said: no model
 
 
+def test_a_stopped_run_is_returned_with_the_run_that_records_why(in_tmp):
+    """attempt() hands back a recorded run's exception with its run id (the Hydra job names the
+    KILLED run); run() raises the same exception, unchanged."""
+    from tunelab.run.api import attempt, run
+    from tunelab.run.loop import DivergedError
+    from tunelab.run.record import RunFailed
+
+    cfg = compose_cfg(*FAST, "optimizer=sgd", "optimizer.lr=1.0e6", "trainer.max_epochs=5")
+    outcome = attempt(cfg, RunContext(log_model=False))
+    assert isinstance(outcome, RunFailed) and isinstance(outcome.cause, DivergedError)
+    (r,) = mlflow_runs(in_tmp)
+    assert outcome.run_id == r.info.run_id and r.info.status == "FAILED"
+    assert not hasattr(outcome.cause, "run_id")
+    with pytest.raises(DivergedError):
+        run(cfg.copy(), RunContext(log_model=False))
+
+
 def test_parent_and_tags_come_from_the_context_not_the_environment(in_tmp, monkeypatch):
     from tunelab.run.api import run
     from tunelab.tracking.mlflow_writer import MlflowWriter

@@ -11,7 +11,7 @@ from conftest import FAST, compose_cfg
 from torch import nn
 
 from tunelab import build
-from tunelab.optim.lr_schedule import build_training
+from tunelab.build import build_training
 from tunelab.run import api, prepare
 from tunelab.run.context import RunContext
 from tunelab.run.loop import DivergedError, Objective, TrainState, evaluate, fit

@@ -159,25 +159,47 @@ def test_metrics_are_sent_in_batches_and_nothing_pending_is_lost_at_the_end(work
 
 
 def test_grad_norm_is_the_total_norm_before_clipping():
-    from tunelab.run.loop import _grad_norm
+    from tunelab.run.loop import grad_norm
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
     model(torch.randn(4, 5)).pow(2).sum().backward()
     params = list(model.parameters())
     expected = torch.nn.utils.get_total_norm([p.grad for p in params])
-    assert torch.allclose(_grad_norm(params, math.inf), expected)
-    assert torch.allclose(_grad_norm(params, 0.5), expected)  # reports the norm before clipping
+    assert torch.allclose(grad_norm(params, math.inf), expected)
+    assert torch.allclose(grad_norm(params, 0.5), expected)  # reports the norm before clipping
     clipped = torch.nn.utils.get_total_norm([p.grad for p in params])
     assert clipped <= 0.5 + 1e-6 < expected
-    assert _grad_norm([torch.nn.Parameter(torch.ones(2))], math.inf) == 0  # no gradients yet
+    assert grad_norm([torch.nn.Parameter(torch.ones(2))], math.inf) == 0  # no gradients yet
     mixed = [
         torch.nn.Parameter(torch.ones(3)),
         torch.nn.Parameter(torch.ones(4, dtype=torch.float64)),
     ]
     for p in mixed:
         p.grad = torch.full_like(p, 2.0)
-    assert math.isclose(float(_grad_norm(mixed, math.inf)), math.sqrt(7 * 4.0), rel_tol=1e-6)
+    assert math.isclose(float(grad_norm(mixed, math.inf)), math.sqrt(7 * 4.0), rel_tol=1e-6)
+
+
+def test_stacked_replicas_grad_norm_is_each_replicas_own_and_clips_each():
+    """The replica group's gradient norm (K replicas stacked [K, ...]) is, row by row, what one
+    model's grad_norm measures and clips."""
+    from tunelab.run.loop import grad_norm
+
+    torch.manual_seed(1)
+    grads = [torch.randn(3, 7, 5), torch.randn(3, 7)]  # K=3 replicas of a Linear(5, 7)
+    for clip in (math.inf, 0.5):
+        stacked = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(stacked, grads, strict=True):
+            p.grad = g.clone()
+        norms = grad_norm(stacked, clip, stacked=True)
+        assert norms.shape == (3,)
+        for k in range(3):
+            one = [torch.nn.Parameter(torch.zeros_like(g[k])) for g in grads]
+            for p, g in zip(one, grads, strict=True):
+                p.grad = g[k].clone()
+            assert torch.allclose(norms[k], grad_norm(one, clip))
+            for p, q in zip(stacked, one, strict=True):
+                assert torch.allclose(p.grad[k], q.grad, atol=1e-7)  # clipped alike
 
 
 def test_a_pruned_run_names_the_same_epoch_in_its_message_and_its_tag(in_tmp):
@@ -222,3 +244,28 @@ def test_a_finished_config_run_again_says_so_and_trains_a_new_run(in_tmp, caplog
     assert second.run_id != first.run_id
     note = [r.getMessage() for r in caplog.records if "already ran to its end" in r.getMessage()]
     assert note and first.run_id in note[0] and "training a new run" in note[0]
+
+
+def test_every_shipped_optimizer_has_a_row_of_facts_that_replicas_and_diagnosis_follow():
+    """conf/optimizer/<name>.yaml's class must have a row in config/groups.py's OPTIMIZERS (a
+    missing one fails here, not silently); replica rules and the curve diagnosis read it."""
+    from conftest import CONF
+    from omegaconf import OmegaConf
+
+    from tunelab.config.groups import OPTIMIZER, OPTIMIZERS
+    from tunelab.diagnostics.curves import ADAPTIVE_RECOMMENDATIONS, recommendation
+    from tunelab.run.replica_rules import config_reason
+
+    files = sorted((CONF / "optimizer").glob("*.yaml"))
+    assert len(files) >= 11
+    for path in files:
+        node = OmegaConf.load(path)
+        facts = OPTIMIZERS.get(node._target_)
+        assert facts is not None, f"{path.name}: {node._target_} has no row in OPTIMIZERS"
+        assert OPTIMIZER[node._target_] is facts.settings
+        adaptive = recommendation("diverged", node.name) == ADAPTIVE_RECOMMENDATIONS["diverged"]
+        assert adaptive is facts.adaptive, path.name
+        cfg = compose_cfg(*FAST, f"optimizer={path.stem}", "model.dropout=0.0")
+        assert (config_reason(cfg) is None) is facts.elementwise, path.name
+    lbfgs = compose_cfg(*FAST, "optimizer._target_=torch.optim.LBFGS")
+    assert "not elementwise" in config_reason(lbfgs)  # a class without a row never batches

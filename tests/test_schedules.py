@@ -10,9 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tunelab.build import build_schedule
 from tunelab.config.groups import SCHEDULER_KNOBS
 from tunelab.optim import schedule_fns as fns
-from tunelab.optim.lr_schedule import MissingMetricError, build_schedule
+from tunelab.optim.lr_schedule import MissingMetricError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = sorted(p.stem for p in (ROOT / "conf/scheduler").glob("*.yaml"))

@@ -13,13 +13,22 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from tunelab.config import targets
+from tunelab.config.groups import SCHEDULER
+from tunelab.config.rules import POSITIVE_INT
 from tunelab.data.images import DataError, scan
 from tunelab.data.splits import Splits
+from tunelab.optim import lr_schedule
+from tunelab.optim.lr_schedule import Schedule
 from tunelab.optim.param_groups import param_groups
+from tunelab.optim.schedule_fns import epochs_to_steps
+from tunelab.optim.schedules import check, check_knobs
 
 META_KEYS = ("name", "exclude_bias_norm_from_decay")
+SCHEDULE_META_KEYS = ("name", "warmup_epochs", "warmup_start_factor", "monitor")
 
 
 class TargetError(ValueError):
@@ -97,8 +106,8 @@ def build_tracker(cfg: DictConfig, allow: frozenset[str] | None = None) -> Any:
     return _instantiate(without(cfg, ("name",)), "tracking", allow)
 
 
-def build_schedule_factory(raw: dict[str, Any]) -> Any:
-    """The partial of a scheduler node (its knobs bound), for optim.lr_schedule to wrap."""
+def _schedule_factory(raw: dict[str, Any]) -> Any:
+    """The partial of a scheduler node (its knobs bound), for the Schedule to wrap."""
     node = OmegaConf.create(raw)
     _checked(node, "scheduler", targets.SHIPPED)
     return instantiate(node, _partial_=True, _convert_="all", _recursive_=False)
@@ -123,3 +132,46 @@ def file_problems(cfg: DictConfig) -> list[str]:
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             return [first if first.startswith("data.") else f"data.path={data.path!r}: {first}"]
     return []
+
+
+def build_schedule(
+    optimizer: Optimizer, cfg: DictConfig | dict, *, steps_per_epoch: int, max_epochs: int
+) -> Schedule:
+    """Instantiate one conf/scheduler/<name>.yaml; the inner schedule runs after the warm-up."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    meta = {k: raw.pop(k) for k in SCHEDULE_META_KEYS if k in raw}
+    target = raw.get("_target_")
+    name = str(meta.get("name") or target)
+    ok = isinstance(target, str) and target in SCHEDULER
+    check(name, "_target_", target, ok, f"one of {sorted(SCHEDULER)}")
+    for key, value in {"steps_per_epoch": steps_per_epoch, "max_epochs": max_epochs}.items():
+        check(name, key, value, POSITIVE_INT(value) is None, "an integer >= 1")
+    check_knobs("warmup", meta)
+    w_epochs, start = meta.get("warmup_epochs", 0.0), meta.get("warmup_start_factor", 0.0)
+    total = max_epochs * steps_per_epoch
+    warmup = epochs_to_steps(w_epochs, steps_per_epoch) if w_epochs > 0 else 0
+    check(name, "warmup_epochs", w_epochs, warmup < total, f"< max_epochs={max_epochs}")
+    factory = _schedule_factory(raw)
+    inner = factory(optimizer, total_steps=total - warmup, steps_per_epoch=steps_per_epoch)
+    monitor = meta.get("monitor")
+    if isinstance(inner, ReduceLROnPlateau):
+        check(name, "monitor", monitor, isinstance(monitor, str) and monitor != "", "a metric name")
+    else:
+        check(name, "monitor", monitor, monitor is None, "absent (only plateau monitors a metric)")
+    return Schedule(optimizer, inner, name, total, warmup, float(start), monitor)
+
+
+def build_training(
+    model: nn.Module,
+    cfg: DictConfig,
+    n_train: int,
+    backbone_lr_mult: float = 1.0,
+    allow: frozenset[str] | None = None,
+) -> tuple[Optimizer, Schedule]:
+    """The optimizer and lr schedule a run of `cfg` trains `model` with on n_train examples."""
+    optimizer = build_optimizer(model, cfg.optimizer, backbone_lr_mult, allow)
+    steps = lr_schedule.steps_per_epoch(n_train, cfg.trainer)
+    schedule = build_schedule(
+        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(cfg.trainer.max_epochs)
+    )
+    return optimizer, schedule

@@ -32,26 +32,30 @@ log = logging.getLogger(__name__)
 def job(cfg: DictConfig) -> RunResult:
     """One Hydra job: run (or diagnose) under the context its launcher handed on, write
     metrics.json into the job's directory; Ctrl-C and SIGTERM exit 130 and 143."""
-    from tunelab.run.api import run
+    from tunelab.run.api import attempt
+    from tunelab.run.record import RunFailed
     from tunelab.run.signals import Terminated
     from tunelab.tuning.pruning import reporter_for
 
     ctx = RunContext.from_env()
     overrides, output_dir = _hydra_job()
     ctx = ctx.derive(overrides=tuple(overrides), reporter=reporter_for(ctx.trial))
+    result = None
     try:
-        result = run(cfg, ctx)
+        result = attempt(cfg, ctx)
+        if isinstance(result, RunFailed):  # its exception, and the run that records why
+            raise result.cause
     except ConfigError as exc:  # found once the data is loaded (a model that cannot take it)
         if _hydra_mode() == "RUN":
             raise SystemExit(f"error: {exc}") from None
         raise  # a multirun's job: its sweep records the reason and goes on
     except (Terminated, KeyboardInterrupt) as exc:
         sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-        if getattr(exc, "run_id", None):
+        if isinstance(result, RunFailed) and result.run_id:
             log.error(
                 "stopped by %s: run %s is recorded KILLED; the same command resumes it",
                 sig.name,
-                exc.run_id,
+                result.run_id,
             )
         else:
             log.error("stopped by %s before its run was recorded", sig.name)

@@ -9,6 +9,7 @@ the targets' signatures in agreement.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tunelab.config import data_rules
@@ -109,32 +110,64 @@ DECAY = {
 }
 ADAPTIVE = {**DECAY, "betas": r.betas, "eps": r.POSITIVE}
 SGD = {**DECAY, "momentum": r.FRACTION, "dampening": r.FRACTION, "nesterov": r.boolean}
-OPTIMIZER: dict[str, dict[str, r.Check]] = {
-    "torch.optim.SGD": SGD,
-    "torch.optim.Adam": {**ADAPTIVE, "amsgrad": r.boolean},
-    "torch.optim.AdamW": {**ADAPTIVE, "amsgrad": r.boolean},
-    "torch.optim.Adamax": ADAPTIVE,
-    "torch.optim.NAdam": {
-        **ADAPTIVE,
-        "momentum_decay": r.NON_NEGATIVE,
-        "decoupled_weight_decay": r.boolean,
-    },
-    "torch.optim.RAdam": {**ADAPTIVE, "decoupled_weight_decay": r.boolean},
-    "torch.optim.RMSprop": {
-        **DECAY,
-        "alpha": r.FRACTION,
-        "eps": r.POSITIVE,
-        "momentum": r.FRACTION,
-        "centered": r.boolean,
-    },
-    "torch.optim.Adagrad": {
-        **DECAY,
-        "lr_decay": r.NON_NEGATIVE,
-        "eps": r.POSITIVE,
-        "initial_accumulator_value": r.NON_NEGATIVE,
-    },
-    "torch.optim.Adadelta": {**DECAY, "rho": r.FRACTION, "eps": r.POSITIVE},
+
+
+@dataclass(frozen=True)
+class OptimizerFacts:
+    """What tunelab knows of one torch.optim class: its settings with their rules; whether its
+    update of a tensor is elementwise (vmapped replicas share one instance over stacked tensors,
+    run/replica_rules.py); whether it adapts per-parameter step sizes (no momentum knob to raise:
+    the curve diagnosis's advice differs, diagnostics/curves.py)."""
+
+    settings: dict[str, r.Check]
+    elementwise: bool
+    adaptive: bool
+
+
+# One row per optimizer class a conf/optimizer/<name>.yaml may name (tests/test_run.py checks).
+OPTIMIZERS: dict[str, OptimizerFacts] = {
+    "torch.optim.SGD": OptimizerFacts(SGD, elementwise=True, adaptive=False),
+    "torch.optim.Adam": OptimizerFacts(
+        {**ADAPTIVE, "amsgrad": r.boolean}, elementwise=True, adaptive=True
+    ),
+    "torch.optim.AdamW": OptimizerFacts(
+        {**ADAPTIVE, "amsgrad": r.boolean}, elementwise=True, adaptive=True
+    ),
+    "torch.optim.Adamax": OptimizerFacts(ADAPTIVE, elementwise=True, adaptive=True),
+    "torch.optim.NAdam": OptimizerFacts(
+        {**ADAPTIVE, "momentum_decay": r.NON_NEGATIVE, "decoupled_weight_decay": r.boolean},
+        elementwise=True,
+        adaptive=True,
+    ),
+    "torch.optim.RAdam": OptimizerFacts(
+        {**ADAPTIVE, "decoupled_weight_decay": r.boolean}, elementwise=True, adaptive=True
+    ),
+    "torch.optim.RMSprop": OptimizerFacts(
+        {
+            **DECAY,
+            "alpha": r.FRACTION,
+            "eps": r.POSITIVE,
+            "momentum": r.FRACTION,
+            "centered": r.boolean,
+        },
+        elementwise=True,
+        adaptive=True,
+    ),
+    "torch.optim.Adagrad": OptimizerFacts(
+        {
+            **DECAY,
+            "lr_decay": r.NON_NEGATIVE,
+            "eps": r.POSITIVE,
+            "initial_accumulator_value": r.NON_NEGATIVE,
+        },
+        elementwise=True,
+        adaptive=True,
+    ),
+    "torch.optim.Adadelta": OptimizerFacts(
+        {**DECAY, "rho": r.FRACTION, "eps": r.POSITIVE}, elementwise=True, adaptive=True
+    ),
 }
+OPTIMIZER = {target: facts.settings for target, facts in OPTIMIZERS.items()}
 
 # The knobs of every conf/scheduler/<name>.yaml; `warmup` holds the keys every schedule has.
 SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {

@@ -5,8 +5,8 @@ value and what is allowed; all of them are reported at once.
 What is checked: every `_target_` against the exact allow-list (config/targets.py); every setting
 of every group node against its table (config/groups.py): unknown keys, types, ranges, choices;
 the cross-key rules (a warm-up shorter than the run, a plateau monitor or stopping metric that
-the epochs report); local paths that must exist and, when the caller passes the loader
-(`tunelab.build.build_data`), the files behind them: passed in, so that this check imports no torch.
+the epochs report); local paths that must exist and, when the caller passes the check
+(`tunelab.build.file_problems`), the files behind them: passed in, so that this check imports no torch.
 """
 
 from __future__ import annotations
@@ -18,20 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config import data_rules, groups, targets
-from tunelab.config.groups import SCHEDULER_KNOBS
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says which, why and what is allowed."""
-
-
-def knob_problems(schedule: str, knobs: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    """(key, value, allowed) for every bad knob of `schedule` present in `knobs`."""
-    out = []
-    for key, check in {**SCHEDULER_KNOBS["warmup"], **SCHEDULER_KNOBS.get(schedule, {})}.items():
-        if key in knobs and (allowed := check(knobs[key])) is not None:
-            out.append((key, knobs[key], allowed))
-    return out
 
 
 def validate(

@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tunelab.config.groups import OPTIMIZERS
+
 RECOMMENDATIONS = {
     "diverged": "lower the lr or add warm-up; large lr with small momentum is unstable: "
     "raise momentum (0.9) or lower lr; clip gradients",
@@ -24,7 +26,9 @@ RECOMMENDATIONS = {
 }
 SEVERITY = list(RECOMMENDATIONS)  # most severe first
 # Adaptive optimizers (Adam and its kin) have no momentum knob to raise: their advice differs.
-ADAPTIVE = ("adam", "adamw", "nadam", "radam", "adamax", "adagrad", "adadelta", "rmsprop")
+# A run names its optimizer by its conf/optimizer option, the class's name in lower case (adam:
+# torch.optim.Adam); config/groups.py's OPTIMIZERS says which classes adapt.
+ADAPTIVE = tuple(t.rsplit(".", 1)[-1].lower() for t, f in OPTIMIZERS.items() if f.adaptive)
 ADAPTIVE_RECOMMENDATIONS = {
     "diverged": "lower the lr or add warm-up (adaptive optimizers spike early); clip gradients",
     "unstable_val": "lower the lr or decay it (cosine or ReduceLROnPlateau); a larger batch "

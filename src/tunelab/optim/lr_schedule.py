@@ -1,5 +1,6 @@
-"""The schedule the training loop steps: a conf/scheduler/<name>.yaml factory behind a linear
-warm-up, stepped after every optimizer step and every validation, resumable from its state."""
+"""The schedule the training loop steps: a conf/scheduler/<name>.yaml's torch scheduler behind a
+linear warm-up, stepped after every optimizer step and every validation, resumable from its state
+(tunelab/build.py builds it)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from omegaconf import DictConfig
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LRScheduler
 
-from tunelab.build import build_optimizer, build_schedule_factory
-from tunelab.config.groups import SCHEDULER
-from tunelab.config.rules import POSITIVE_INT
 from tunelab.optim import schedule_fns as fns
-from tunelab.optim.schedule_fns import epochs_to_steps
-from tunelab.optim.schedules import check, check_knobs
-
-META_KEYS = ("name", "warmup_epochs", "warmup_start_factor", "monitor")
+from tunelab.optim.schedules import check
 
 
 class MissingMetricError(KeyError):
@@ -96,54 +90,12 @@ class Schedule:
             g["lr"] = lr
 
 
-def build_schedule(
-    optimizer: Optimizer, cfg: DictConfig | dict, *, steps_per_epoch: int, max_epochs: int
-) -> Schedule:
-    """Instantiate one conf/scheduler/<name>.yaml; the inner schedule runs after the warm-up."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    meta = {k: raw.pop(k) for k in META_KEYS if k in raw}
-    target = raw.get("_target_")
-    name = str(meta.get("name") or target)
-    ok = isinstance(target, str) and target in SCHEDULER
-    check(name, "_target_", target, ok, f"one of {sorted(SCHEDULER)}")
-    for key, value in {"steps_per_epoch": steps_per_epoch, "max_epochs": max_epochs}.items():
-        check(name, key, value, POSITIVE_INT(value) is None, "an integer >= 1")
-    check_knobs("warmup", meta)
-    w_epochs, start = meta.get("warmup_epochs", 0.0), meta.get("warmup_start_factor", 0.0)
-    total = max_epochs * steps_per_epoch
-    warmup = epochs_to_steps(w_epochs, steps_per_epoch) if w_epochs > 0 else 0
-    check(name, "warmup_epochs", w_epochs, warmup < total, f"< max_epochs={max_epochs}")
-    factory = build_schedule_factory(raw)
-    inner = factory(optimizer, total_steps=total - warmup, steps_per_epoch=steps_per_epoch)
-    monitor = meta.get("monitor")
-    if isinstance(inner, ReduceLROnPlateau):
-        check(name, "monitor", monitor, isinstance(monitor, str) and monitor != "", "a metric name")
-    else:
-        check(name, "monitor", monitor, monitor is None, "absent (only plateau monitors a metric)")
-    return Schedule(optimizer, inner, name, total, warmup, float(start), monitor)
+def batches_per_epoch(n: int, trainer: DictConfig) -> int:
+    """Batches in one epoch of n training examples (drop_last drops a short last one)."""
+    bs = int(trainer.batch_size)
+    return n // bs if trainer.drop_last and n >= bs else -(-n // bs)
 
 
 def steps_per_epoch(n: int, trainer: DictConfig) -> int:
     """Optimizer steps in one epoch of n training examples (drop_last, gradient accumulation)."""
-    batches = (
-        n // trainer.batch_size
-        if trainer.drop_last and n >= trainer.batch_size
-        else -(-n // trainer.batch_size)
-    )
-    return max(1, -(-batches // trainer.grad_accum_steps))
-
-
-def build_training(
-    model: nn.Module,
-    cfg: DictConfig,
-    n_train: int,
-    backbone_lr_mult: float = 1.0,
-    allow: frozenset[str] | None = None,
-) -> tuple[Optimizer, Schedule]:
-    """The optimizer and lr schedule a run of `cfg` trains `model` with on n_train examples."""
-    optimizer = build_optimizer(model, cfg.optimizer, backbone_lr_mult, allow)
-    steps = steps_per_epoch(n_train, cfg.trainer)
-    schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(cfg.trainer.max_epochs)
-    )
-    return optimizer, schedule
+    return max(1, -(-batches_per_epoch(n, trainer) // trainer.grad_accum_steps))

@@ -22,7 +22,6 @@ from torch.optim.lr_scheduler import (
 
 from tunelab.config.groups import SCHEDULER_KNOBS
 from tunelab.config.rules import is_number
-from tunelab.config.schema import knob_problems
 from tunelab.optim import schedule_fns as fns
 from tunelab.optim.schedule_fns import epochs_to_steps
 
@@ -35,9 +34,11 @@ def check(schedule: str, key: str, value: object, ok: bool, allowed: str) -> Non
 
 
 def check_knobs(schedule: str, knobs: dict[str, Any]) -> None:
-    """The knob rules of config/schema.py (also checked at compose time), at build time."""
-    for key, value, allowed in knob_problems(schedule, knobs):
-        check(schedule, key, value, False, allowed)
+    """The knob rules of config/groups.py (also checked at compose time), at build time: the
+    warm-up's and `schedule`'s knobs present in `knobs`."""
+    for key, rule in {**SCHEDULER_KNOBS["warmup"], **SCHEDULER_KNOBS.get(schedule, {})}.items():
+        if key in knobs and (allowed := rule(knobs[key])) is not None:
+            check(schedule, key, knobs[key], False, allowed)
 
 
 def _ratios(optimizer: Optimizer) -> list[float]:

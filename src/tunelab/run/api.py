@@ -13,7 +13,6 @@ from omegaconf import DictConfig
 from tunelab import build, startup
 from tunelab.config import validate
 from tunelab.diagnostics import command as diagnostics
-from tunelab.optim.lr_schedule import build_training
 from tunelab.run import signals
 from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.context import RunContext, RunResult
@@ -25,6 +24,7 @@ from tunelab.run.prepare import (
     setup,
 )
 from tunelab.run.record import (
+    RunFailed,
     close_unfinished,
     end_failed,
     final_outcome,
@@ -43,6 +43,17 @@ def run(
 ) -> RunResult:
     """Train, select on validation, report test, and record everything (or run the diagnostic
     that cfg.diagnose names). Failures raise; the MLflow run records why."""
+    outcome = attempt(cfg, ctx, tracker=tracker)
+    if isinstance(outcome, RunFailed):
+        raise outcome.cause
+    return outcome
+
+
+def attempt(
+    cfg: DictConfig, ctx: RunContext | None = None, *, tracker: Tracker | None = None
+) -> RunResult | RunFailed:
+    """run(), with a plain run that stopped once recorded returned as RunFailed (the exception
+    and the run that records why) rather than raised."""
     startup.load_libraries()
     ctx = ctx if ctx is not None else RunContext()
     validate(cfg)  # build_data checks the arrays, still before any side effect
@@ -52,10 +63,20 @@ def run(
         if tracker is not None:
             raise ValueError("trainer.replicas records one MLflow run per seed: pass no tracker")
         return train_group(cfg, ctx, train)
-    return train(cfg, ctx, tracker)
+    return _train(cfg, ctx, tracker)
 
 
 def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
+    """One plain run of cfg, recorded by `tracker` (default: cfg.tracking's); failures raise."""
+    outcome = _train(cfg, ctx, tracker)
+    if isinstance(outcome, RunFailed):
+        raise outcome.cause
+    return outcome
+
+
+def _train(
+    cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None
+) -> RunResult | RunFailed:
     s = setup(cfg, ctx)
     model, splits, device = s.model, s.splits, s.device
     ft = cfg.get("finetune") or {}
@@ -64,7 +85,7 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
     model.to(device)
     data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
     lr_mult = float(ft.get("backbone_lr_mult", 1.0))
-    optimizer, schedule = build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
+    optimizer, schedule = build.build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     autocast = autocast_for(cfg.trainer, device)
     store = RunStore.for_config(cfg)
@@ -106,11 +127,10 @@ def train(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> R
                 tracker, ctx, optimizer_name, model, data, state, splits, store, autocast
             )
         except BaseException as exc:
-            exc.run_id = tracker.run_id  # which run (if any) records why it stopped
             end_failed(tracker, exc, state)
             if final_outcome(exc):
                 store.mark_done(final_outcome(exc))
-            raise
+            return RunFailed(tracker.run_id, exc)
         store.mark_done()
     return RunResult(
         run_id=tracker.run_id,

@@ -23,15 +23,14 @@ from tunelab.run.context import RunContext, RunResult, aggregate
 from tunelab.run.loop import DivergedError, TrainState
 from tunelab.run.prepare import SPLIT_KEYS, autocast_for, setup
 from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
-from tunelab.run.replica_rules import build_replicas, can_batch, config_reason
+from tunelab.run.replica_rules import build_replicas, can_batch, config_reason, has_convolutions
 from tunelab.run.replicas import Replica, fit_replicas
 from tunelab.run.store import RunStore
-from tunelab.tags import FAILURE_REASON
 
 log = logging.getLogger(__name__)
 SAVED = "group.pt"  # the batched group's checkpoint
 SEEDS_DONE = "seeds.pt"  # the seeds a group trained one after another has finished
-TrainOne = Callable[[DictConfig, RunContext], RunResult]
+TrainOne = Callable[[DictConfig, RunContext, Any], RunResult]  # api.train(cfg, ctx, tracker)
 
 
 def replica_seeds(cfg: DictConfig) -> list[int] | None:
@@ -69,7 +68,7 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
         log.warning(
             "trainer.replicas: the %d seeds train one after another: %s", len(seeds), reason
         )
-        return _summary(cfg, _one_after_another(cfg, configs, contexts, ctx, train))
+        return _summary(cfg, _one_after_another(cfg, configs, contexts, ctx, train, base.allow))
     return _summary(cfg, _batched(cfg, configs, contexts, ctx, base, models))
 
 
@@ -83,8 +82,7 @@ def batching_reason(cfg: DictConfig, model: nn.Module, device: Any) -> str | Non
         return reason
     if mode is False:
         return "trainer.batch_replicas=false"
-    convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    if mode == "auto" and convs and device.type == "cpu":
+    if mode == "auto" and has_convolutions(model) and device.type == "cpu":
         return (
             "on a CPU, batched convolutions train slower than one run after another "
             "(trainer.batch_replicas=true batches them anyway)"
@@ -110,9 +108,11 @@ def _one_after_another(
     contexts: list[RunContext],
     ctx: RunContext,
     train: TrainOne,
+    allow: frozenset[str],
 ) -> list[RunResult]:
-    """Each seed as its plain run. The group remembers the seeds it has finished: a re-run after
-    a crash keeps their runs and continues with the first unfinished one (resumed by its own
+    """Each seed as its plain run, recorded by a tracker of the group's (which knows the run of a
+    seed that diverged). The group remembers the seeds it has finished: a re-run after a crash
+    keeps their runs and continues with the first unfinished one (resumed by its own
     checkpoint)."""
     store = RunStore.for_config(group_cfg)
     with store.locked():
@@ -127,10 +127,11 @@ def _one_after_another(
                     done[str(cfg.seed)]["run_id"],
                 )
                 continue
+            tracker = build.build_tracker(cfg.tracking, allow)
             try:
-                result = train(cfg, seed_ctx.derive(tags={"replica_group": group}))
+                result = train(cfg, seed_ctx.derive(tags={"replica_group": group}), tracker)
             except DivergedError as exc:  # a result: the other seeds go on
-                result = _failed(getattr(exc, "run_id", None), cfg, str(exc))
+                result = _failed(tracker.run_id, cfg, str(exc))
             done[str(cfg.seed)] = {**result.__dict__, "checkpoint": str(result.checkpoint or "")}
             store.save({"model": {}, "group": group, "results": done}, SEEDS_DONE)
             store.flush()  # on disk before the next seed starts
@@ -238,18 +239,9 @@ def _finish(
     """Record one replica's outcome as its plain run would: FAILED with why, or the selected
     epoch's weights evaluated, tested and logged."""
     if replica.status == "FAILED":
-        epoch = replica.state.epoch + 1
-        tracker.set_tags(
-            {
-                FAILURE_REASON: "nonfinite_loss",
-                "diverged_at_epoch": str(epoch),
-                "failure_message": str(replica.reason),
-            }
-        )
-        tracker.end("FAILED")
+        end_failed(tracker, DivergedError(*replica.diverged), replica.state)
         return _failed(tracker.run_id, cfg, str(replica.reason))
     own = RunStore(store.dir / f"seed-{replica.seed}")
-    own.run_id = tracker.run_id
     write_atomic(
         serialize({"model": replica.best_weights, "epoch": replica.state.best_epoch}), own.best_path
     )

@@ -1,19 +1,26 @@
 """Plain PyTorch training: fit() and evaluate(). No Optuna, no MLflow: a tracker and a reporter
-are passed in, so the same loop serves single runs, sweeps, tests and diagnostics."""
+are passed in, so the same loop serves single runs, sweeps, tests and diagnostics. Its training
+epoch (train_epoch), evaluation (evaluate_all), loss, gradient norm, metric names and end of an
+epoch are also what a replica group trains with (run/replicas.py)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import vmap
+
+from tunelab.compat.torch_internals import tensor_norms
+from tunelab.optim.lr_schedule import batches_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,120 @@ class Objective:
         return new > old + min_delta if self.direction == "maximize" else new < old - min_delta
 
 
+def loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The loss every run trains and is evaluated with, of one model's batch: (B, classes), (B,)."""
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What an epoch trains: `forward` maps a batch of inputs to logits; `params` are what the
+    optimizer steps. Stacked: K replicas along a leading axis (inputs (K, B, ...), or (B, ...)
+    shared in evaluation; logits (K, B, classes); parameters [K, ...]), each with its own loss,
+    metrics and gradient norm, computed as one model's are (run/replicas.py)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    params: list[nn.Parameter]
+    stacked: bool = False
+
+    def per_replica(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """fn of one model's batch, applied to each replica's: fn itself, or vmapped."""
+        return vmap(fn) if self.stacked else fn
+
+
+@dataclass
+class EpochTotals:
+    """One epoch's training sums, on the device (one value, or one per replica)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    grad_norm_sum: torch.Tensor
+    seen: int = 0  # examples, per replica
+    updates: int = 0  # optimizer steps
+
+
+def batches_in_order(
+    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int, drop_last: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's (inputs, targets) batches in the order of `perm` (n,), or of each replica's
+    own permutation (K, n): then (K, B, ...) inputs and (K, B) targets."""
+    n = perm.shape[-1]
+    for start in range(0, n - batch_size + 1 if drop_last and n >= batch_size else n, batch_size):
+        idx = perm[..., start : start + batch_size]
+        yield x[idx], y[idx]
+
+
+def train_epoch(
+    model: Trained,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    n_batches: int,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    trainer: Any,
+    *,
+    autocast: Any = nullcontext,
+    check: Callable[[torch.Tensor], None] | None = None,
+) -> EpochTotals:
+    """One epoch of training steps: forward, loss, backward, and after every grad_accum_steps
+    batches (and the last) the gradient norm and clipping, the optimizer and schedule steps.
+    `check` gets each batch's loss (on a CPU, where the look is free) and raises or records a
+    divergence."""
+    accum = int(trainer.grad_accum_steps)
+    clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
+    train_loss = model.per_replica(partial(loss, label_smoothing=float(trainer.label_smoothing)))
+    totals = None
+    for b, (xb, target) in enumerate(batches):
+        with autocast():
+            logits = model.forward(xb)  # (B, classes), or (K, B, classes)
+            losses = train_loss(logits.float(), target)  # (), or (K,)
+        if check is not None:
+            check(losses.detach())
+        scaled = losses / accum if accum > 1 else losses
+        (scaled.sum() if model.stacked else scaled).backward()
+        if totals is None:  # running sums stay on the device: one host sync per epoch
+            totals = EpochTotals(*(torch.zeros_like(losses.detach()) for _ in range(3)))
+        totals.loss_sum.add_(losses.detach(), alpha=target.shape[-1])
+        totals.correct += (logits.argmax(-1) == target).sum(-1)
+        totals.seen += target.shape[-1]
+        if (b + 1) % accum == 0 or b == n_batches - 1:
+            totals.grad_norm_sum += grad_norm(model.params, clip, stacked=model.stacked)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.after_step()
+            totals.updates += 1
+    return totals
+
+
 @torch.no_grad()
+def evaluate_all(
+    model: Trained,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 256,
+    autocast: Any = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean loss (float64), accuracy and predictions over a whole split, of a model in eval mode
+    (one value, or one per replica). Batches of 256 keep activations in cache: on a 2-core CPU
+    the 1,000 MNIST-1D test examples take half the time they take as one batch of 1,000."""
+    summed = model.per_replica(partial(loss, reduction="sum"))
+    loss_sum, preds = None, []
+    for i in range(0, len(y), batch_size):
+        with autocast():
+            logits = model.forward(x[i : i + batch_size]).float()
+        target = y[i : i + batch_size].expand(logits.shape[:-1])  # every replica's targets
+        part = summed(logits, target).double()
+        loss_sum = part if loss_sum is None else loss_sum + part
+        preds.append(logits.argmax(-1))
+    pred = torch.cat(preds, dim=-1)
+    return loss_sum / len(y), (pred == y).float().mean(-1), pred
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -69,18 +189,32 @@ def evaluate(
     batch_size: int = 256,
     autocast: Any = nullcontext,
 ) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and predictions over a whole split, in eval mode. Batches of 256 keep
-    activations in cache: on a 2-core CPU the 1,000 MNIST-1D test examples take half the time
-    they take as one batch of 1,000."""
+    """Mean loss, accuracy and predictions of one model over a whole split, in eval mode."""
     model.eval()
-    loss_sum, preds = 0.0, []
-    for i in range(0, len(y), batch_size):
-        with autocast():
-            logits = model(x[i : i + batch_size]).float()
-        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
-        preds.append(logits.argmax(1))
-    pred = torch.cat(preds)
-    return loss_sum / len(y), (pred == y).float().mean().item(), pred
+    loss_mean, accuracy, pred = evaluate_all(Trained(model, []), x, y, batch_size, autocast)
+    return float(loss_mean), float(accuracy), pred
+
+
+def epoch_metrics(
+    totals: EpochTotals,
+    sums: tuple[float, float, float],
+    val: tuple[float, float],
+    lr: float,
+    train_s: float,
+) -> dict[str, float]:
+    """The metrics every epoch reports (config/groups.py's EPOCH_METRICS) for one run: from its
+    (loss, correct, gradient norm) sums of the epoch and its (val loss, val accuracy)."""
+    loss_sum, correct, grad_norm_sum = sums
+    return {
+        "train/loss": loss_sum / totals.seen,
+        "train/acc": correct / totals.seen,
+        "val/loss": val[0],
+        "val/acc": val[1],
+        "opt/lr": lr,
+        "train/grad_norm": grad_norm_sum / max(totals.updates, 1),
+        "perf/epoch_s": train_s,
+        "perf/samples_per_s": totals.seen / train_s,
+    }
 
 
 def fit(
@@ -105,11 +239,8 @@ def fit(
     `on_epoch_end(state, improved)` writes checkpoints, then metrics go to the tracker and the
     objective to the reporter (which may raise Pruned)."""
     x, y = data["x_train"], data["y_train"]
-    n, bs, accum = len(y), int(trainer.batch_size), int(trainer.grad_accum_steps)
-    clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
-    smoothing, on_cpu = float(trainer.label_smoothing), x.device.type == "cpu"
-    stop = trainer.early_stopping
-    params = [p for p in model.parameters()]
+    n, n_batches = len(y), batches_per_epoch(len(y), trainer)
+    trained = Trained(model, list(model.parameters()))
     while state.epoch < trainer.max_epochs and not state.stopped_early:
         epoch = state.epoch + 1  # epochs are numbered from 1 everywhere: log, MLflow step, tags
         if freeze_backbone_epochs:
@@ -117,72 +248,76 @@ def fit(
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(x.device)
-        # running sums stay on the device: one host sync per epoch, not per batch
-        loss_sum, correct, grad_norm_sum = (torch.zeros((), device=x.device) for _ in range(3))
-        n_updates = 0
-        batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
-        for b, start in enumerate(batches):
-            idx = perm[start : start + bs]
-            target = y[idx]
-            with autocast():
-                logits = model(x[idx])  # (B, ...) -> (B, classes)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-            if on_cpu and not torch.isfinite(loss):  # free check on CPU
-                raise DivergedError(epoch, loss.item())
-            (loss / accum if accum > 1 else loss).backward()
-            loss_sum.add_(loss.detach(), alpha=len(idx))
-            correct += (logits.argmax(1) == target).sum()
-            if (b + 1) % accum == 0 or b == len(batches) - 1:
-                grad_norm_sum += _grad_norm(params, clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.after_step()
-                state.step += 1
-                n_updates += 1
-        seen = min(len(batches) * bs, n)
-        loss_sum, correct, grad_norm_sum = (float(t) for t in (loss_sum, correct, grad_norm_sum))
-        if not math.isfinite(loss_sum):
-            raise DivergedError(epoch, loss_sum)
+        batches = batches_in_order(x, y, perm, int(trainer.batch_size), bool(trainer.drop_last))
+        check = partial(_raise_if_diverged, epoch=epoch) if x.device.type == "cpu" else None
+        totals = train_epoch(
+            trained,
+            batches,
+            n_batches,
+            optimizer,
+            schedule,
+            trainer,
+            autocast=autocast,
+            check=check,
+        )
+        sums = tuple(float(t) for t in (totals.loss_sum, totals.correct, totals.grad_norm_sum))
+        if not math.isfinite(sums[0]):
+            raise DivergedError(epoch, sums[0])
         train_s = time.perf_counter() - t0
+        state.step += totals.updates
         val_loss, val_acc, _ = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
-        metrics = {
-            "train/loss": loss_sum / seen,
-            "train/acc": correct / seen,
-            "val/loss": val_loss,
-            "val/acc": val_acc,
-            "opt/lr": schedule.lr,
-            "train/grad_norm": grad_norm_sum / max(n_updates, 1),
-            "perf/epoch_s": train_s,
-            "perf/samples_per_s": seen / train_s,
-        }
+        metrics = epoch_metrics(totals, sums, (val_loss, val_acc), schedule.lr, train_s)
         schedule.after_epoch(metrics)
-        state.epoch += 1
-        for k, v in metrics.items():
-            state.history.setdefault(k, []).append(v)
-        value = metrics[objective.metric]
-        improved = objective.better(value, state.best_value)
-        if improved:
-            state.best_value, state.best_epoch = value, epoch
-        _update_early_stopping(state, metrics, stop, objective)
+        improved = end_epoch(state, metrics, objective, trainer.early_stopping)
         if on_epoch_end is not None:
             on_epoch_end(state, improved)  # checkpoint first: what is reported can be resumed
         tracker.log_metrics(metrics, step=epoch)
         _show(epoch, trainer.max_epochs, metrics)
         if reporter is not None:
-            reporter(epoch, value)
+            reporter(epoch, metrics[objective.metric])
     return state
 
 
-def _grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
-    """Total gradient norm, clipping to `clip`; without a limit the gradients are only measured,
-    with one fused per-tensor norm (half the time of get_total_norm, which regroups the tensors by
-    device and dtype every step: the model is on one device, and stack promotes mixed dtypes)."""
-    if math.isinf(clip):
-        grads = [p.grad for p in params if p.grad is not None]
+def _raise_if_diverged(losses: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(losses):
+        raise DivergedError(epoch, losses.item())
+
+
+def end_epoch(
+    state: TrainState, metrics: dict[str, float], objective: Objective, stop: Any
+) -> bool:
+    """A run's end of an epoch: its history, best epoch and early stopping; whether it improved."""
+    state.epoch += 1
+    for k, v in metrics.items():
+        state.history.setdefault(k, []).append(v)
+    value = metrics[objective.metric]
+    improved = objective.better(value, state.best_value)
+    if improved:
+        state.best_value, state.best_epoch = value, state.epoch
+    _update_early_stopping(state, metrics, stop, objective)
+    return improved
+
+
+def grad_norm(params: list[nn.Parameter], clip: float, stacked: bool = False) -> torch.Tensor:
+    """Total gradient norm before clipping the gradients to `clip`; stacked: each replica's (K,),
+    each replica's gradients clipped as clip_grad_norm_ clips one model's. Without a limit one
+    model's gradients are only measured, with one fused per-tensor norm (half the time of
+    get_total_norm, which regroups the tensors by device and dtype every step: the model is on
+    one device, and stack promotes mixed dtypes)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not stacked:
+        if not math.isinf(clip):
+            return torch.nn.utils.clip_grad_norm_(params, clip).detach()
         if not grads:
             return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    return torch.nn.utils.clip_grad_norm_(params, clip).detach()
+        return torch.linalg.vector_norm(torch.stack(tensor_norms(grads)))
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+    norms = torch.linalg.vector_norm(per_tensor, dim=0)
+    if not math.isinf(clip):
+        coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+    return norms.detach()
 
 
 def _update_early_stopping(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,15 @@ def final_outcome(exc: BaseException) -> str | None:
     if isinstance(exc, Pruned):
         return "pruned"
     return "diverged" if isinstance(exc, DivergedError) else None
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    """A run that stopped: the exception, and the MLflow run that records why (None when the
+    run had not started)."""
+
+    run_id: str | None
+    cause: BaseException
 
 
 def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tunelab import build
+from tunelab.config.groups import OPTIMIZERS
 
 # Leaf layers whose forward is a pure function of (parameters, buffers, input) under vmap; and
 # BatchNorm, whose running statistics are batched buffers it updates in place.
@@ -20,8 +21,14 @@ PURE_LAYERS = (
     *(nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
     *(nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU),
 )
+# The layers with running statistics and the convolutions, by their public classes
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONVOLUTIONS = (
+    *(nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    *(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+)
 # torch.optim classes whose update of a tensor is elementwise (no norms over a whole tensor)
-ELEMENTWISE = ("SGD", "Adam", "AdamW", "Adadelta", "Adagrad", "Adamax", "NAdam", "RAdam", "RMSprop")
+ELEMENTWISE = tuple(target for target, facts in OPTIMIZERS.items() if facts.elementwise)
 
 
 def can_batch(model: nn.Module) -> str | None:
@@ -42,17 +49,23 @@ def _layer_reason(m: nn.Module) -> str | None:
             f"dropout p={m.p} draws its masks from the global RNG; the replicas' masks could "
             "not match their sequential runs (set model.dropout=0)"
         )
-    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+    if isinstance(m, BATCH_NORMS) and m.track_running_stats:
         return None if m.momentum is not None else "BatchNorm momentum=None reads its step count"
-    ok = isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm, *PURE_LAYERS))
+    ok = isinstance(m, (nn.Dropout, *BATCH_NORMS, *PURE_LAYERS))
     return None if ok else "not a layer known to run under vmap"
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    """Whether `model` convolves (batched, its replicas run grouped convolutions)."""
+    return any(isinstance(m, CONVOLUTIONS) for m in model.modules())
 
 
 def config_reason(cfg: DictConfig) -> str | None:
     """None when the run config (optimizer, scheduler, fine-tuning) can train as replicas."""
     target = str(cfg.optimizer.get("_target_", ""))
-    if not (target.startswith("torch.optim.") and target.rsplit(".", 1)[-1] in ELEMENTWISE):
-        return f"optimizer {target} is not elementwise ({'|'.join(ELEMENTWISE)})"
+    if target not in ELEMENTWISE:
+        names = "|".join(t.rsplit(".", 1)[-1] for t in ELEMENTWISE)
+        return f"optimizer {target} is not elementwise ({names})"
     if cfg.scheduler.get("monitor"):
         return (
             f"scheduler {cfg.scheduler.get('name')} follows each run's own {cfg.scheduler.monitor}:"

@@ -4,8 +4,9 @@ Parameters and buffers are stacked [K, ...] and the model runs under torch.func.
 the sum of the replicas' mean losses, so each gets its own gradient, and an elementwise optimizer
 over the stacked tensors is K independent optimizers sharing one lr schedule. Replica k is the
 sequential run `seed=seeds[k]`: its initial weights, its batch order (its own generator), losses,
-metrics, best epoch and early stop as loop.fit has them. A replica whose loss becomes non-finite
-fails with fit's reason, one that stops early finishes; both leave the stack and the others go on.
+metrics, best epoch and early stop as loop.fit has them, from loop's own training epoch and
+evaluation. A replica whose loss becomes non-finite fails with fit's reason, one that stops early
+finishes; both leave the stack at the epoch's end and the others go on.
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.func import functional_call, vmap
 
-from tunelab.optim.lr_schedule import build_training, steps_per_epoch
-from tunelab.run.loop import DivergedError, Objective, TrainState, _update_early_stopping
+from tunelab.build import build_training
+from tunelab.optim.lr_schedule import batches_per_epoch
+from tunelab.run.loop import (
+    DivergedError,
+    Objective,
+    Trained,
+    TrainState,
+    batches_in_order,
+    end_epoch,
+    epoch_metrics,
+    evaluate_all,
+    train_epoch,
+)
 from tunelab.run.replica_rules import can_batch, config_reason
 
 log = logging.getLogger(__name__)
@@ -41,6 +52,7 @@ class Replica:
     state: TrainState = field(default_factory=TrainState)
     status: str = "RUNNING"  # FINISHED | FAILED
     reason: str | None = None
+    diverged: tuple[int, float] | None = None  # a FAILED replica's DivergedError (epoch, loss)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -55,7 +67,7 @@ class Replica:
 class _Stack:
     """The replicas still training as one computation. Row i of the parameters [K, ...] (what the
     optimizer steps), of the buffers [K, ...] (BatchNorm's running statistics, updated in place
-    under vmap) and of this epoch's permutations and running sums is self.replicas[i]."""
+    under vmap) and of this epoch's sums is self.replicas[i]."""
 
     def __init__(self, models: list[nn.Module], replicas: list[Replica]) -> None:
         states = [m.state_dict() for m in models]
@@ -70,7 +82,7 @@ class _Stack:
         self.all, self.optimizer = list(replicas), None
         self.replicas = [r for r in replicas if r.status == "RUNNING"]
         self.gens = [torch.Generator().manual_seed(r.seed) for r in self.replicas]
-        self.perms = self.sums = torch.empty(0)
+        self.sums = torch.empty(0)  # this epoch's (loss, correct, gradient norm) sums
 
     def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         """(K, B, ...) inputs, or (B, ...) shared by all replicas -> (K, B, classes)."""
@@ -78,6 +90,11 @@ class _Stack:
         return vmap(lambda p, b, xb: one((p, b), (xb,)), in_dims=(0, 0, None if shared else 0))(
             self.params, self.buffers, x
         )
+
+    def trained(self, shared: bool = False) -> Trained:
+        """The replicas still training, for loop's epoch and evaluation (shared: every replica
+        gets the same inputs)."""
+        return Trained(partial(self, shared=shared), list(self.params.values()), stacked=True)
 
     def snapshot(self, schedule: Any) -> dict[str, Any]:
         """What training continues from: every replica (the running ones with their current
@@ -98,11 +115,11 @@ class _Stack:
     def fail_nonfinite(self, values: torch.Tensor, epoch: int) -> None:
         for r, v in zip(self.replicas, values.tolist(), strict=True):
             if not math.isfinite(v) and r.status == "RUNNING":  # fit's DivergedError, as a status
-                r.status, r.reason = "FAILED", str(DivergedError(epoch, v))
+                r.status, r.reason, r.diverged = "FAILED", str(DivergedError(epoch, v)), (epoch, v)
 
     def retire(self) -> int:
-        """Take the replicas that failed or stopped early out: re-stack parameters, gradients,
-        optimizer state and buffers without them. How many go on."""
+        """Take the replicas that failed or stopped early out (at an epoch's end): re-stack
+        parameters, gradients, optimizer state and buffers without them. How many go on."""
         keep = [r.status == "RUNNING" for r in self.replicas]
         if all(keep):
             return len(keep)
@@ -122,7 +139,7 @@ class _Stack:
             owner, _, attr = name.rpartition(".")
             setattr(self.module.get_submodule(owner), attr, new)
         self.buffers = {k: v[rows] for k, v in self.buffers.items()}
-        self.perms, self.sums = self.perms[rows], self.sums[rows]
+        self.sums = self.sums[rows]
         self.replicas = [r for r, k in zip(self.replicas, keep, strict=True) if k]
         self.gens = [g for g, k in zip(self.gens, keep, strict=True) if k]
         return len(self.replicas)
@@ -149,9 +166,7 @@ def fit_replicas(
     reason = config_reason(cfg) or can_batch(models[0])
     if reason:
         raise ValueError(f"cannot train as replicas: {reason}")
-    n, bs, accum = len(y), int(trainer.batch_size), int(trainer.grad_accum_steps)
-    clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
-    on_cpu = x.device.type == "cpu"
+    n, n_batches = len(y), batches_per_epoch(len(y), trainer)
     replicas = [Replica(int(s)) for s in seeds]
     if resume is not None:  # the running replicas continue from their saved weights
         replicas = [Replica.from_state(r) for r in resume["replicas"]]
@@ -166,54 +181,39 @@ def fit_replicas(
         schedule.load_state_dict(resume["schedule"])
         for g, saved in zip(stack.gens, resume["generators"], strict=True):
             g.set_state(saved)
-    batches = range(0, n - bs + 1 if trainer.drop_last and n >= bs else n, bs)
-    seen, steps = min(len(batches) * bs, n), steps_per_epoch(n, trainer)
-    loss_fn = vmap(partial(F.cross_entropy, label_smoothing=float(trainer.label_smoothing)))
     objective = Objective(cfg.objective.metric, cfg.objective.direction)
     first = stack.replicas[0].state.epoch + 1 if stack.replicas else int(trainer.max_epochs) + 1
     for epoch in range(first, int(trainer.max_epochs) + 1):
         stack.module.train()
         t0 = time.perf_counter()
-        stack.perms = torch.stack([torch.randperm(n, generator=g) for g in stack.gens])
-        stack.perms = stack.perms.to(x.device)
-        stack.sums = torch.zeros(len(stack.replicas), 3, device=x.device)  # loss, correct, |grad|
-        for b, start in enumerate(batches):
-            idx = stack.perms[:, start : start + bs]  # (K, B): each replica its own batch
-            target = y[idx]
-            with autocast():
-                logits = stack(x[idx])
-                losses = loss_fn(logits.float(), target)  # (K,)
-            if on_cpu:  # free check on CPU; a diverged replica leaves after the step
-                stack.fail_nonfinite(losses.detach(), epoch)
-            (losses / accum if accum > 1 else losses).sum().backward()
-            stack.sums[:, 0].add_(losses.detach(), alpha=idx.shape[1])
-            stack.sums[:, 1] += (logits.argmax(-1) == target).sum(1)
-            if (b + 1) % accum == 0 or b == len(batches) - 1:
-                stack.sums[:, 2] += _grad_norms(list(stack.params.values()), clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.after_step()
-                for r in stack.replicas:
-                    r.state.step += 1
-            if not stack.retire():
-                return replicas
-        train_s = time.perf_counter() - t0
+        perms = torch.stack([torch.randperm(n, generator=g) for g in stack.gens]).to(x.device)
+        batches = batches_in_order(x, y, perms, int(trainer.batch_size), bool(trainer.drop_last))
+        # a replica whose loss turns non-finite fails; it trains on to the epoch's end, apart
+        check = partial(stack.fail_nonfinite, epoch=epoch) if x.device.type == "cpu" else None
+        totals = train_epoch(
+            stack.trained(),
+            batches,
+            n_batches,
+            optimizer,
+            schedule,
+            trainer,
+            autocast=autocast,
+            check=check,
+        )
+        stack.sums = torch.stack([totals.loss_sum, totals.correct, totals.grad_norm_sum], 1)
         stack.fail_nonfinite(stack.sums[:, 0], epoch)
+        train_s = time.perf_counter() - t0
+        for r in stack.replicas:
+            r.state.step += totals.updates
         if not stack.retire():
             return replicas
-        val_loss, val_acc = _evaluate(stack, data["x_val"], data["y_val"], autocast)
+        stack.module.eval()
+        val = evaluate_all(stack.trained(shared=True), data["x_val"], data["y_val"], 256, autocast)
+        vals = torch.stack(val[:2], 1).tolist()
         for i, (r, sums) in enumerate(zip(stack.replicas, stack.sums.tolist(), strict=True)):
-            metrics = {
-                "train/loss": sums[0] / seen,
-                "train/acc": sums[1] / seen,
-                "val/loss": val_loss[i],
-                "val/acc": val_acc[i],
-                "opt/lr": schedule.lr,
-                "train/grad_norm": sums[2] / steps,
-                "perf/epoch_s": train_s,  # the batched epoch's time, shared by all replicas
-                "perf/samples_per_s": seen / train_s,  # per replica; K times that in all
-            }
-            if _record(r.state, metrics, objective, trainer.early_stopping):
+            # the batched epoch's time, shared by all replicas; samples per second per replica
+            metrics = epoch_metrics(totals, tuple(sums), tuple(vals[i]), schedule.lr, train_s)
+            if end_epoch(r.state, metrics, objective, trainer.early_stopping):
                 r.best_weights = stack.weights(i)
             r.status = "FINISHED" if r.state.stopped_early else r.status
             if on_epoch is not None:
@@ -235,43 +235,3 @@ def _show(epoch: int, total: int, replicas: list[Replica], train_s: float) -> No
         f"epoch {epoch}/{total} {len(accs)} replicas val/acc {min(accs):.4f}..{max(accs):.4f} "
         f"({train_s:.2f}s)"
     )
-
-
-def _record(state: TrainState, metrics: dict, objective: Objective, stop: Any) -> bool:
-    """fit's end of an epoch for one replica: history, best epoch, early stopping; improved?"""
-    state.epoch += 1
-    for k, v in metrics.items():
-        state.history.setdefault(k, []).append(v)
-    improved = objective.better(metrics[objective.metric], state.best_value)
-    if improved:
-        state.best_value, state.best_epoch = metrics[objective.metric], state.epoch
-    _update_early_stopping(state, metrics, stop, objective)
-    return improved
-
-
-def _grad_norms(params: list[nn.Parameter], clip: float) -> torch.Tensor:
-    """Each replica's total gradient norm (K,), clipping each replica's gradients to `clip` as
-    clip_grad_norm_ clips one model's."""
-    grads = [p.grad for p in params if p.grad is not None]
-    per_tensor = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
-    norms = torch.linalg.vector_norm(per_tensor, dim=0)
-    if not math.isinf(clip):
-        coef = (clip / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
-    return norms.detach()
-
-
-@torch.no_grad()
-def _evaluate(stack: _Stack, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> tuple[list, list]:
-    """loop.evaluate for every replica: mean loss and accuracy per replica, in eval mode."""
-    stack.module.eval()
-    loss_fn = vmap(partial(F.cross_entropy, reduction="sum"), in_dims=(0, None))
-    loss_sum, preds = torch.zeros(len(stack.replicas), dtype=torch.float64), []
-    for i in range(0, len(y), 256):  # evaluate()'s batches
-        with autocast():
-            logits = stack(x[i : i + 256], shared=True).float()
-        loss_sum += loss_fn(logits, y[i : i + 256]).double().cpu()
-        preds.append(logits.argmax(-1))
-    accuracy = (torch.cat(preds, dim=1) == y).float().mean(1)
-    return (loss_sum / len(y)).tolist(), accuracy.tolist()
