@@ -11,18 +11,14 @@ import torch
 from omegaconf import DictConfig
 
 from tunelab import build, startup
-from tunelab.config import validate
+from tunelab.config import ConfigError, validate
 from tunelab.diagnostics import command as diagnostics
 from tunelab.run import signals
 from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.context import RunContext, RunResult
 from tunelab.run.group import replica_seeds, train_group
 from tunelab.run.loop import Objective, TrainState, fit
-from tunelab.run.prepare import (
-    SPLIT_KEYS,
-    autocast_for,
-    setup,
-)
+from tunelab.run.prepare import autocast_for, build_augment, run_data, setup
 from tunelab.run.record import (
     RunFailed,
     close_unfinished,
@@ -83,7 +79,11 @@ def _train(
     if ft.get("init_checkpoint"):
         load_backbone(model, ft.init_checkpoint)
     model.to(device)
-    data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
+    data = run_data(splits, device)
+    try:
+        augment = build_augment(cfg, splits)
+    except ValueError as exc:  # an augmentation this data's examples cannot take
+        raise ConfigError(str(exc)) from None
     lr_mult = float(ft.get("backbone_lr_mult", 1.0))
     optimizer, schedule = build.build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
     generator = torch.Generator().manual_seed(int(cfg.seed))
@@ -121,6 +121,8 @@ def _train(
                 on_epoch_end=on_epoch_end,
                 autocast=autocast,
                 freeze_backbone_epochs=int(ft.get("freeze_backbone_epochs", 0)),
+                augment=augment,
+                seed=int(cfg.seed),
             )
             optimizer_name = str(cfg.optimizer.get("name", ""))
             summary = finish_run(

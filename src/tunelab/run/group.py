@@ -23,7 +23,13 @@ from tunelab.run.context import RunContext, RunResult, aggregate
 from tunelab.run.loop import DivergedError, TrainState
 from tunelab.run.prepare import SPLIT_KEYS, autocast_for, setup
 from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
-from tunelab.run.replica_rules import build_replicas, can_batch, config_reason, has_convolutions
+from tunelab.run.replica_rules import (
+    build_replicas,
+    can_batch,
+    config_reason,
+    data_reason,
+    has_convolutions,
+)
 from tunelab.run.replicas import Replica, fit_replicas
 from tunelab.run.store import RunStore
 
@@ -62,7 +68,7 @@ def train_group(cfg: DictConfig, ctx: RunContext, train: TrainOne) -> RunResult:
     models = build_replicas(
         cfg, seeds, base.splits.input_shape, base.splits.num_classes, base.allow
     )
-    reason = batching_reason(cfg, models[0], base.device)
+    reason = data_reason(base.splits) or batching_reason(cfg, models[0], base.device)
     contexts = [_replica_context(ctx, s, k, len(seeds)) for k, s in enumerate(seeds)]
     if reason:
         log.warning(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +20,8 @@ from torch import nn
 from torch.func import vmap
 
 from tunelab.compat.torch_internals import tensor_norms
+from tunelab.data.augment import Augment
+from tunelab.data.loader import StreamedSplits, epoch_batches, hard_labels, split_batches
 from tunelab.optim.lr_schedule import batches_per_epoch
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ def loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """The loss every run trains and is evaluated with, of one model's batch: (B, classes), (B,)."""
+    """The loss every run trains and is evaluated with, of one model's batch: (B, classes) and
+    class ids (B,), or the class probabilities (B, classes) mixup and cutmix give."""
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
 
 
@@ -104,17 +107,6 @@ class EpochTotals:
     grad_norm_sum: torch.Tensor
     seen: int = 0  # examples, per replica
     updates: int = 0  # optimizer steps
-
-
-def batches_in_order(
-    x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int, drop_last: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch's (inputs, targets) batches in the order of `perm` (n,), or of each replica's
-    own permutation (K, n): then (K, B, ...) inputs and (K, B) targets."""
-    n = perm.shape[-1]
-    for start in range(0, n - batch_size + 1 if drop_last and n >= batch_size else n, batch_size):
-        idx = perm[..., start : start + batch_size]
-        yield x[idx], y[idx]
 
 
 def train_epoch(
@@ -146,9 +138,11 @@ def train_epoch(
         (scaled.sum() if model.stacked else scaled).backward()
         if totals is None:  # running sums stay on the device: one host sync per epoch
             totals = EpochTotals(*(torch.zeros_like(losses.detach()) for _ in range(3)))
-        totals.loss_sum.add_(losses.detach(), alpha=target.shape[-1])
-        totals.correct += (logits.argmax(-1) == target).sum(-1)
-        totals.seen += target.shape[-1]
+        size = logits.shape[-2]  # examples per replica
+        labels = hard_labels(target) if target.is_floating_point() else target
+        totals.loss_sum.add_(losses.detach(), alpha=size)
+        totals.correct += (logits.argmax(-1) == labels).sum(-1)
+        totals.seen += size
         if (b + 1) % accum == 0 or b == n_batches - 1:
             totals.grad_norm_sum += grad_norm(model.params, clip, stacked=model.stacked)
             optimizer.step()
@@ -169,17 +163,30 @@ def evaluate_all(
     """Mean loss (float64), accuracy and predictions over a whole split, of a model in eval mode
     (one value, or one per replica). Batches of 256 keep activations in cache: on a 2-core CPU
     the 1,000 MNIST-1D test examples take half the time they take as one batch of 1,000."""
+    batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
+    return evaluate_batches(model, batches, autocast)[:3]
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: Trained,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    autocast: Any = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """evaluate_all over a split given as batches (a streamed split is never held at once): mean
+    loss, accuracy, predictions and the split's labels."""
     summed = model.per_replica(partial(loss, reduction="sum"))
-    loss_sum, preds = None, []
-    for i in range(0, len(y), batch_size):
+    loss_sum, preds, labels = None, [], []
+    for xb, yb in batches:
         with autocast():
-            logits = model.forward(x[i : i + batch_size]).float()
-        target = y[i : i + batch_size].expand(logits.shape[:-1])  # every replica's targets
+            logits = model.forward(xb).float()
+        target = yb.expand(logits.shape[:-1])  # every replica's targets
         part = summed(logits, target).double()
         loss_sum = part if loss_sum is None else loss_sum + part
         preds.append(logits.argmax(-1))
-    pred = torch.cat(preds, dim=-1)
-    return loss_sum / len(y), (pred == y).float().mean(-1), pred
+        labels.append(yb)
+    pred, y = torch.cat(preds, dim=-1), torch.cat(labels)
+    return loss_sum / len(y), (pred == y).float().mean(-1), pred, y
 
 
 def evaluate(
@@ -193,6 +200,24 @@ def evaluate(
     model.eval()
     loss_mean, accuracy, pred = evaluate_all(Trained(model, []), x, y, batch_size, autocast)
     return float(loss_mean), float(accuracy), pred
+
+
+def evaluate_split(
+    model: nn.Module,
+    data: dict[str, torch.Tensor] | StreamedSplits,
+    split: str,
+    autocast: Any = nullcontext,
+) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """evaluate() of split `val` or `test` of the run's data, in memory or streamed from disk (in
+    file order, never augmented); also the split's labels."""
+    if not isinstance(data, StreamedSplits):
+        y = data[f"y_{split}"]
+        return (*evaluate(model, data[f"x_{split}"], y, autocast=autocast), y)
+    model.eval()
+    device = next(model.parameters()).device
+    batches = split_batches(data, split, 256, device)
+    loss_mean, accuracy, pred, y = evaluate_batches(Trained(model, []), batches, autocast)
+    return float(loss_mean), float(accuracy), pred, y
 
 
 def epoch_metrics(
@@ -221,7 +246,7 @@ def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
-    data: dict[str, torch.Tensor],
+    data: dict[str, torch.Tensor] | StreamedSplits,
     trainer: Any,
     *,
     objective: Objective,
@@ -232,14 +257,19 @@ def fit(
     on_epoch_end: Callable[[TrainState, bool], None] | None = None,
     autocast: Any = nullcontext,
     freeze_backbone_epochs: int = 0,
+    augment: Augment | None = None,
+    seed: int = 0,
 ) -> TrainState:
     """Train from `state.epoch` to trainer.max_epochs (or early stop); returns the final state.
 
-    data holds x_train/y_train/x_val/y_val on the training device. After every epoch:
-    `on_epoch_end(state, improved)` writes checkpoints, then metrics go to the tracker and the
-    objective to the reporter (which may raise Pruned)."""
-    x, y = data["x_train"], data["y_train"]
-    n, n_batches = len(y), batches_per_epoch(len(y), trainer)
+    data holds x_train/y_train/x_val/y_val on the training device, or is streamed from disk
+    (data/loader.py); `augment` (data/augment.py) changes each training batch as a function of
+    (seed, epoch, batch index). After every epoch: `on_epoch_end(state, improved)` writes
+    checkpoints, then metrics go to the tracker and the objective to the reporter (which may
+    raise Pruned)."""
+    device = next(model.parameters()).device
+    n = len(data.train) if isinstance(data, StreamedSplits) else len(data["y_train"])
+    n_batches = batches_per_epoch(n, trainer)
     trained = Trained(model, list(model.parameters()))
     while state.epoch < trainer.max_epochs and not state.stopped_early:
         epoch = state.epoch + 1  # epochs are numbered from 1 everywhere: log, MLflow step, tags
@@ -247,9 +277,18 @@ def fit(
             _freeze_backbone(model, frozen=epoch <= freeze_backbone_epochs)
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=generator).to(x.device)
-        batches = batches_in_order(x, y, perm, int(trainer.batch_size), bool(trainer.drop_last))
-        check = partial(_raise_if_diverged, epoch=epoch) if x.device.type == "cpu" else None
+        batches = epoch_batches(
+            data,
+            int(trainer.batch_size),
+            seed=seed,
+            epoch=epoch,
+            generator=generator,
+            drop_last=bool(trainer.drop_last),
+            device=device,
+        )
+        if augment is not None:
+            batches = (augment(xb, yb, seed, epoch, b) for b, (xb, yb) in enumerate(batches))
+        check = partial(_raise_if_diverged, epoch=epoch) if device.type == "cpu" else None
         totals = train_epoch(
             trained,
             batches,
@@ -265,7 +304,7 @@ def fit(
             raise DivergedError(epoch, sums[0])
         train_s = time.perf_counter() - t0
         state.step += totals.updates
-        val_loss, val_acc, _ = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
+        val_loss, val_acc, _, _ = evaluate_split(model, data, "val", autocast)
         metrics = epoch_metrics(totals, sums, (val_loss, val_acc), schedule.lr, train_s)
         schedule.after_epoch(metrics)
         improved = end_epoch(state, metrics, objective, trainer.early_stopping)

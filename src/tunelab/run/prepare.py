@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab import build
 from tunelab.config import ConfigError, targets
+from tunelab.data.augment import Augment, make_augment
+from tunelab.data.loader import StreamedSplits
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import resolve_device
 
@@ -40,6 +42,9 @@ def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), cfg.trainer, ctx.threads)
     splits = build.build_data(cfg.data, allow)
+    workers = int(splits.settings.num_workers) if isinstance(splits, StreamedSplits) else 0
+    if workers and not cfg.trainer.num_threads:  # an explicit count is kept
+        torch.set_num_threads(loader_threads(torch.get_num_threads(), workers))
     if ctx.data_digest and splits.digest != ctx.data_digest:
         raise DataChangedError(
             f"data changed: expected digest {ctx.data_digest}, the data now has {splits.digest}"
@@ -64,6 +69,29 @@ def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) 
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def loader_threads(threads: int, workers: int) -> int:
+    """Torch threads of a run whose DataLoader has `workers` processes (one thread each): the
+    cores the run was given less its workers, at least 1, so the run uses what it was given."""
+    return max(1, threads - workers)
+
+
+def run_data(splits: Any, device: torch.device) -> dict[str, torch.Tensor] | StreamedSplits:
+    """What a run trains on: the in-memory splits on `device`, or the streamed splits as they are
+    (data/loader.py moves each batch to the device)."""
+    if isinstance(splits, StreamedSplits):
+        return splits
+    return {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
+
+
+def build_augment(cfg: DictConfig, splits: Any) -> Augment | None:
+    """The run's augmentation (cfg.augment, absent or none: None) for its data."""
+    node = cfg.get("augment")
+    if node is None:
+        return None
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return make_augment(plain, splits.input_shape, splits.num_classes, splits.norm)
 
 
 def autocast_for(trainer: DictConfig, device: torch.device) -> Any:

@@ -11,10 +11,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab.config.secrets import mask, mask_diff, masked
+from tunelab.data.loader import StreamedSplits, split_batches
 from tunelab.diagnostics.metrics import per_class_accuracy, per_class_metrics
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
-from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate
+from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate_split
 from tunelab.run.names import job_name, swept_values
 from tunelab.run.signals import Terminated
 from tunelab.tags import FAILURE_MESSAGE, FAILURE_REASON, ROLE, Role
@@ -49,6 +50,7 @@ def start_run(
         "seed": str(cfg.seed),
         "data_digest": splits.digest,
         "data": splits.name,
+        "data_loader": "stream" if isinstance(splits, StreamedSplits) else "memory",
         "overrides": " ".join(overrides) or "(none)",
         ROLE: Role.SINGLE,
         "objective": cfg.objective.metric,
@@ -108,7 +110,7 @@ def finish_run(
     ctx: RunContext,
     optimizer: str,
     model: torch.nn.Module,
-    data: dict,
+    data: Any,
     state: TrainState,
     splits: Any,
     store: Any,
@@ -118,8 +120,8 @@ def finish_run(
     `optimizer` names the optimizer (the diagnosis's advice depends on its family)."""
     h = state.history
     store.load_best(model)
-    val_loss, val_acc, val_pred = evaluate(model, data["x_val"], data["y_val"], autocast=autocast)
-    test_loss, test_acc, _ = evaluate(model, data["x_test"], data["y_test"], autocast=autocast)
+    val_loss, val_acc, val_pred, y_val = evaluate_split(model, data, "val", autocast)
+    test_loss, test_acc, _, y_test = evaluate_split(model, data, "test", autocast)
     summary = {
         "val/acc": val_acc,
         "val/loss": val_loss,
@@ -130,15 +132,15 @@ def finish_run(
         "train/loss": h["train/loss"][-1],
         "perf/epoch_s": float(np.mean(h["perf/epoch_s"])),
         "perf/samples_per_s": float(np.mean(h["perf/samples_per_s"])),
-        "data/n_val": float(len(data["y_val"])),  # what an accuracy's sampling error rests on
-        "data/n_test": float(len(data["y_test"])),
+        "data/n_val": float(len(y_val)),  # what an accuracy's sampling error rests on
+        "data/n_test": float(len(y_test)),
     }
     tracker.log_metrics(
         {f"best/{k}": v for k, v in summary.items() if k.startswith("val/")}
         | {"test/acc": test_acc, "test/loss": test_loss, "best_epoch": state.best_epoch},
         step=state.epoch,
     )
-    accs = per_class_accuracy(val_pred, data["y_val"], splits.num_classes)
+    accs = per_class_accuracy(val_pred, y_val, splits.num_classes)
     tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
     tracker.set_tags(
         {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits, optimizer)}
@@ -147,9 +149,16 @@ def finish_run(
     if store.best_path.exists():
         tracker.log_artifact(store.best_path, "checkpoints")
     if ctx.log_model is not False:
-        tracker.log_model(model.cpu(), data["x_val"][:2].cpu().numpy())
+        tracker.log_model(model.cpu(), example_inputs(data).cpu().numpy())
     tracker.end("FINISHED")
     return summary
+
+
+def example_inputs(data: Any) -> torch.Tensor:
+    """Two validation inputs as the model takes them (the logged model's signature)."""
+    if isinstance(data, StreamedSplits):
+        return next(split_batches(data, "val", 2))[0]
+    return data["x_val"][:2]
 
 
 def _diagnosis_tags(history: dict[str, list[float]], splits: Any, optimizer: str) -> dict[str, str]:

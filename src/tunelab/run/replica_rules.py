@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tunelab import build
+from tunelab.config.data_rules import enabled
 from tunelab.config.groups import OPTIMIZERS
+from tunelab.data.loader import StreamedSplits
 
 # Leaf layers whose forward is a pure function of (parameters, buffers, input) under vmap; and
 # BatchNorm, whose running statistics are batched buffers it updates in place.
@@ -71,11 +74,28 @@ def config_reason(cfg: DictConfig) -> str | None:
             f"scheduler {cfg.scheduler.get('name')} follows each run's own {cfg.scheduler.monitor}:"
             " the replicas' learning rates would differ, and they share one"
         )
+    if enabled(_plain(cfg.get("augment"))):
+        return (
+            f"augment={cfg.augment.get('name')} draws each batch's augmentation from the run's "
+            "seed; the stacked replicas share one batch step"
+        )
     ft = cfg.get("finetune") or {}
     tuned = ft.get("init_checkpoint") or ft.get("freeze_backbone_epochs")
     if tuned or ft.get("backbone_lr_mult", 1.0) != 1.0:
         return "fine-tuning (a checkpoint, a frozen backbone, backbone_lr_mult) is not supported"
     return None
+
+
+def data_reason(splits: Any) -> str | None:
+    """None when the data can train as replicas: in memory, where each replica's own order is a
+    gather; streamed data would be read from disk once per replica."""
+    if isinstance(splits, StreamedSplits):
+        return "streamed data (data.loader=stream) is read in one order per run, not per replica"
+    return None
+
+
+def _plain(node: Any) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
 
 
 def build_replicas(

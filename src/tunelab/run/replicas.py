@@ -15,7 +15,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,13 +27,13 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from tunelab.build import build_training
+from tunelab.data.loader import epoch_batches
 from tunelab.optim.lr_schedule import batches_per_epoch
 from tunelab.run.loop import (
     DivergedError,
     Objective,
     Trained,
     TrainState,
-    batches_in_order,
     end_epoch,
     epoch_metrics,
     evaluate_all,
@@ -186,8 +186,7 @@ def fit_replicas(
     for epoch in range(first, int(trainer.max_epochs) + 1):
         stack.module.train()
         t0 = time.perf_counter()
-        perms = torch.stack([torch.randperm(n, generator=g) for g in stack.gens]).to(x.device)
-        batches = batches_in_order(x, y, perms, int(trainer.batch_size), bool(trainer.drop_last))
+        batches = _stacked_batches(data, stack.gens, epoch, trainer)
         # a replica whose loss turns non-finite fails; it trains on to the epoch's end, apart
         check = partial(stack.fail_nonfinite, epoch=epoch) if x.device.type == "cpu" else None
         totals = train_epoch(
@@ -226,6 +225,20 @@ def fit_replicas(
     for i, r in enumerate(stack.replicas):
         r.status, r.weights = "FINISHED", stack.weights(i)
     return replicas
+
+
+def _stacked_batches(
+    data: dict[str, torch.Tensor], gens: list[torch.Generator], epoch: int, trainer: Any
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each replica's own batches of the epoch (its generator's order), stacked: (K, B, ...)
+    inputs and (K, B) targets."""
+    size, drop_last = int(trainer.batch_size), bool(trainer.drop_last)
+    own = [
+        epoch_batches(data, size, seed=0, epoch=epoch, generator=g, drop_last=drop_last)
+        for g in gens  # each draws its order now, as a plain run's epoch does
+    ]
+    for parts in zip(*own, strict=True):
+        yield torch.stack([x for x, _ in parts]), torch.stack([y for _, y in parts])
 
 
 def _show(epoch: int, total: int, replicas: list[Replica], train_s: float) -> None:
