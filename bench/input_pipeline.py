@@ -1,6 +1,7 @@
 """The streaming input path against pre-decoded tensors: one epoch of the default CNN over 32x32
 PNGs read from disk (one DataLoader worker, augment=standard on the device) versus the same
-batches from the same images held in memory, in a minimal training loop (forward, backward, SGD).
+batches from the same images held in memory, each epoch run/loop.py's train_epoch (the step every
+run trains with) with the default config's optimizer and schedule.
 
 Both paths augment alike, so the ratio is what reading and decoding files costs a training epoch;
 the epoch without augmentation is printed beside it, and the loader's images/s alone (decode and
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,21 +33,21 @@ from tunelab import build  # noqa: E402
 from tunelab.data import images  # noqa: E402
 from tunelab.data.augment import make_augment  # noqa: E402
 from tunelab.data.loader import epoch_batches  # noqa: E402
+from tunelab.optim.lr_schedule import batches_per_epoch  # noqa: E402
+from tunelab.run.loop import Trained, augmented, train_epoch  # noqa: E402
+from tunelab.run.prepare import loader_threads  # noqa: E402
 
 
-def train_epoch(model, opt, batches, aug, seed: int, epoch: int) -> int:
-    """The minimal step: augment, forward, loss, backward, SGD; returns the examples seen."""
+def one_epoch(model, training, trainer, batches, n: int, aug, seed: int, epoch: int) -> int:
+    """One epoch of run/loop.py's train_epoch (what fit() runs), augmented as fit() augments;
+    returns the examples seen."""
+    optimizer, schedule = training
     model.train()
-    seen = 0
-    for b, (x, y) in enumerate(batches):
-        if aug is not None:
-            x, y = aug(x, y, seed, epoch, b)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += len(x)
-    return seen
+    batches = augmented(batches, aug, seed, epoch)
+    n_batches = batches_per_epoch(n, trainer)
+    trained = Trained(model, list(model.parameters()))
+    totals = train_epoch(trained, batches, n_batches, optimizer, schedule, trainer)
+    return totals.seen
 
 
 def main() -> None:
@@ -72,13 +73,20 @@ def measure(path: str, args: argparse.Namespace) -> None:
         path=path, loader="stream", num_workers=args.workers, persistent_workers=args.workers > 0
     )
     n, bs = len(memory.y_train), args.batch_size
-    cfg = OmegaConf.load(ROOT / "conf/model/cnn.yaml")
-    standard = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/augment/standard.yaml"))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        run_cfg = compose(
+            "train", overrides=["model=cnn", "augment=standard", f"trainer.batch_size={bs}"]
+        )
+    cfg, trainer = run_cfg.model, run_cfg.trainer
+    standard = OmegaConf.to_container(run_cfg.augment)
     shape, k = memory.input_shape, memory.num_classes
     aug_mem = make_augment(standard, shape, k, memory.norm)
     aug_str = make_augment(standard, shape, k, stream.norm)
+    cores = torch.get_num_threads()  # a run's threads: its loader workers take their share
+    stream_threads = loader_threads(cores, args.workers) if args.workers else cores
     print(
-        f"{n} training images {shape}, batch {bs}, torch threads {torch.get_num_threads()}, "
+        f"{n} training images {shape}, batch {bs}, torch threads {torch.get_num_threads()} "
+        f"(streamed: {stream_threads}), "
         f"loader workers {args.workers}"
     )
 
@@ -99,17 +107,19 @@ def measure(path: str, args: argparse.Namespace) -> None:
         "memory": lambda g, e: epoch_batches(memory, bs, seed=0, epoch=e, generator=g),
     }
     augs = {"stream+aug": aug_str, "memory+aug": aug_mem, "memory": None}
+    threads = {"stream+aug": stream_threads, "memory+aug": cores, "memory": cores}
     state = {}
     for name in runs:
         torch.manual_seed(0)
         model = build.build_model(cfg, shape, k)
-        state[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+        state[name] = (model, build.build_training(model, run_cfg, n))
     for epoch in range(args.epochs + 1):  # epoch 0 warms up each path, not counted
         for name, batches in runs.items():
-            model, opt = state[name]
+            model, training = state[name]
             g = torch.Generator().manual_seed(epoch)
             t0 = time.perf_counter()
-            train_epoch(model, opt, batches(g, epoch + 1), augs[name], 0, epoch + 1)
+            torch.set_num_threads(threads[name])
+            one_epoch(model, training, trainer, batches(g, epoch + 1), n, augs[name], 0, epoch + 1)
             if epoch:
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}

@@ -19,7 +19,6 @@ from test_images import write_folder
 
 from tunelab.build import build_training
 from tunelab.data import images as I
-from tunelab.data import loader as L
 from tunelab.run import prepare
 from tunelab.run.context import RunContext
 from tunelab.run.loop import Objective, TrainState, fit
@@ -44,8 +43,7 @@ def train(cfg) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
     """What api.train runs (minus the store and tracking): setup, augmentation, fit."""
     s = prepare.setup(cfg, RunContext())
     data = prepare.run_data(s.splits, torch.device("cpu"))
-    n = len(s.splits.train) if isinstance(data, L.StreamedSplits) else len(data["y_train"])
-    optimizer, schedule = build_training(s.model, cfg, n, allow=s.allow)
+    optimizer, schedule = build_training(s.model, cfg, s.splits.sizes()["train"], allow=s.allow)
     state = fit(
         s.model,
         optimizer,

@@ -85,7 +85,9 @@ def _train(
     except ValueError as exc:  # an augmentation this data's examples cannot take
         raise ConfigError(str(exc)) from None
     lr_mult = float(ft.get("backbone_lr_mult", 1.0))
-    optimizer, schedule = build.build_training(model, cfg, len(splits.y_train), lr_mult, s.allow)
+    optimizer, schedule = build.build_training(
+        model, cfg, splits.sizes()["train"], lr_mult, s.allow
+    )
     generator = torch.Generator().manual_seed(int(cfg.seed))
     autocast = autocast_for(cfg.trainer, device)
     store = RunStore.for_config(cfg)

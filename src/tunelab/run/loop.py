@@ -109,6 +109,19 @@ class EpochTotals:
     updates: int = 0  # optimizer steps
 
 
+def augmented(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    augment: Augment | None,
+    seed: int,
+    epoch: int,
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """An epoch's training batches as the step sees them: augmented (when configured) by their
+    (seed, epoch, batch index), so a resumed epoch sees what an uninterrupted one saw."""
+    if augment is None:
+        return batches
+    return (augment(xb, yb, seed, epoch, b) for b, (xb, yb) in enumerate(batches))
+
+
 def train_epoch(
     model: Trained,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -286,8 +299,7 @@ def fit(
             drop_last=bool(trainer.drop_last),
             device=device,
         )
-        if augment is not None:
-            batches = (augment(xb, yb, seed, epoch, b) for b, (xb, yb) in enumerate(batches))
+        batches = augmented(batches, augment, seed, epoch)
         check = partial(_raise_if_diverged, epoch=epoch) if device.type == "cpu" else None
         totals = train_epoch(
             trained,
