@@ -21,7 +21,7 @@ from tunelab.run import signals
 from tunelab.run.checkpoint import serialize, write_atomic
 from tunelab.run.context import RunContext, RunResult, aggregate
 from tunelab.run.loop import DivergedError, TrainState
-from tunelab.run.prepare import SPLIT_KEYS, autocast_for, setup
+from tunelab.run.prepare import autocast_for, run_data, setup
 from tunelab.run.record import end_failed, final_outcome, finish_run, start_run
 from tunelab.run.replica_rules import (
     build_replicas,
@@ -160,7 +160,7 @@ def _batched(
     models: list[Any],
 ) -> list[RunResult]:
     seeds, splits, device = [int(c.seed) for c in configs], base.splits, base.device
-    data = {k: getattr(splits, k).to(device) for k in SPLIT_KEYS}
+    data = run_data(splits, device)  # in memory: streamed data trains one seed at a time
     autocast = autocast_for(cfg.trainer, device)
     store, every = RunStore.for_config(cfg), int(cfg.trainer.checkpoint_every_epochs)
     metric = str(cfg.objective.metric)

@@ -1,5 +1,5 @@
 """Which runs can train as vmapped replicas (the model's layers, the optimizer, the schedule,
-fine-tuning), and the initial model of each replica."""
+fine-tuning, augmentation, streamed data), and the initial model of each replica."""
 
 from __future__ import annotations
 
