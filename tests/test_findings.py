@@ -17,14 +17,15 @@ from tunelab.findings import spec as findings_spec
 from tunelab.findings.spec import Check, SpecError
 from tunelab.findings.verdict import judge
 
-pytestmark = pytest.mark.xdist_group("findings")  # the reduced findings run: built once
+# the reduced findings run: built once, on one worker; 22 studies take minutes on 2 busy cores
+pytestmark = [pytest.mark.xdist_group("findings"), pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIMS = ROOT / "docs" / "findings" / "claims.yaml"
 RUN_ID = re.compile(r"`([0-9a-f]{32})`")
 
 
-def tunelab(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+def tunelab(*args: str, cwd: Path, timeout: float = 1500) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run([sys.executable, "-m", "tunelab", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
