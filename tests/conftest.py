@@ -12,23 +12,13 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tunelab.config.groups import EPOCH_METRICS  # noqa: F401  (what every epoch logs)
 from tunelab.run.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TRAIN = ROOT / "src" / "train.py"
 
-# The per-epoch metrics every run must log (the list).
-EPOCH_METRICS = (
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "opt/lr",
-    "train/grad_norm",
-    "perf/epoch_s",
-    "perf/samples_per_s",
-)
 
 # Small and fast: what most end-to-end tests train.
 FAST = [
