@@ -24,7 +24,7 @@ from tunelab.config import ConfigError, validate
 from tunelab.config.secrets import mask, mask_file, mask_logs
 from tunelab.config.sweep_check import sweeper_kind, validate_multirun
 from tunelab.run.context import RunContext, RunResult
-from tunelab.tags import FAILURE_REASON, ROLE, Role
+from tunelab.tags import COMPARE_RUNS, FAILURE_REASON, ROLE, Role
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,6 @@ class TunelabCallback(Callback):
         table of its jobs sorted by the objective, with it, test/acc and the swept params as
         columns (a shared view keyed by the parent's id). Returns the printed lines."""
         from tunelab.tracking.mlflow_writer import (
-            COMPARE_TAG,
             compare_hint,
             share_view,
             table_view,
@@ -256,6 +255,6 @@ class TunelabCallback(Callback):
         share_view(self.writer, self.parent_id, view)
         hint = compare_hint(self.writer.experiment_id, runs, objective)
         note = f"{len(runs)} jobs.\n\n{hint}"
-        tags = {COMPARE_TAG: ",".join(runs), "mlflow.note.content": note}
+        tags = {COMPARE_RUNS: ",".join(runs), "mlflow.note.content": note}
         self.writer.set_tags(self.parent_id, tags)
         return hint

@@ -24,6 +24,7 @@ from tunelab.reports import study_verdicts as sv
 from tunelab.reports import verdict_words
 from tunelab.reports.run_record import RunRecord
 from tunelab.reports.stats import audit, describe, doubling_gain
+from tunelab.tags import COMPARE_RUNS
 
 log = logging.getLogger(__name__)
 TEST = "test/acc"
@@ -294,10 +295,10 @@ def _records(run: StudyOutcome, summary: dict[str, Any]) -> tuple[RunRecord, dic
     }
     cells = [c["mlflow_run_id"] for c in summary["cells"] if c["mlflow_run_id"]]
     if cells and run.experiment_id is not None:  # the confirmed cells side by side
-        from tunelab.tracking.mlflow_writer import COMPARE_TAG, ui_link
+        from tunelab.tracking.mlflow_writer import ui_link
 
         link = ui_link(run.experiment_id, runs=cells)
-        tags[COMPARE_TAG] = ",".join(cells)
+        tags[COMPARE_RUNS] = ",".join(cells)
         tags["mlflow.note.content"] += f"\n\nThe confirmed cells side by side: {link}"
         log.info("the confirmed cells side by side: %s", link)
     record = RunRecord(metrics=study_metrics, params=params, tags=tags, folders=(run.out_dir,))

@@ -20,6 +20,7 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import Param, describe, to_overrides
 from tunelab.reports.run_record import RunRecord
 from tunelab.reports.runs_table import trial_counts
+from tunelab.tags import COMPARE_RUNS
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,6 @@ def _record(
         head = f"Pareto front: trials {tags['pareto.trials']} (pareto_front.csv)"
     else:
         head = "No trial finished."
-    from tunelab.tracking.mlflow_writer import COMPARE_TAG
-
     counts = ", ".join(f"{v} {k}" for k, v in result["counts"].items() if v)
     compare = compare_best(outcome, study)
     tags["mlflow.note.content"] = (
@@ -245,7 +244,7 @@ def _record(
         + (f"\n\nThe best {len(compare[0])} trials, {compare[1]}" if compare else "")
     )
     if compare:
-        tags[COMPARE_TAG] = ",".join(compare[0])
+        tags[COMPARE_RUNS] = ",".join(compare[0])
         log.info("the best %d trials, %s", len(compare[0]), compare[1])
     params = {
         "n_trials": outcome.n_trials,

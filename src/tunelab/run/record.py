@@ -18,11 +18,10 @@ from tunelab.run.lineage import git_state, lineage_tags
 from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate_split
 from tunelab.run.names import job_name, swept_values
 from tunelab.run.signals import Terminated
-from tunelab.tags import FAILURE_MESSAGE, FAILURE_REASON, ROLE, Role
+from tunelab.tags import FAILURE_MESSAGE, FAILURE_REASON, FAILURE_TAGS, ROLE, Role
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
-FAILURE_TAGS = (FAILURE_REASON, FAILURE_MESSAGE)
 
 
 def close_unfinished(tracker: Tracker, run_id: str) -> None:

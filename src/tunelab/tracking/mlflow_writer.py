@@ -32,7 +32,7 @@ from urllib.parse import quote, urlencode
 from tunelab import processes
 from tunelab.background import BackgroundWriter
 from tunelab.processes import file_lock
-from tunelab.tags import COMPARE_RUNS, FAILURE_REASON, OWNER, PARENT_RUN_ID
+from tunelab.tags import FAILURE_REASON, OWNER, PARENT_RUN_ID
 from tunelab.tracking import run_owners
 from tunelab.tracking.mlflow_reader import MlflowReader
 from tunelab.tracking.policy import (
@@ -60,7 +60,6 @@ _KIND = (EXPERIMENT_KIND, "custom_model_development")
 # the store (plain `mlflow ui`/`mlflow server` too) opens the view.
 SHARED_VIEW = "mlflow.sharedViewState."
 # The runs a multirun's, a sweep's or a study's run lists for comparison (`tunelab ui --compare`).
-COMPARE_TAG = COMPARE_RUNS
 
 
 def table_view(
