@@ -49,6 +49,8 @@ def on_signals(handler: Callable[[int], None]) -> Iterator[None]:
         for s in STOPPING
         if signal.getsignal(s) is not signal.SIG_IGN
     }
+    # a mask inherited blocked (a parent that forked while it held them) would keep them pending
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, list(previous))
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ import random
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,8 +436,15 @@ class Sweep:
         pool = ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trial")
         futures = [pool.submit(self._worker, i) for i in range(self.n_jobs)]
         try:
+            # The main thread waits in short slices: a signal the kernel hands to another thread
+            # (a trial's, a heartbeat's) runs its Python handler only once the main thread runs
+            # bytecode again, and a wait without a timeout would hold it until a worker ends.
+            while wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION).not_done:
+                if any(f.done() and f.exception() for f in futures):
+                    break
             for f in futures:
-                f.result()
+                if f.done():
+                    f.result()
         except BaseException:
             self.state.stop = self.state.stop or "interrupted"  # the other workers ask no more
             raise
