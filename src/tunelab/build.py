@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from tunelab.config import targets
+from tunelab.config import targets, tasks
 from tunelab.config.groups import SCHEDULER
 from tunelab.config.rules import POSITIVE_INT
 from tunelab.data.images import DataError, scan
@@ -116,21 +116,32 @@ def _schedule_factory(raw: dict[str, Any]) -> Any:
 def file_problems(cfg: DictConfig) -> list[str]:
     """The problems of the files behind a config's local data paths, found before any run,
     directory, lock or study exists: a .npz is loaded to see what it holds; an image folder's
-    layout is scanned (missing, no class folders, an empty class, class sets that differ)."""
+    layout is scanned (missing, no class folders, an empty class, class sets that differ); a
+    .npz's targets must be what the task trains on (config/tasks.py)."""
     data = cfg.get("data")
     target = str(data.get("_target_", "")) if data is not None else ""
+    plain = OmegaConf.to_container(cfg.get("task") or {}, resolve=True)
     if target == "tunelab.data.images.images" and data.get("path"):
         try:
-            scan(data.path)
+            folder = scan(data.path)
         except DataError as exc:
             return [str(exc)]
+        problem = tasks.weights_problem(plain, len(folder.classes))
+        return [problem] if problem else []
     elif target.endswith(".npz"):
         try:
-            build_data(data)
+            splits = build_data(data)
         except Exception as exc:  # every loader complaint: missing keys, shapes, NaN, not an npz
             text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             return [first if first.startswith("data.") else f"data.path={data.path!r}: {first}"]
+        task = str(plain.get("name", tasks.DEFAULT))
+        if problem := tasks.target_problem(task, splits):
+            return [f"data.path={data.path!r}: {problem}"]
+        if task == "classification" and (
+            problem := tasks.weights_problem(plain, splits.num_classes)
+        ):
+            return [problem]
     return []
 
 

@@ -23,6 +23,7 @@ from tunelab.build import file_problems
 from tunelab.config import ConfigError, validate
 from tunelab.config.secrets import mask, mask_file, mask_logs
 from tunelab.config.sweep_check import sweeper_kind, validate_multirun
+from tunelab.config.tasks import test_metric
 from tunelab.run.context import RunContext, RunResult
 from tunelab.tags import COMPARE_RUNS, FAILURE_REASON, ROLE, Role
 
@@ -73,10 +74,11 @@ def summary_line(result: RunResult) -> str:
     run = f"; run {result.run_id}" if result.run_id else ""  # what reproduce and trace take
     if "best_epoch" not in m:
         return "  ".join(f"{k}={v:.4g}" for k, v in m.items()) + run
+    test = test_metric(result.objective)
+    tested = f", {test} {m[test]:.4f}" if test in m else ""
     return (
         f"{result.objective} {result.value:.4f} at epoch {int(m['best_epoch'])} of "
-        f"{int(m['epochs_run'])} (selected), test/acc {m['test/acc']:.4f}, "
-        f"{m['perf/epoch_s']:.2f} s per epoch{run}"
+        f"{int(m['epochs_run'])} (selected){tested}, {m['perf/epoch_s']:.2f} s per epoch{run}"
     )
 
 
@@ -251,7 +253,7 @@ class TunelabCallback(Callback):
             if p in logged
         ]
         ascending = config.objective.direction == "minimize"
-        view = table_view(self.parent_id, objective, ascending, ["test/acc"], params)
+        view = table_view(self.parent_id, objective, ascending, [test_metric(objective)], params)
         share_view(self.writer, self.parent_id, view)
         hint = compare_hint(self.writer.experiment_id, runs, objective)
         note = f"{len(runs)} jobs.\n\n{hint}"

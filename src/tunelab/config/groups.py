@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.config import data_rules
+from tunelab.config import data_rules, tasks
 from tunelab.config import rules as r
 
 BOOKKEEPING = ("name", "_target_", "_partial_")
@@ -29,18 +29,9 @@ INITS = (
     "xavier_uniform",
 )
 
-# The metrics every epoch reports (tunelab/run/loop.py): what an objective or a stopping rule
-# can watch.
-EPOCH_METRICS = (
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "opt/lr",
-    "train/grad_norm",
-    "perf/epoch_s",
-    "perf/samples_per_s",
-)
+# The metrics every epoch of the default task reports (tunelab/run/loop.py; every task's:
+# config/tasks.py): what an objective or a stopping rule can watch.
+EPOCH_METRICS = tasks.epoch_metrics(tasks.DEFAULT)
 
 SEED = r.number(0, 2**32 - 1, integer=True)
 DATA_COMMON = {"val_fraction": r.OPEN_UNIT, "split_seed": SEED}
@@ -229,7 +220,7 @@ SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {
         "threshold_mode": r.one_of("rel", "abs"),
         "cooldown": r.NON_NEGATIVE_INT,
         "min_lr": r.NON_NEGATIVE,
-        "monitor": r.one_of(*EPOCH_METRICS),
+        "monitor": r.one_of(*tasks.ALL_METRICS),
     },
 }
 SCHEDULER = {
@@ -278,7 +269,7 @@ TRAINER: dict[str, r.Check] = {
     "batch_replicas": r.auto_or_boolean,
 }
 EARLY_STOPPING: dict[str, r.Check] = {
-    "metric": r.optional(r.one_of(*EPOCH_METRICS)),
+    "metric": r.optional(r.one_of(*tasks.ALL_METRICS)),
     "mode": r.optional(r.one_of("min", "max")),
     "patience": r.NON_NEGATIVE_INT,
     "min_delta": r.NON_NEGATIVE,
@@ -325,11 +316,11 @@ TOP: dict[str, r.Check] = {
     "allowed_targets": r.texts,
 }
 OBJECTIVE: dict[str, r.Check] = {
-    "metric": r.one_of(*EPOCH_METRICS),
+    "metric": r.one_of(*tasks.ALL_METRICS),
     "direction": r.one_of("maximize", "minimize"),
 }
 # Every group whose node validation checks, in the order its problems are listed.
-NODE_GROUPS = (*BY_TARGET, "trainer", "finetune", "diagnose", "objective")
+NODE_GROUPS = (*BY_TARGET, "task", "trainer", "finetune", "diagnose", "objective")
 # Top-level nodes: the groups' and what train.yaml and pipeline.yaml define besides them.
 TOP_NODES = (*NODE_GROUPS, "hydra", "pipeline", "augment")  # augment: config/data_rules.py
 
@@ -348,4 +339,8 @@ def settings_of(group: str, node: dict[str, Any]) -> dict[str, r.Check] | None:
         return None if knobs is None else {"name": r.text, **knobs}
     if group == "objective":
         return OBJECTIVE
+    if group == "task":
+        facts = tasks.TASKS.get(str(node.get("name")))
+        name = {"name": r.one_of(*tasks.TASKS)}
+        return name if facts is None else {**name, **facts.settings}
     return None

@@ -5,7 +5,8 @@ value and what is allowed; all of them are reported at once.
 What is checked: every `_target_` against the exact allow-list (config/targets.py); every setting
 of every group node against its table (config/groups.py): unknown keys, types, ranges, choices;
 the cross-key rules (a warm-up shorter than the run, a plateau monitor or stopping metric that
-the epochs report); local paths that must exist and, when the caller passes the check
+the epochs report; an objective or stopping metric that is one of the task's, in its direction,
+config/tasks.py); local paths that must exist and, when the caller passes the check
 (`tunelab.build.file_problems`), the files behind them: passed in, so that this check imports no torch.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.config import data_rules, groups, targets
+from tunelab.config import data_rules, groups, targets, tasks
 
 
 class ConfigError(ValueError):
@@ -107,7 +108,7 @@ def _cross_problems(plain: dict[str, Any]) -> list[str]:
         )
     if sched.get("name") != "plateau" and sched.get("monitor") is not None:
         out.append("scheduler.monitor is a setting of scheduler=plateau only")
-    return out
+    return out + tasks.metric_problems(plain)
 
 
 def _path_problems(cfg: DictConfig) -> list[str]:

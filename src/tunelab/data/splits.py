@@ -23,6 +23,7 @@ class Splits:
     name: str
     digest: str
     norm: tuple[float, float] | None = None  # the (mean, std) the inputs were standardised with
+    targets: str = "classes"  # classes (int64 ids) | multi_hot ((N, L) of 0/1) | values (float)
     provenance: dict = field(default_factory=dict)  # manifest digest, file and class counts
 
     @property
@@ -55,10 +56,20 @@ def make_splits(
     standardize: bool = True,
     train_subset: int | None = None,
 ) -> Splits:
-    """Carve a stratified-by-shuffle validation split from the training data and standardise
-    every split with the training statistics."""
+    """Carve a validation split from the training data by a seeded shuffle and standardise every
+    split's inputs with the training statistics. The targets keep their kind (target_kind):
+    class ids become int64, multi-hot and real values float32; `num_classes` is the model's
+    outputs (classes, labels or target columns)."""
     validate_arrays(x, y, "train")
     validate_arrays(x_test, y_test, "test")
+    kind = target_kind(y)
+    if kind == CLASSES and y_test.ndim == 1 and len(y_test) and y_test.min() < 0:
+        raise ValueError(f"test labels must be >= 0 (class ids), found {y_test.min()}")
+    if target_kind(y_test) != kind and kind != VALUES:
+        raise ValueError(
+            f"train targets are {kind} but test targets are {target_kind(y_test)} "
+            f"(dtype {y_test.dtype}, shape {y_test.shape})"
+        )
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={val_fraction}: must be in (0, 1)")
     rng = np.random.default_rng(split_seed)
@@ -73,35 +84,57 @@ def make_splits(
         mean, std = float(x_train.mean()), float(x_train.std()) or 1.0
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
         norm = (mean, std)
-    num_classes = int(max(y.max(), y_test.max())) + 1
+    if kind == CLASSES:
+        num_classes = int(max(y.max(), y_test.max())) + 1
+    else:
+        num_classes = 1 if y.ndim == 1 else int(y.shape[1])
     tensors = [
         torch.as_tensor(np.ascontiguousarray(a))
         for a in (x_train, y_train, x_val, y_val, x_test, y_test)
     ]
-    tensors = [t.float() if i % 2 == 0 else t.long() for i, t in enumerate(tensors)]
+    as_target = torch.Tensor.long if kind == CLASSES else torch.Tensor.float
+    tensors = [t.float() if i % 2 == 0 else as_target(t) for i, t in enumerate(tensors)]
     return Splits(
         *tensors,
         num_classes=num_classes,
         name=name,
         digest=digest_arrays(x, y, x_test, y_test),
         norm=norm,
+        targets=kind,
     )
 
 
+CLASSES, MULTI_HOT, VALUES = "classes", "multi_hot", "values"  # config/tasks.py's target kinds
+
+
+def target_kind(y: np.ndarray) -> str:
+    """What labels are: class ids (integers >= 0, one per example, of an integer dtype or whole
+    floats), multi-hot ((N, L) of 0 and 1) or real values (anything else numeric)."""
+    y = y.astype(np.int64) if y.dtype == np.bool_ else y
+    whole = np.issubdtype(y.dtype, np.integer) or bool(np.all(np.equal(np.mod(y, 1), 0)))
+    if y.ndim == 1 and whole and (not len(y) or y.min() >= 0):
+        return CLASSES
+    if y.ndim == 2 and np.isin(y, (0, 1)).all():
+        return MULTI_HOT
+    return VALUES
+
+
 def validate_arrays(x: np.ndarray, y: np.ndarray, split: str) -> None:
-    """Reject arrays that would silently train on garbage."""
+    """Reject arrays that would silently train on garbage. Labels may be class ids, multi-hot
+    rows or real values (target_kind): which ones a task takes, the task checks."""
     if x.ndim < 2:
         raise ValueError(
             f"{split} inputs have shape {x.shape}: expected (N, features...) with N examples"
         )
-    if y.ndim != 1 or len(y) != len(x):
+    if y.ndim not in (1, 2) or len(y) != len(x):
         raise ValueError(
-            f"{split} labels have shape {y.shape}: expected ({len(x)},) to match the inputs"
+            f"{split} labels have shape {y.shape}: expected ({len(x)},) or ({len(x)}, T) to "
+            "match the inputs"
         )
-    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
-        raise ValueError(f"{split} labels must be integer class ids, got dtype {y.dtype}")
-    if len(y) and y.min() < 0:
-        raise ValueError(f"{split} labels must be >= 0, found {y.min()}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise ValueError(f"{split} labels must be numbers, got dtype {y.dtype}")
+    if not np.isfinite(y.astype(np.float64)).all():
+        raise ValueError(f"{split} labels contain NaN/Inf values")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise ValueError(f"{split} inputs contain {bad} NaN/Inf values")

@@ -40,15 +40,19 @@ def check_data(
         for s in SPLITS
         if hasattr(splits, f"x_{s}")
     }
-    labels = [y for _, y in data.values() if len(y)]
+    kind = getattr(splits, "targets", "classes")  # multi-hot or real values: no class checks
+    labels = [y for _, y in data.values() if len(y)] if kind == "classes" else []
     num_classes = getattr(splits, "num_classes", None) or (
         int(max(int(y.max()) for y in labels)) + 1 if labels else 0
     )
     report = DataReport(
         stats={"num_classes": num_classes, "sizes": {s: len(y) for s, (_, y) in data.items()}}
     )
+    if kind != "classes":
+        report.stats["class_checks"] = f"skipped: the targets are {kind}, not class ids"
     for s, (x, y) in data.items():
-        _check_classes(report, s, y, num_classes, imbalance_ratio)
+        if kind == "classes":
+            _check_classes(report, s, y, num_classes, imbalance_ratio)
         _check_values(report, s, x)
     _check_shift(report, shift_tolerance, std_ratio)
     _check_duplicates(report, {s: x for s, (x, _) in data.items()})

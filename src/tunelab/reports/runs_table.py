@@ -9,6 +9,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tunelab.config.tasks import test_metric
+
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     cells = [header, *rows]
@@ -20,6 +22,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def jobs_table(runs: list[Any], metric: str, direction: str) -> str:
     """The jobs of a multirun: what each ran, how it ended, its selected and test scores, time."""
     sign = -1.0 if direction == "maximize" else 1.0
+    test = test_metric(metric)  # test/acc for val/acc, test/rmse for val/rmse
 
     def score(r: Any) -> float:
         value = r.data.metrics.get(f"best/{metric}", math.nan)
@@ -34,11 +37,11 @@ def jobs_table(runs: list[Any], metric: str, direction: str) -> str:
                 r.data.tags.get("overrides", r.info.run_name or ""),
                 r.info.status,
                 _fmt(m.get(f"best/{metric}")),
-                _fmt(m.get("test/acc")),
+                _fmt(m.get(test)),
                 f"{seconds:.0f} s",
             ]
         )
-    return _table(rows, ["job", "status", f"best {metric}", "test/acc", "time"])
+    return _table(rows, ["job", "status", f"best {metric}", test, "time"])
 
 
 def trial_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:

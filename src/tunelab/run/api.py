@@ -107,7 +107,7 @@ def _train(
             state, run_id = store.resume(cfg.trainer.resume, model, optimizer, schedule, generator)
             if unfinished and unfinished != run_id:
                 close_unfinished(tracker, unfinished)
-            start_run(tracker, cfg, ctx, splits, device, run_id, state)
+            start_run(tracker, cfg, ctx, splits, device, run_id, state, s.task)
             store.attach(tracker.run_id)
             state = fit(
                 model,
@@ -125,10 +125,11 @@ def _train(
                 freeze_backbone_epochs=int(ft.get("freeze_backbone_epochs", 0)),
                 augment=augment,
                 seed=int(cfg.seed),
+                task=s.task,
             )
             optimizer_name = str(cfg.optimizer.get("name", ""))
             summary = finish_run(
-                tracker, ctx, optimizer_name, model, data, state, splits, store, autocast
+                tracker, ctx, optimizer_name, model, data, state, splits, store, autocast, s.task
             )
         except BaseException as exc:
             end_failed(tracker, exc, state)

@@ -173,7 +173,9 @@ def _batched(
         run_ids = saved["run_ids"] if saved else [None] * len(seeds)
         for k, tracker in enumerate(trackers):
             state = replicas[k].state if replicas else None
-            start_run(tracker, configs[k], contexts[k], splits, device, run_ids[k], state)
+            start_run(
+                tracker, configs[k], contexts[k], splits, device, run_ids[k], state, base.task
+            )
         run_ids, ended = [t.run_id for t in trackers], set()
         states = [r.state for r in replicas] if replicas else [TrainState() for _ in seeds]
         log.info(
@@ -203,6 +205,7 @@ def _batched(
                 autocast=autocast,
                 resume=saved,
                 after_epoch=after_epoch,
+                task=base.task,
             )
             results = []
             for k, r in enumerate(done):

@@ -20,9 +20,11 @@ from torch import nn
 from torch.func import vmap
 
 from tunelab.compat.torch_internals import tensor_norms
+from tunelab.config.tasks import direction_of
 from tunelab.data.augment import Augment
-from tunelab.data.loader import StreamedSplits, epoch_batches, hard_labels, split_batches
+from tunelab.data.loader import StreamedSplits, epoch_batches, split_batches
 from tunelab.optim.lr_schedule import batches_per_epoch
+from tunelab.run.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,8 @@ def loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """The loss every run trains and is evaluated with, of one model's batch: (B, classes) and
-    class ids (B,), or the class probabilities (B, classes) mixup and cutmix give."""
+    """Classification's cross-entropy of one model's batch: (B, classes) and class ids (B,), or
+    the class probabilities (B, classes) mixup and cutmix give (every task's loss: run/tasks.py)."""
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)
 
 
@@ -132,14 +134,16 @@ def train_epoch(
     *,
     autocast: Any = nullcontext,
     check: Callable[[torch.Tensor], None] | None = None,
+    task: Task | None = None,
 ) -> EpochTotals:
-    """One epoch of training steps: forward, loss, backward, and after every grad_accum_steps
-    batches (and the last) the gradient norm and clipping, the optimizer and schedule steps.
-    `check` gets each batch's loss (on a CPU, where the look is free) and raises or records a
-    divergence."""
+    """One epoch of training steps: forward, the task's loss, backward, and after every
+    grad_accum_steps batches (and the last) the gradient norm and clipping, the optimizer and
+    schedule steps. `check` gets each batch's loss (on a CPU, where the look is free) and raises
+    or records a divergence. No task: classification with trainer.label_smoothing."""
     accum = int(trainer.grad_accum_steps)
     clip = float(trainer.grad_clip_norm) if trainer.grad_clip_norm else math.inf
-    train_loss = model.per_replica(partial(loss, label_smoothing=float(trainer.label_smoothing)))
+    task = task or Task(label_smoothing=float(trainer.label_smoothing))
+    train_loss = model.per_replica(task.train_loss)
     totals = None
     for b, (xb, target) in enumerate(batches):
         with autocast():
@@ -152,9 +156,8 @@ def train_epoch(
         if totals is None:  # running sums stay on the device: one host sync per epoch
             totals = EpochTotals(*(torch.zeros_like(losses.detach()) for _ in range(3)))
         size = logits.shape[-2]  # examples per replica
-        labels = hard_labels(target) if target.is_floating_point() else target
         totals.loss_sum.add_(losses.detach(), alpha=size)
-        totals.correct += (logits.argmax(-1) == labels).sum(-1)
+        totals.correct += task.correct(logits.detach(), target)
         totals.seen += size
         if (b + 1) % accum == 0 or b == n_batches - 1:
             totals.grad_norm_sum += grad_norm(model.params, clip, stacked=model.stacked)
@@ -172,12 +175,14 @@ def evaluate_all(
     y: torch.Tensor,
     batch_size: int = 256,
     autocast: Any = nullcontext,
+    task: Task | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean loss (float64), accuracy and predictions over a whole split, of a model in eval mode
-    (one value, or one per replica). Batches of 256 keep activations in cache: on a 2-core CPU
-    the 1,000 MNIST-1D test examples take half the time they take as one batch of 1,000."""
+    """Mean loss (float64), accuracy and predictions (what the task keeps) over a whole split, of
+    a classifier in eval mode (one value, or one per replica). Batches of 256 keep activations in
+    cache: on a 2-core CPU the 1,000 MNIST-1D test examples take half the time they take as one
+    batch of 1,000."""
     batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
-    return evaluate_batches(model, batches, autocast)[:3]
+    return evaluate_batches(model, batches, autocast, task)[:3]
 
 
 @torch.no_grad()
@@ -185,21 +190,27 @@ def evaluate_batches(
     model: Trained,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     autocast: Any = nullcontext,
+    task: Task | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """evaluate_all over a split given as batches (a streamed split is never held at once): mean
-    loss, accuracy, predictions and the split's labels."""
-    summed = model.per_replica(partial(loss, reduction="sum"))
-    loss_sum, preds, labels = None, [], []
+    loss, accuracy (classification; else NaN), what the task keeps of the outputs (class ids,
+    probabilities, values) and the split's targets."""
+    task = task or Task()
+    summed = model.per_replica(task.eval_loss)
+    loss_sum, kept, labels = None, [], []
     for xb, yb in batches:
         with autocast():
             logits = model.forward(xb).float()
-        target = yb.expand(logits.shape[:-1])  # every replica's targets
+        target = yb.expand(logits.shape[0], *yb.shape) if model.stacked else yb  # each replica's
         part = summed(logits, target).double()
         loss_sum = part if loss_sum is None else loss_sum + part
-        preds.append(logits.argmax(-1))
+        kept.append(task.kept(logits))
         labels.append(yb)
-    pred, y = torch.cat(preds, dim=-1), torch.cat(labels)
-    return loss_sum / len(y), (pred == y).float().mean(-1), pred, y
+    axis = -1 if task.name == "classification" else 0  # replicas: classification (replica_rules)
+    pred, y = torch.cat(kept, dim=axis), torch.cat(labels)
+    n = len(y)
+    acc = (pred == y).float().mean(-1) if task.name == "classification" else torch.tensor(math.nan)
+    return loss_sum / n, acc, pred, y
 
 
 def evaluate(
@@ -220,34 +231,41 @@ def evaluate_split(
     data: dict[str, torch.Tensor] | StreamedSplits,
     split: str,
     autocast: Any = nullcontext,
-) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """evaluate() of split `val` or `test` of the run's data, in memory or streamed from disk (in
-    file order, never augmented); also the split's labels."""
-    if not isinstance(data, StreamedSplits):
-        y = data[f"y_{split}"]
-        return (*evaluate(model, data[f"x_{split}"], y, autocast=autocast), y)
+    task: Task | None = None,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """The task's metrics (`loss` and the task's own, run/tasks.py) of one model over split `val`
+    or `test` of the run's data, in memory or streamed from disk (in file order, never
+    augmented); also what the task kept of the outputs, and the split's targets."""
+    task = task or Task()
     model.eval()
     device = next(model.parameters()).device
-    batches = split_batches(data, split, 256, device)
-    loss_mean, accuracy, pred, y = evaluate_batches(Trained(model, []), batches, autocast)
-    return float(loss_mean), float(accuracy), pred, y
+    if isinstance(data, StreamedSplits):
+        batches = split_batches(data, split, 256, device)
+    else:
+        x, y = data[f"x_{split}"], data[f"y_{split}"]
+        batches = ((x[i : i + 256], y[i : i + 256]) for i in range(0, len(y), 256))
+    loss_mean, _, kept, y = evaluate_batches(Trained(model, []), batches, autocast, task)
+    return {"loss": float(loss_mean), **task.metrics(kept, y)}, kept, y
 
 
 def epoch_metrics(
     totals: EpochTotals,
     sums: tuple[float, float, float],
-    val: tuple[float, float],
+    val: dict[str, float],
     lr: float,
     train_s: float,
+    train_acc: bool = True,
 ) -> dict[str, float]:
-    """The metrics every epoch reports (config/groups.py's EPOCH_METRICS) for one run: from its
-    (loss, correct, gradient norm) sums of the epoch and its (val loss, val accuracy)."""
+    """The metrics every epoch reports (config/tasks.py's epoch_metrics) for one run: from its
+    (loss, correct, gradient norm) sums of the epoch and its validation metrics (`loss` and the
+    task's); train/acc where the task has an accuracy."""
     loss_sum, correct, grad_norm_sum = sums
+    train = {"train/loss": loss_sum / totals.seen}
+    if train_acc:
+        train["train/acc"] = correct / totals.seen
     return {
-        "train/loss": loss_sum / totals.seen,
-        "train/acc": correct / totals.seen,
-        "val/loss": val[0],
-        "val/acc": val[1],
+        **train,
+        **{f"val/{k}": v for k, v in val.items()},
         "opt/lr": lr,
         "train/grad_norm": grad_norm_sum / max(totals.updates, 1),
         "perf/epoch_s": train_s,
@@ -272,8 +290,10 @@ def fit(
     freeze_backbone_epochs: int = 0,
     augment: Augment | None = None,
     seed: int = 0,
+    task: Task | None = None,
 ) -> TrainState:
-    """Train from `state.epoch` to trainer.max_epochs (or early stop); returns the final state.
+    """Train from `state.epoch` to trainer.max_epochs (or early stop) on `task`'s loss (default:
+    classification with trainer.label_smoothing); returns the final state.
 
     data holds x_train/y_train/x_val/y_val on the training device, or is streamed from disk
     (data/loader.py); `augment` (data/augment.py) changes each training batch as a function of
@@ -284,6 +304,7 @@ def fit(
     n = len(data.train) if isinstance(data, StreamedSplits) else len(data["y_train"])
     n_batches = batches_per_epoch(n, trainer)
     trained = Trained(model, list(model.parameters()))
+    task = task or Task(label_smoothing=float(trainer.label_smoothing))
     while state.epoch < trainer.max_epochs and not state.stopped_early:
         epoch = state.epoch + 1  # epochs are numbered from 1 everywhere: log, MLflow step, tags
         if freeze_backbone_epochs:
@@ -310,20 +331,21 @@ def fit(
             trainer,
             autocast=autocast,
             check=check,
+            task=task,
         )
         sums = tuple(float(t) for t in (totals.loss_sum, totals.correct, totals.grad_norm_sum))
         if not math.isfinite(sums[0]):
             raise DivergedError(epoch, sums[0])
         train_s = time.perf_counter() - t0
         state.step += totals.updates
-        val_loss, val_acc, _, _ = evaluate_split(model, data, "val", autocast)
-        metrics = epoch_metrics(totals, sums, (val_loss, val_acc), schedule.lr, train_s)
+        val, _, _ = evaluate_split(model, data, "val", autocast, task)
+        metrics = epoch_metrics(totals, sums, val, schedule.lr, train_s, task.train_acc)
         schedule.after_epoch(metrics)
         improved = end_epoch(state, metrics, objective, trainer.early_stopping)
         if on_epoch_end is not None:
             on_epoch_end(state, improved)  # checkpoint first: what is reported can be resumed
         tracker.log_metrics(metrics, step=epoch)
-        _show(epoch, trainer.max_epochs, metrics)
+        _show(epoch, trainer.max_epochs, metrics, objective.metric)
         if reporter is not None:
             reporter(epoch, metrics[objective.metric])
     return state
@@ -376,7 +398,9 @@ def _update_early_stopping(
 ) -> None:
     if not stop or not stop.patience:
         return
-    watch = Objective(stop.metric or objective.metric, stop.mode or objective.direction)
+    metric = stop.metric or objective.metric
+    mode = {"max": "maximize", "min": "minimize"}.get(stop.mode or "")
+    watch = Objective(metric, mode or direction_of(metric) or objective.direction)
     value = metrics[watch.metric]
     if watch.better(value, state.stop_best, stop.min_delta):
         state.stop_best, state.bad_epochs = value, 0
@@ -396,10 +420,12 @@ def _freeze_backbone(model: nn.Module, frozen: bool) -> None:
             p.requires_grad_(not frozen)
 
 
-def _show(epoch: int, total: int, m: dict[str, float]) -> None:
+def _show(epoch: int, total: int, m: dict[str, float], objective: str = "val/acc") -> None:
     """One line per epoch, on the console and in the job's train.log: the run's progress and
-    its history, kept."""
+    its history, kept (val/acc where the task has one, and the objective)."""
+    shown = [k for k in dict.fromkeys(("val/acc", objective)) if k in m and k != "val/loss"]
+    values = "".join(f" {k}={m[k]:.4f}" for k in shown)
     log.info(
-        f"epoch {epoch}/{total} train/loss={m['train/loss']:.4f} val/loss={m['val/loss']:.4f} "
-        f"val/acc={m['val/acc']:.4f} lr={m['opt/lr']:.3g} ({m['perf/epoch_s']:.2f}s)"
+        f"epoch {epoch}/{total} train/loss={m['train/loss']:.4f} val/loss={m['val/loss']:.4f}"
+        f"{values} lr={m['opt/lr']:.3g} ({m['perf/epoch_s']:.2f}s)"
     )

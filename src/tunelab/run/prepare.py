@@ -19,6 +19,7 @@ from tunelab.data.augment import Augment, make_augment
 from tunelab.data.loader import StreamedSplits
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import resolve_device
+from tunelab.run.tasks import Task, make_task
 
 SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -29,12 +30,13 @@ class DataChangedError(RuntimeError):
 
 @dataclass
 class Setup:
-    """What every run builds first: device, seeded RNGs, data and model."""
+    """What every run builds first: device, seeded RNGs, data, its task and model."""
 
     device: torch.device
     splits: Any
     model: torch.nn.Module
     allow: frozenset[str]  # the targets this config may build
+    task: Task
 
 
 def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
@@ -49,12 +51,13 @@ def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
         raise DataChangedError(
             f"data changed: expected digest {ctx.data_digest}, the data now has {splits.digest}"
         )
+    task = make_task(cfg, splits)  # ConfigError: a task these targets cannot train
     try:
-        model = build.build_model(cfg.model, splits.input_shape, splits.num_classes, allow)
+        model = build.build_model(cfg.model, splits.input_shape, task.outputs, allow)
     except ValueError as exc:  # a model that cannot take this data's examples
         model_name, data_name = cfg.model.get("name", "?"), cfg.data.get("name", "?")
         raise ConfigError(f"model={model_name} cannot train on data={data_name}: {exc}") from None
-    return Setup(device, splits, model, allow)
+    return Setup(device, splits, model, allow, task.to(device))
 
 
 def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) -> None:

@@ -18,7 +18,17 @@ from tunelab.run.lineage import git_state, lineage_tags
 from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate_split
 from tunelab.run.names import job_name, swept_values
 from tunelab.run.signals import Terminated
-from tunelab.tags import FAILURE_MESSAGE, FAILURE_REASON, FAILURE_TAGS, ROLE, Role
+from tunelab.run.tasks import Task
+from tunelab.tags import (
+    FAILURE_MESSAGE,
+    FAILURE_REASON,
+    FAILURE_TAGS,
+    ROLE,
+    TASK,
+    TASK_LOSS,
+    TASK_METRICS,
+    Role,
+)
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -39,8 +49,11 @@ def start_run(
     device: torch.device,
     run_id: str | None,
     state: TrainState | None = None,
+    task: Task | None = None,
 ) -> None:
-    """Open the run (or continue `run_id`, re-logging checkpointed epochs the run is missing)."""
+    """Open the run (or continue `run_id`, re-logging checkpointed epochs the run is missing); it
+    names its task, loss and metrics, and the class weights or target statistics the task
+    computed from the training split."""
     overrides = masked(list(ctx.overrides))  # no password of a URL reaches the record
     shown = [o for o in overrides if not o.startswith("hydra.")]
     ambient = dict(ctx.tags)
@@ -53,6 +66,7 @@ def start_run(
         "overrides": " ".join(overrides) or "(none)",
         ROLE: Role.SINGLE,
         "objective": cfg.objective.metric,
+        **_task_tags(task or Task()),
         **ambient,
     }
     if swept := ambient.get("swept"):  # the MLflow UI shows the description over the run
@@ -77,7 +91,8 @@ def start_run(
             return
     tracker.start(run_name=name, tags=tags, parent_run_id=parent)
     resolved = masked(OmegaConf.to_container(cfg, resolve=True))
-    tracker.log_params(flatten(resolved))
+    computed = {f"task.computed.{k}": v for k, v in (task.recorded if task else {}).items()}
+    tracker.log_params({**flatten(resolved), **computed})
     tracker.log_dataset(
         splits.name,
         splits.digest,
@@ -97,6 +112,13 @@ def start_run(
     relog_history(tracker, history)
 
 
+def _task_tags(task: Task) -> dict[str, str]:
+    from tunelab.config.tasks import TASKS
+
+    metrics = ",".join(f"val/{m}" for m in TASKS[task.name].metrics)
+    return {TASK: task.name, TASK_LOSS: task.loss_name, TASK_METRICS: metrics}
+
+
 def relog_history(tracker: Tracker, history: dict[str, list[float]]) -> None:
     """Per-epoch metrics of checkpointed epochs (step = epoch number, from 1); a resumed tracker
     skips the steps it already has."""
@@ -114,18 +136,19 @@ def finish_run(
     splits: Any,
     store: Any,
     autocast: Any,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Restore the selected (best-validation) weights, report test metrics, log artifacts.
-    `optimizer` names the optimizer (the diagnosis's advice depends on its family)."""
+    """Restore the selected (best-validation) weights, report the task's test metrics (default:
+    classification), log artifacts. `optimizer` names the optimizer (the diagnosis's advice
+    depends on its family)."""
     h = state.history
+    task = task or Task(outputs=splits.num_classes)
     store.load_best(model)
-    val_loss, val_acc, val_pred, y_val = evaluate_split(model, data, "val", autocast)
-    test_loss, test_acc, _, y_test = evaluate_split(model, data, "test", autocast)
+    val, val_kept, y_val = evaluate_split(model, data, "val", autocast, task)
+    test, _, y_test = evaluate_split(model, data, "test", autocast, task)
     summary = {
-        "val/acc": val_acc,
-        "val/loss": val_loss,
-        "test/acc": test_acc,
-        "test/loss": test_loss,
+        **{f"val/{k}": v for k, v in val.items()},
+        **{f"test/{k}": v for k, v in test.items()},
         "best_epoch": float(state.best_epoch),
         "epochs_run": float(state.epoch),
         "train/loss": h["train/loss"][-1],
@@ -134,13 +157,16 @@ def finish_run(
         "data/n_val": float(len(y_val)),  # what an accuracy's sampling error rests on
         "data/n_test": float(len(y_test)),
     }
+    tests = {k: v for k, v in summary.items() if k.startswith("test/")}
     tracker.log_metrics(
         {f"best/{k}": v for k, v in summary.items() if k.startswith("val/")}
-        | {"test/acc": test_acc, "test/loss": test_loss, "best_epoch": state.best_epoch},
+        | tests
+        | {"best_epoch": state.best_epoch},
         step=state.epoch,
     )
-    accs = per_class_accuracy(val_pred, y_val, splits.num_classes)
-    tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
+    if task.name == "classification":
+        accs = per_class_accuracy(val_kept, y_val, splits.num_classes)
+        tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
     tracker.set_tags(
         {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits, optimizer)}
     )

@@ -1,5 +1,5 @@
-"""Which runs can train as vmapped replicas (the model's layers, the optimizer, the schedule,
-fine-tuning, augmentation, streamed data), and the initial model of each replica."""
+"""Which runs can train as vmapped replicas (the task, the model's layers, the optimizer, the
+schedule, fine-tuning, augmentation, streamed data), and the initial model of each replica."""
 
 from __future__ import annotations
 
@@ -64,7 +64,13 @@ def has_convolutions(model: nn.Module) -> bool:
 
 
 def config_reason(cfg: DictConfig) -> str | None:
-    """None when the run config (optimizer, scheduler, fine-tuning) can train as replicas."""
+    """None when the run config (task, optimizer, scheduler, fine-tuning) can train as replicas."""
+    task = (cfg.get("task") or {}).get("name", "classification")
+    if task != "classification":
+        return (
+            f"task={task}: replica groups batch classification only (its loss and metrics are "
+            "computed per replica under vmap)"
+        )
     target = str(cfg.optimizer.get("_target_", ""))
     if target not in ELEMENTWISE:
         names = "|".join(t.rsplit(".", 1)[-1] for t in ELEMENTWISE)

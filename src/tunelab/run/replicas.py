@@ -40,6 +40,7 @@ from tunelab.run.loop import (
     train_epoch,
 )
 from tunelab.run.replica_rules import can_batch, config_reason
+from tunelab.run.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +157,20 @@ def fit_replicas(
     autocast: Any = nullcontext,
     resume: dict[str, Any] | None = None,
     after_epoch: Callable[[int, Callable[[], dict[str, Any]]], None] | None = None,
+    task: Task | None = None,
 ) -> list[Replica]:
     """Train `models` (build_replicas(cfg, seeds, ...)) as loop.fit trains each run `seed=s`
     with cfg's optimizer, schedule and trainer; one Replica per seed, in order. data holds
     x_train/y_train/x_val/y_val on the device; on_epoch(replica, metrics) follows every epoch
     (it may raise, e.g. Pruned); after_epoch(epoch, snapshot) then gets the epoch and the function
-    that takes what `resume` continues from (called only when a checkpoint is due)."""
+    that takes what `resume` continues from (called only when a checkpoint is due). `task`: the
+    run's classification task (class weights, label smoothing; default: trainer's smoothing)."""
     trainer, x, y = cfg.trainer, data["x_train"], data["y_train"]
     reason = config_reason(cfg) or can_batch(models[0])
     if reason:
         raise ValueError(f"cannot train as replicas: {reason}")
     n, n_batches = len(y), batches_per_epoch(len(y), trainer)
+    task = task or Task(label_smoothing=float(trainer.label_smoothing))
     replicas = [Replica(int(s)) for s in seeds]
     if resume is not None:  # the running replicas continue from their saved weights
         replicas = [Replica.from_state(r) for r in resume["replicas"]]
@@ -198,6 +202,7 @@ def fit_replicas(
             trainer,
             autocast=autocast,
             check=check,
+            task=task,
         )
         stack.sums = torch.stack([totals.loss_sum, totals.correct, totals.grad_norm_sum], 1)
         stack.fail_nonfinite(stack.sums[:, 0], epoch)
@@ -207,11 +212,12 @@ def fit_replicas(
         if not stack.retire():
             return replicas
         stack.module.eval()
-        val = evaluate_all(stack.trained(shared=True), data["x_val"], data["y_val"], 256, autocast)
-        vals = torch.stack(val[:2], 1).tolist()
+        y_val = data["y_val"]
+        val = evaluate_all(stack.trained(shared=True), data["x_val"], y_val, 256, autocast, task)
         for i, (r, sums) in enumerate(zip(stack.replicas, stack.sums.tolist(), strict=True)):
+            own = {"loss": float(val[0][i]), **task.metrics(val[2][i], y_val)}
             # the batched epoch's time, shared by all replicas; samples per second per replica
-            metrics = epoch_metrics(totals, tuple(sums), tuple(vals[i]), schedule.lr, train_s)
+            metrics = epoch_metrics(totals, tuple(sums), own, schedule.lr, train_s)
             if end_epoch(r.state, metrics, objective, trainer.early_stopping):
                 r.best_weights = stack.weights(i)
             r.status = "FINISHED" if r.state.stopped_early else r.status
