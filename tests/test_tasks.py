@@ -236,7 +236,7 @@ def test_a_regression_sweep_minimises_rmse(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "3 complete, 0 pruned, 0 failed" in out
-    table = out[out.index("trial  val/rmse") :].splitlines()[1:4]
+    table = out[out.index("trial  val/rmse") :].splitlines()[2:5]  # under the header rule
     values = [float(line.split()[1]) for line in table]
     assert values == sorted(values) and len(set(values)) == 3  # best (lowest rmse) first
     runs = mlflow_runs(work)

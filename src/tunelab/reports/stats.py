@@ -8,10 +8,14 @@ import math
 import numpy as np
 from scipy import stats
 
+from tunelab.config.tasks import FRACTIONS
+
 
 def scale_for(metric: str) -> tuple[float, str]:
-    """Accuracies are reported in percentage points, everything else in its own units."""
-    return (100.0, "points") if metric.split("/")[-1].endswith("acc") else (1.0, "")
+    """Fractions (accuracies, F1, AUROC, ...: config/tasks.py) are reported in percentage
+    points, everything else (RMSE, R², a loss) in its own units."""
+    name = metric.split("/")[-1]
+    return (100.0, "points") if name.endswith("acc") or name in FRACTIONS else (1.0, "")
 
 
 def describe(values: list[float]) -> dict[str, float]:

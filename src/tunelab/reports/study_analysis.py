@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from tunelab.config.secrets import mask
 from tunelab.config.space import build_space, to_overrides
+from tunelab.config.tasks import test_metric
 from tunelab.reports import study_plots as checks
 from tunelab.reports import study_verdicts as sv
 from tunelab.reports import verdict_words
@@ -27,7 +28,6 @@ from tunelab.reports.stats import audit, describe, doubling_gain
 from tunelab.tags import COMPARE_RUNS
 
 log = logging.getLogger(__name__)
-TEST = "test/acc"
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class StudyReport:
 
 
 def _direction(spec: Any, metric: str) -> str:
-    return spec.direction if metric == spec.metric else "maximize"
+    """The objective's direction, for it and its test counterpart (config/tasks.py)."""
+    return spec.direction if metric in (spec.metric, test_metric(spec.metric)) else "maximize"
 
 
 def _n_split(result: Any, metric: str) -> float | None:
@@ -66,11 +67,11 @@ def _n_split(result: Any, metric: str) -> float | None:
 
 def _picked(per_seed: dict[str, dict[int, float]], metric: str, direction: str) -> dict | None:
     """The seed a cherry-picker would report (best on the objective) and its test accuracy."""
-    values = per_seed[metric]
-    if not values or TEST not in per_seed or metric == TEST:
+    values, test = per_seed[metric], test_metric(metric)
+    if not values or test not in per_seed or metric == test:
         return None
     pick = (max if direction == "maximize" else min)(values, key=values.get)
-    return {"seed": pick, metric: values[pick], TEST: per_seed[TEST].get(pick)}
+    return {"seed": pick, metric: values[pick], test: per_seed[test].get(pick)}
 
 
 def rerun_command(spec: Any, result: Any, seed: int | None = None) -> str:
@@ -175,7 +176,8 @@ def _cell_summary(
 def analyse(run: StudyOutcome, out: Path) -> dict[str, Any]:
     """Everything the report shows, as JSON-able data; figures are written into `out`."""
     spec, results = run.spec, run.cells
-    metrics = [spec.metric] + ([TEST] if spec.metric != TEST else [])
+    test = test_metric(spec.metric)
+    metrics = [spec.metric] + ([test] if spec.metric != test else [])
     confirm = {r.cell.name: r.confirm for r in results}
     judged = sv.verdicts(spec, confirm, run.looks)
     per_metric = {m: sv.with_failures(confirm, m, _direction(spec, m))[0] for m in metrics}

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from tunelab.config.tasks import test_metric
 from tunelab.reports.verdicts import compare, seeds_needed
 
-TEST = "test/acc"
+TEST = "test/acc"  # the held-out metric of the default objective (test_metric: any objective's)
 MIN_SEEDS = 5
 MANY_SEEDS = 8
 
@@ -50,11 +51,13 @@ def with_failures(
 
 
 def verdicts(spec: Any, confirm: dict[str, dict[int, dict]], looks: int) -> dict[str, Any]:
-    """Verdicts on the test split (primary) and on the selection metric, with power lines."""
-    metrics = [TEST, spec.metric] if spec.metric != TEST else [TEST]
-    out: dict[str, Any] = {"primary": TEST, "looks": looks}
+    """Verdicts on the test split (primary: the selection metric's counterpart, test/rmse for
+    val/rmse) and on the selection metric, with power lines."""
+    test = test_metric(spec.metric)
+    metrics = [test, spec.metric] if spec.metric != test else [test]
+    out: dict[str, Any] = {"primary": test, "looks": looks}
     for m in metrics:
-        direction = spec.direction if m == spec.metric else "maximize"
+        direction = spec.direction
         values, failures = with_failures(confirm, m, direction)
         if not any(values.values()):
             continue
@@ -65,7 +68,7 @@ def verdicts(spec: Any, confirm: dict[str, dict[int, dict]], looks: int) -> dict
         entry["prob_better"] = prob_better(values) if v.n >= MANY_SEEDS else {}
         entry["iqm"] = iqm(values) if v.n >= MANY_SEEDS else {}
         out[m] = entry
-    if TEST not in out and spec.metric in out:
+    if test not in out and spec.metric in out:
         out["primary"] = spec.metric
     return out
 
@@ -117,12 +120,12 @@ def iqm(values: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
 def bias_checks(cell: dict[str, Any], metric: str) -> dict[str, float]:
     """Selection on validation inflates it: the gap to the held-out split, and from the search's
     best (one seed, the maximum of many tries) to the confirmed mean."""
-    per = cell["per_seed"]
+    per, test = cell["per_seed"], test_metric(metric)
     gaps = {}
-    common = sorted(set(per.get(metric, {})) & set(per.get(TEST, {})))
-    if metric != TEST and common:
+    common = sorted(set(per.get(metric, {})) & set(per.get(test, {})))
+    if metric != test and common:
         gaps["validation_minus_test"] = float(
-            np.mean([per[metric][s] - per[TEST][s] for s in common])
+            np.mean([per[metric][s] - per[test][s] for s in common])
         )
     confirmed = cell["stats"].get(metric, {}).get("mean", math.nan)
     if cell.get("search_value") is not None and math.isfinite(confirmed):

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats
 
 from tunelab.reports import verdict_words
+from tunelab.reports.stats import scale_for
 
 POWER = 0.8
 MAX_EXACT = 14  # seeds up to which every sign flip is enumerated (2^14 = 16,384)
@@ -182,7 +183,7 @@ def compare(
     )
     m = max(1, len(pairs_of))
     level = alpha / (m * max(1, looks))
-    res = resolution_of(values)
+    res = resolution_of(values) if scale_for(metric)[1] else 0.0  # a continuous metric: none
     pairs, spreads = [], []
     for a, b in pairs_of:
         seeds = sorted(set(values[a]) & set(values[b]))
