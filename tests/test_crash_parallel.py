@@ -49,8 +49,12 @@ def test_four_parallel_jobs_on_the_default_sqlite_store(tmp_path):
             keys = {(k, s) for k, s, _ in rows}
             assert {(k, e) for k in PER_EPOCH for e in range(1, EPOCHS + 1)} <= keys
             assert {(k, EPOCHS) for k in AT_THE_END} <= keys
-            per_class = {k for k, s, _ in rows if k.startswith("val/acc_class_")}
-            assert len(rows) == len(PER_EPOCH) * EPOCHS + len(AT_THE_END) + len(per_class)
+            per_class = {k for k, s, _ in rows if k.startswith(("val/recall/", "val/precision/"))}
+            assert len(per_class) == 2 * 4  # recall and precision of synthetic's 4 classes
+            at_end = {k for k, s, _ in rows if k.startswith(("best/", "test/", "val/acc_class_"))}
+            assert all(s == EPOCHS for k, s, _ in rows if k in at_end)
+            every_epoch = len(PER_EPOCH) + len(per_class)
+            assert len(rows) == every_epoch * EPOCHS + len(at_end) + 1  # + best_epoch
         models = db.execute("select count(*) from logged_models").fetchone()[0]
     assert models == 4
 
