@@ -164,6 +164,8 @@ def test_the_objective_must_be_a_metric_of_the_task_in_its_direction(tmp_path):
             "trainer.early_stopping.mode='max' contradicts val/loss"
         ),
         ("task.class_weights=[1,2]",): "task.class_weights has 2 weights: the data has 10",
+        ("task=binary", "objective.metric=val/f1", "augment=mixup"): "mixes class labels: "
+        "task=binary",
     }
     for overrides, needle in cases.items():
         with pytest.raises(ConfigError) as err:

@@ -175,6 +175,19 @@ def metric_problems(plain: dict[str, Any]) -> list[str]:
             value = {MAX: "max", MIN: "min"}[direction] if name == "mode" else direction
             want = {MAX: "max", MIN: "min"}[wanted] if name == "mode" else wanted
             out.append(f"{key}.{name}={value!r} contradicts {metric}: it is better when {want}")
+    monitor = (plain.get("scheduler") or {}).get("monitor")
+    if isinstance(monitor, str) and monitor in ALL_METRICS and monitor not in known:
+        out.append(
+            f"scheduler.monitor={monitor!r} is not a metric of task={task}; its metrics are "
+            f"{list(known)}"
+        )
+    augment = plain.get("augment") if isinstance(plain.get("augment"), dict) else {}
+    mixing = [k for k in ("mixup_alpha", "cutmix_alpha") if augment.get(k)]
+    if mixing and task != "classification":
+        out.append(
+            f"augment.{mixing[0]}={augment[mixing[0]]!r} mixes class labels: task={task} "
+            "trains without it (augment=none or another augmentation)"
+        )
     return out
 
 
