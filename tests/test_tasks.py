@@ -210,6 +210,8 @@ def test_regression_skips_the_class_checks_and_trains_replicas_one_after_another
     assert "skipped" in report.stats["class_checks"] and "class_counts" not in report.stats
     assert "task=regression" in config_reason(cfg)
     assert config_reason(compose_cfg("model=mlp", "optimizer=adam")) is None
+    weighted = compose_cfg("model=mlp", "optimizer=adam", "task.class_weights=balanced")
+    assert "task.class_weights" in config_reason(weighted)
 
 
 def test_the_result_line_shows_the_objectives_test_counterpart():

@@ -65,12 +65,14 @@ def has_convolutions(model: nn.Module) -> bool:
 
 def config_reason(cfg: DictConfig) -> str | None:
     """None when the run config (task, optimizer, scheduler, fine-tuning) can train as replicas."""
-    task = (cfg.get("task") or {}).get("name", "classification")
-    if task != "classification":
+    task = cfg.get("task") or {}
+    if task.get("name", "classification") != "classification":
         return (
-            f"task={task}: replica groups batch classification only (its loss and metrics are "
-            "computed per replica under vmap)"
+            f"task={task.get('name')}: replica groups batch classification only (its loss and "
+            "metrics are computed per replica under vmap)"
         )
+    if task.get("class_weights") is not None:
+        return "task.class_weights: torch's weighted cross-entropy does not run under vmap"
     target = str(cfg.optimizer.get("_target_", ""))
     if target not in ELEMENTWISE:
         names = "|".join(t.rsplit(".", 1)[-1] for t in ELEMENTWISE)
