@@ -98,6 +98,11 @@ def test_the_record_names_the_task_its_loss_metrics_and_target_statistics(in_tmp
     mean, std = (float(r.data.params[f"task.computed.target_{k}"]) for k in ("mean", "std"))
     assert mean == pytest.approx(float(y.mean()), rel=1e-5)  # of the training split, not val
     assert std == pytest.approx(float(y.std()), rel=1e-5)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db")
+    for key in epoch_metrics("regression"):  # per epoch, as the MLflow UI draws them
+        assert len(client.get_metric_history(r.info.run_id, key)) == 2, key
     assert r.data.metrics["test/rmse"] == pytest.approx(result.metrics["test/rmse"])
     assert r.data.metrics["best/val/rmse"] == pytest.approx(result.metrics["val/rmse"])
 
@@ -251,3 +256,11 @@ def test_a_regression_sweep_minimises_rmse(tmp_path):
     assert len(seeds) == 3 and all(r.data.tags["task"] == "regression" for r in seeds)
     best = min(r.data.metrics["best/val/rmse"] for r in seeds)
     assert min(values) == pytest.approx(best, rel=1e-3)  # the table prints 4 digits
+
+
+def test_reports_speak_of_points_only_for_fractions():
+    from tunelab.reports.verdict_words import unit, v
+
+    assert unit("test/acc") == unit("val/auroc") == unit("best/val/macro_f1") == " points"
+    assert unit("test/rmse") == unit("val/r2") == unit("val/loss") == ""
+    assert v(0.9712, "test/acc") == "97.12" and v(12.3456, "test/rmse") == "12.35"

@@ -115,8 +115,10 @@ def test_metric(objective: str) -> str:
 
 
 def is_fraction(metric: str) -> bool:
-    """Whether `metric` is a fraction in [0, 1] (accuracy-like): reports say points for it."""
-    return metric.partition("/")[2] in FRACTIONS
+    """Whether `metric` is a fraction in [0, 1] (accuracy-like, F1, AUROC, ...): reports say
+    points for it."""
+    name = metric.split("/")[-1]  # val/auroc, best/val/auroc, auroc
+    return name in FRACTIONS or name.endswith("acc")
 
 
 def task_name(plain: dict[str, Any]) -> str:

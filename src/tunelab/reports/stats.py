@@ -8,14 +8,13 @@ import math
 import numpy as np
 from scipy import stats
 
-from tunelab.config.tasks import FRACTIONS
+from tunelab.config.tasks import is_fraction
 
 
 def scale_for(metric: str) -> tuple[float, str]:
     """Fractions (accuracies, F1, AUROC, ...: config/tasks.py) are reported in percentage
     points, everything else (RMSE, R², a loss) in its own units."""
-    name = metric.split("/")[-1]
-    return (100.0, "points") if name.endswith("acc") or name in FRACTIONS else (1.0, "")
+    return (100.0, "points") if is_fraction(metric) else (1.0, "")
 
 
 def describe(values: list[float]) -> dict[str, float]:
