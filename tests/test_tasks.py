@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, mlflow_runs, run_cli
+from conftest import CONF, compose_cfg, mlflow_runs, run_cli
 
 from tunelab.build import file_problems
 from tunelab.config import ConfigError, validate
@@ -179,6 +179,20 @@ def test_the_objective_must_be_a_metric_of_the_task_in_its_direction(tmp_path):
             validate(compose_cfg(*overrides))
         assert needle in str(err.value), (overrides, str(err.value))
     validate(compose_cfg("task=regression", "objective.metric=val/r2"))  # r2: maximise
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tunelab.config.sweep_check import sweeper_problems
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        overrides = ["task=regression", "objective.metric=val/r2", "search=nsgaii"]
+        nsga = compose("train", overrides=overrides, return_hydra_config=True)
+    found = sweeper_problems(nsga)  # its objectives: val/acc and perf/epoch_s
+    assert "hydra.sweeper.objectives[0].metric='val/acc' is not a metric of task=regression" in (
+        " ".join(found)
+    )
+    assert not any("objectives[1]" in p for p in found)
     proc = run_cli("objective.metric=val/auroc", cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "is not a metric of task=classification" in proc.stderr
     assert os.listdir(tmp_path) == []  # no outputs/, mlflow.db or checkpoints/

@@ -7,9 +7,10 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunelab.config import rules as r
+from tunelab.config import tasks
 from tunelab.config.schema import ConfigError, validate
 from tunelab.config.search_methods import pruner_name, sampler_name
 
@@ -97,12 +98,28 @@ def sweeper_kind(cfg: DictConfig) -> str | None:
     return "study" if target.endswith("StudySweeper") else "sweeper"
 
 
+def _objective_problems(cfg: DictConfig) -> list[str]:
+    """The sweep's own objectives (multi-objective sweeps): metrics of the task, each in its
+    direction (config/tasks.py)."""
+    objectives = OmegaConf.select(cfg, "hydra.sweeper.objectives", default=None)
+    if not isinstance(objectives, ListConfig):
+        return []
+    task = str(OmegaConf.select(cfg, "task.name", default=tasks.DEFAULT))
+    out = []
+    for i, entry in enumerate(objectives):
+        metric = entry.get("metric") if isinstance(entry, DictConfig) else None
+        if isinstance(metric, str):
+            key = f"hydra.sweeper.objectives[{i}]"
+            out += tasks.watch_problems(task, key, metric, entry.get("direction"))
+    return out
+
+
 def sweeper_problems(cfg: DictConfig) -> list[str]:
     kind = sweeper_kind(cfg)
     if kind is None:
         return []
     table = STUDY if kind == "study" else SWEEPER
-    out = []
+    out = _objective_problems(cfg)
     for key, check in table.items():
         value = OmegaConf.select(cfg, f"hydra.sweeper.{key}", default=None)
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -158,25 +158,12 @@ def metric_problems(plain: dict[str, Any]) -> list[str]:
     out = [problem] if problem else []
     objective = plain.get("objective") or {}
     stop = (plain.get("trainer") or {}).get("early_stopping") or {}
-    for key, metric, direction in (
-        ("objective", objective.get("metric"), objective.get("direction")),
-        ("trainer.early_stopping", stop.get("metric"), _mode(stop.get("mode"))),
+    for key, metric, direction, word in (
+        ("objective", objective.get("metric"), objective.get("direction"), "direction"),
+        ("trainer.early_stopping", stop.get("metric"), _mode(stop.get("mode")), "mode"),
     ):
-        if not isinstance(metric, str):
-            continue
-        if metric not in known:
-            if metric in ALL_METRICS:  # otherwise the key's own rule has said so
-                out.append(
-                    f"{key}.metric={metric!r} is not a metric of task={task}; its metrics "
-                    f"are {list(known)}"
-                )
-            continue
-        wanted = direction_of(metric)
-        if wanted and direction in (MAX, MIN) and direction != wanted:
-            name = "mode" if key != "objective" else "direction"
-            value = {MAX: "max", MIN: "min"}[direction] if name == "mode" else direction
-            want = {MAX: "max", MIN: "min"}[wanted] if name == "mode" else wanted
-            out.append(f"{key}.{name}={value!r} contradicts {metric}: it is better when {want}")
+        if isinstance(metric, str) and (metric in known or metric in ALL_METRICS):
+            out += watch_problems(task, key, metric, direction, word)  # else: the key's own rule
     monitor = (plain.get("scheduler") or {}).get("monitor")
     if isinstance(monitor, str) and monitor in ALL_METRICS and monitor not in known:
         out.append(
@@ -200,6 +187,24 @@ def metric_problems(plain: dict[str, Any]) -> list[str]:
             "trains without it (augment=none or another augmentation)"
         )
     return out
+
+
+def watch_problems(
+    task: str, key: str, metric: str, direction: Any, word: str = "direction"
+) -> list[str]:
+    """A metric the task does not report, or a direction (`word`: direction, or a stopping
+    rule's mode) that contradicts the metric's, under config key `key`."""
+    known = epoch_metrics(task) if task in TASKS else ALL_METRICS
+    if metric not in known:
+        return [
+            f"{key}.metric={metric!r} is not a metric of task={task}; its metrics are {list(known)}"
+        ]
+    wanted = direction_of(metric)
+    if not wanted or direction not in (MAX, MIN) or direction == wanted:
+        return []
+    short = {MAX: "max", MIN: "min"}
+    value, want = (short[direction], short[wanted]) if word == "mode" else (direction, wanted)
+    return [f"{key}.{word}={value!r} contradicts {metric}: it is better when {want}"]
 
 
 def _mode(mode: Any) -> str | None:
