@@ -169,7 +169,13 @@ def make_task(cfg: DictConfig, splits: Any) -> Task:
     n = int(splits.num_classes)
     if name == "classification":
         smoothing = node.get("label_smoothing", cfg.trainer.get("label_smoothing", 0.0))
-        weight = _class_weights(node.get("class_weights"), splits.y_train, n)
+        setting = node.get("class_weights")
+        if setting == "balanced" and not hasattr(splits, "y_train"):
+            raise ConfigError(
+                "task.class_weights=balanced counts the training labels in memory: streamed "
+                "data needs data.loader=memory, or the weights listed ([w0, w1, ...])"
+            )
+        weight = _class_weights(setting, getattr(splits, "y_train", None), n)
         recorded = {"class_weights": None if weight is None else weight.tolist()}
         return Task(name, "cross_entropy", n, float(smoothing), weight, recorded=recorded)
     if name in ("binary", "multilabel"):
@@ -197,7 +203,7 @@ def make_task(cfg: DictConfig, splits: Any) -> Task:
     )
 
 
-def _class_weights(setting: Any, y_train: torch.Tensor, classes: int) -> torch.Tensor | None:
+def _class_weights(setting: Any, y_train: torch.Tensor | None, classes: int) -> torch.Tensor | None:
     """null: none; `balanced`: n_train / (classes * count) of each class in the training split
     (a class without examples gets 0); a list: those, one per class."""
     if setting is None:
