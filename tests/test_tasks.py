@@ -278,3 +278,32 @@ def test_reports_speak_of_points_only_for_fractions():
     assert unit("test/acc") == unit("val/auroc") == unit("best/val/macro_f1") == " points"
     assert unit("test/rmse") == unit("val/r2") == unit("val/loss") == ""
     assert v(0.9712, "test/acc") == "97.12" and v(12.3456, "test/rmse") == "12.35"
+
+
+def test_a_regression_study_judges_test_rmse_lower_is_better_in_its_units():
+    from types import SimpleNamespace
+
+    from tunelab.reports import study_verdicts
+    from tunelab.reports.verdict_words import power
+
+    rng = np.random.default_rng(0)
+    confirm = {
+        cell: {
+            s: {
+                "kind": "complete",
+                "values": {
+                    "val/rmse": base + 0.1 * rng.normal(),
+                    "test/rmse": base + 0.1 * rng.normal(),
+                },
+            }
+            for s in range(5)
+        }
+        for cell, base in (("small", 10.0), ("large", 12.0))
+    }
+    checks = {"alpha": 0.05, "min_effect": 0.5}
+    spec = SimpleNamespace(metric="val/rmse", direction="minimize", checks=checks, baseline=None)
+    judged = study_verdicts.verdicts(spec, confirm, looks=1)
+    assert judged["primary"] == "test/rmse"  # the objective's held-out counterpart
+    assert judged["test/rmse"]["leader"] == "small" and judged["test/rmse"]["top_set"] == ["small"]
+    line = " ".join(power(judged["test/rmse"]))
+    assert "points" not in line and "resolving 0.5 (study.min_effect)" in line
