@@ -54,11 +54,13 @@ def make_splits(
     split_seed: int,
     standardize: bool = True,
     train_subset: int | None = None,
+    float_targets: bool = False,
 ) -> Splits:
     """Carve a stratified-by-shuffle validation split from the training data and standardise
-    every split with the training statistics."""
-    validate_arrays(x, y, "train")
-    validate_arrays(x_test, y_test, "test")
+    every split with the training statistics. `float_targets`: y holds values (N,) or (N, k) kept
+    as floats (regression, multi-hot labels), not class ids; num_classes is then their width."""
+    validate_arrays(x, y, "train", float_targets=float_targets)
+    validate_arrays(x_test, y_test, "test", float_targets=float_targets)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={val_fraction}: must be in (0, 1)")
     rng = np.random.default_rng(split_seed)
@@ -74,11 +76,15 @@ def make_splits(
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
         norm = (mean, std)
     num_classes = int(max(y.max(), y_test.max())) + 1
+    if float_targets:  # the width of the targets: what the model outputs
+        num_classes = y.shape[1] if y.ndim == 2 else 1
     tensors = [
         torch.as_tensor(np.ascontiguousarray(a))
         for a in (x_train, y_train, x_val, y_val, x_test, y_test)
     ]
-    tensors = [t.float() if i % 2 == 0 else t.long() for i, t in enumerate(tensors)]
+    tensors = [
+        t.float() if i % 2 == 0 or float_targets else t.long() for i, t in enumerate(tensors)
+    ]
     return Splits(
         *tensors,
         num_classes=num_classes,
@@ -88,19 +94,24 @@ def make_splits(
     )
 
 
-def validate_arrays(x: np.ndarray, y: np.ndarray, split: str) -> None:
+def validate_arrays(
+    x: np.ndarray, y: np.ndarray, split: str, *, float_targets: bool = False
+) -> None:
     """Reject arrays that would silently train on garbage."""
     if x.ndim < 2:
         raise ValueError(
             f"{split} inputs have shape {x.shape}: expected (N, features...) with N examples"
         )
-    if y.ndim != 1 or len(y) != len(x):
+    if y.ndim not in ((1, 2) if float_targets else (1,)) or len(y) != len(x):
         raise ValueError(
             f"{split} labels have shape {y.shape}: expected ({len(x)},) to match the inputs"
         )
-    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
+    if float_targets:
+        if not np.isfinite(y).all():
+            raise ValueError(f"{split} targets contain {int((~np.isfinite(y)).sum())} NaN/Inf")
+    elif not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
         raise ValueError(f"{split} labels must be integer class ids, got dtype {y.dtype}")
-    if len(y) and y.min() < 0:
+    elif len(y) and y.min() < 0:
         raise ValueError(f"{split} labels must be >= 0, found {y.min()}")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
