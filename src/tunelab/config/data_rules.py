@@ -154,8 +154,8 @@ def table_node_problems(node: Mapping[str, Any]) -> list[str]:
             continue
         if Path(value).suffix.lower() not in TABLE_FORMATS:
             out.append(
-                f"data.{key}={value!r}: unknown extension {Path(value).suffix!r}: a table is a "
-                f"{', '.join(TABLE_FORMATS)} file"
+                f"data.{key}={value!r}: unknown extension {Path(value).suffix!r}: a table is "
+                f"one of {', '.join(TABLE_FORMATS)}"
             )
         elif key == "test_path" and not Path(value).expanduser().is_file():
             out.append(f"data.test_path={value!r}: no such file")

@@ -77,8 +77,9 @@ def table(
     split_seed: int = 0,
     standardize: bool = True,
 ) -> Splits:
-    """A table's rows as Splits: the test split from `test_path`, else carved with a fixed seed;
-    numeric features standardised with the training split's per-column statistics."""
+    """A table's rows as Splits of (1, F) examples: the test split from `test_path`, else carved
+    with a fixed seed; numeric features standardised with the training split's per-column
+    statistics (one-hot columns are left 0/1)."""
     a = table_arrays(
         path=path,
         target=target,
@@ -88,9 +89,9 @@ def table(
         test_fraction=test_fraction,
     )
     splits = make_splits(
-        a.x,
+        a.x[:, None],  # (N, F) -> (N, 1, F), as data=npz shapes its arrays: every model takes them
         a.y,
-        a.x_test,
+        a.x_test[:, None],
         a.y_test,
         name=Path(path).stem,
         val_fraction=val_fraction,
@@ -100,11 +101,11 @@ def table(
     )
     if standardize and a.scaled.any():
         cols = torch.as_tensor(np.flatnonzero(a.scaled))
-        mean = splits.x_train[:, cols].mean(0)
-        std = splits.x_train[:, cols].std(0, unbiased=False)
+        mean = splits.x_train[:, 0, cols].mean(0)
+        std = splits.x_train[:, 0, cols].std(0, unbiased=False)
         std[std == 0] = 1.0
         for x in (splits.x_train, splits.x_val, splits.x_test):
-            x[:, cols] = (x[:, cols] - mean) / std
+            x[:, 0, cols] = (x[:, 0, cols] - mean) / std
     splits.digest = a.digest
     splits.provenance = {**a.provenance, "standardized": bool(standardize and a.scaled.any())}
     return splits
