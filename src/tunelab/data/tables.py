@@ -122,7 +122,7 @@ class TableError(ConfigError):
 def problems(node: Mapping[str, Any]) -> list[str]:
     """Every problem of a `data=table` node's files, without building a tensor (the up-front
     check `build.file_problems` runs before Hydra creates a directory)."""
-    plain = OmegaConf.to_container(node) if OmegaConf.is_config(node) else dict(node)
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
     keys = ("path", "target", "features", "categorical", "test_path", "test_fraction")
     try:
         table_arrays(**{k: plain[k] for k in keys if plain.get(k) is not None})
