@@ -227,6 +227,11 @@ def _bad_tables(root) -> dict:
             ["data.target=cultivar", "data.features=[alcohol,cultivar]"],
             "data.target column 'cultivar' is also in data.features",
         ),
+        "categorical outside features": (
+            csv,
+            ["data.target=cultivar", "data.features=[alcohol]", "data.categorical=[region]"],
+            "data.categorical column 'region' is not in data.features",
+        ),
     }
 
 
@@ -246,6 +251,7 @@ CASES = [
     "NaN in the target",
     "empty table",
     "target among features",
+    "categorical outside features",
 ]
 
 

@@ -20,7 +20,9 @@ from omegaconf import OmegaConf
 
 from tunelab.config import ConfigError
 from tunelab.config.data_rules import (
+    TABLE,
     TABLE_FORMATS,
+    TABLE_TARGET,
     table_node_problems,
     table_problems,
     target_list,
@@ -149,9 +151,14 @@ def table_arrays(
     target = target if isinstance(target, str) else [str(t) for t in target]  # a ListConfig too
     features = None if features is None else [str(f) for f in features]
     categorical = [str(c) for c in categorical]
-    node = {"_target_": "tunelab.data.tables.table", "path": path, "test_path": test_path}
-    node |= {"target": target, "features": features, "categorical": list(categorical)}
-    found = table_node_problems(node)
+    node = {"_target_": TABLE_TARGET, "path": path, "test_path": test_path}
+    node |= {"target": target, "features": features, "categorical": categorical}
+    found = [  # what validate() says of these keys, for a caller that did not run it
+        f"data.{k}={node[k]!r} is invalid: expected {allowed}"
+        for k in ("target", "features", "categorical")
+        if (allowed := TABLE[k](node[k])) is not None
+    ]
+    found += table_node_problems(node)
     files = {"path": Path(path).expanduser()}
     if test_path:
         files["test_path"] = Path(test_path).expanduser()
@@ -179,7 +186,7 @@ def table_arrays(
             min_rows=1 if key == "test_path" else (2 if test_path else 3),
         )
     _refuse(found)
-    return _encode(frames, files, target_list(target), features, list(categorical), test_fraction)
+    return _encode(frames, files, target_list(target), features, categorical, test_fraction)
 
 
 def _encode(
