@@ -286,3 +286,9 @@ def test_a_bad_table_stops_a_run_before_any_side_effect(bad_tables, in_tmp):
     with pytest.raises(ConfigError, match="column 'region' is text"):
         run(table_cfg(path, *overrides), RunContext(log_model=False))
     assert list(in_tmp.iterdir()) == []
+
+
+def test_an_image_augmentation_on_a_table_is_refused_at_validation(files):
+    cfg = table_cfg(files["root"] / "wine.csv", "data.target=cultivar", "augment=standard")
+    with pytest.raises(ConfigError, match=r"augment=standard .* needs images shaped \(C, H, W\)"):
+        validate(cfg)

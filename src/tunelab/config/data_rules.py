@@ -73,8 +73,8 @@ AUGMENT: dict[str, r.Check] = {
     "cutmix_alpha": r.NON_NEGATIVE,
 }
 
-# Data whose examples are sequences (C, L): no 2-D augmentation fits them.
-SEQUENCE_DATA = ("tunelab.data.sources.mnist1d", "tunelab.data.sources.synthetic")
+# Data whose examples are sequences (C, L), a table's rows (1, F) too: no 2-D augmentation fits.
+SEQUENCE_DATA = ("tunelab.data.sources.mnist1d", "tunelab.data.sources.synthetic", TABLE_TARGET)
 
 
 def enabled(cfg: Mapping[str, Any]) -> dict[str, Any]:
