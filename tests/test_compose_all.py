@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import CONF
@@ -52,6 +53,8 @@ def files(tmp_path_factory):
         (cifar / name).write_bytes(pickle.dumps(batch))
     np.savez(root / "arrays.npz", x_train=rng.normal(size=(40, 6)), y_train=rng.integers(0, 3, 40),
              x_test=rng.normal(size=(10, 6)), y_test=rng.integers(0, 3, 10))  # fmt: skip
+    table = {"a": rng.normal(size=40), "b": rng.choice(["x", "y"], 40), "y": rng.integers(0, 3, 40)}
+    pd.DataFrame(table).to_csv(root / "table.csv", index=False)
     from PIL import Image
 
     for label in ("a", "b"):  # an ImageFolder: train/<class>/*.png
@@ -67,6 +70,7 @@ def files(tmp_path_factory):
     return {
         "cifar": cifar,
         "npz": root / "arrays.npz",
+        "table": root / "table.csv",
         "ckpt": root / "backbone.pt",
         "images": root / "images",
     }
@@ -76,6 +80,7 @@ def overrides_for(group: str, option: str, files: dict) -> list[str]:
     extra = {
         ("data", "cifar10"): [f"data.path={files['cifar']}"],
         ("data", "npz"): [f"data.path={files['npz']}"],
+        ("data", "table"): [f"data.path={files['table']}", "data.target=y", "data.categorical=[b]"],
         ("data", "images"): [f"data.path={files['images']}"],
     }.get((group, option), [])
     if group == "finetune" and option != "none":

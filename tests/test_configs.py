@@ -53,7 +53,8 @@ def test_groups_have_the_documented_options():
         "plateau",
     }
     assert set(options("model")) == {"logreg", "mlp", "cnn", "resnet"}
-    assert set(options("data")) == {"mnist1d", "digits", "images", "cifar10", "npz", "synthetic"}
+    data = {"mnist1d", "digits", "images", "cifar10", "npz", "table", "synthetic"}
+    assert set(options("data")) == data
 
 
 @pytest.mark.parametrize("model", options("model"))

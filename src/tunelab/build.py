@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from tunelab.config import targets, tasks
+from tunelab.config.data_rules import TABLE_TARGET
 from tunelab.config.groups import SCHEDULER
 from tunelab.config.rules import POSITIVE_INT
 from tunelab.data.images import DataError, scan
@@ -128,6 +129,10 @@ def file_problems(cfg: DictConfig) -> list[str]:
             return [str(exc)]
         problem = tasks.weights_problem(plain, len(folder.classes))
         return [problem] if problem else []
+    elif target == TABLE_TARGET:
+        from tunelab.data.tables import problems  # pandas: loaded for tables only
+
+        return problems(data)
     elif target.endswith(".npz"):
         try:
             splits = build_data(data)

@@ -55,6 +55,7 @@ def make_splits(
     split_seed: int,
     standardize: bool = True,
     train_subset: int | None = None,
+    float_targets: bool = False,
 ) -> Splits:
     """Carve a validation split from the training data by a seeded shuffle and standardise every
     split's inputs with the training statistics. The targets keep their kind (target_kind):
@@ -62,7 +63,7 @@ def make_splits(
     outputs (classes, labels or target columns)."""
     validate_arrays(x, y, "train")
     validate_arrays(x_test, y_test, "test")
-    kind = target_kind(y)
+    kind = target_kind(y, values=float_targets)
     if kind == CLASSES and y_test.ndim == 1 and len(y_test) and y_test.min() < 0:
         raise ValueError(f"test labels must be >= 0 (class ids), found {y_test.min()}")
     if target_kind(y_test) != kind and kind != VALUES:
@@ -107,10 +108,13 @@ def make_splits(
 CLASSES, MULTI_HOT, VALUES = "classes", "multi_hot", "values"  # config/tasks.py's target kinds
 
 
-def target_kind(y: np.ndarray) -> str:
+def target_kind(y: np.ndarray, values: bool = False) -> str:
     """What labels are: class ids (integers >= 0, one per example, of an integer dtype or whole
-    floats), multi-hot ((N, L) of 0 and 1) or real values (anything else numeric)."""
+    floats), multi-hot ((N, L) of 0 and 1) or real values (anything else numeric). values: the
+    source says they are values (a float column), so whole numbers are not class ids."""
     y = y.astype(np.int64) if y.dtype == np.bool_ else y
+    if values:
+        return MULTI_HOT if y.ndim == 2 and np.isin(y, (0, 1)).all() else VALUES
     whole = np.issubdtype(y.dtype, np.integer) or bool(np.all(np.equal(np.mod(y, 1), 0)))
     if y.ndim == 1 and whole and (not len(y) or y.min() >= 0):
         return CLASSES
