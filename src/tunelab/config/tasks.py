@@ -204,7 +204,11 @@ def watch_problems(
         return []
     short = {MAX: "max", MIN: "min"}
     value, want = (short[direction], short[wanted]) if word == "mode" else (direction, wanted)
-    return [f"{key}.{word}={value!r} contradicts {metric}: it is better when {want}"]
+    better = "lower" if wanted == MIN else "higher"
+    return [
+        f"{key}.{word}={value!r} contradicts {metric}, which is better {better}: "
+        f"set {key}.{word}={want}"
+    ]
 
 
 def _mode(mode: Any) -> str | None:
