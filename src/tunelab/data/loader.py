@@ -114,6 +114,28 @@ def split_batches(
     yield from _load(data, split, batches, device)
 
 
+def examples(
+    data: StreamedSplits, split: str, indices: list[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples at `indices` of a split as one batch (a diagnostic's few examples)."""
+    return next(_load(data, split, [list(indices)], device))
+
+
+def endless_batches(
+    data: StreamedSplits,
+    batch_size: int,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Full training batches, epoch after epoch in each epoch's own order (the lr range test's
+    steps, which may outlast one epoch)."""
+    epoch = 1
+    while True:
+        yield from _streamed(data, batch_size, seed, epoch, 0, True, device)
+        epoch += 1
+
+
 def _streamed(
     data: StreamedSplits,
     batch_size: int,
