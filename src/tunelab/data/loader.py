@@ -46,6 +46,7 @@ class StreamedSplits:
     norm: tuple[float, float]  # (mean, std) of [0, 1] pixels, applied on the device
     settings: LoaderSettings = field(default_factory=LoaderSettings)
     provenance: dict = field(default_factory=dict)
+    memory_format: torch.memory_format = torch.contiguous_format  # of the batches on the device
     _loaders: dict = field(default_factory=dict, repr=False)
 
     def sizes(self) -> dict[str, int]:
@@ -174,7 +175,7 @@ def _load(
     mean, std = data.norm
     for x, y in loader:
         x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
-        yield x, y.to(device, non_blocking=True)
+        yield x.contiguous(memory_format=data.memory_format), y.to(device, non_blocking=True)
 
 
 def _loader(data: StreamedSplits, split: str, device: torch.device) -> DataLoader:
