@@ -66,7 +66,8 @@ def _lr_range(c: Check) -> dict[str, float]:
     if knobs.get("batch_size") is None:
         knobs["batch_size"] = int(_get(c.cfg, "trainer.batch_size", 64))
     if isinstance(c.splits, StreamedSplits):
-        batches = endless_batches(c.splits, int(knobs["batch_size"]), seed=c.seed)
+        device = next(c.model.parameters()).device  # pinned and copied as training copies them
+        batches = endless_batches(c.splits, int(knobs["batch_size"]), seed=c.seed, device=device)
         r = lr_range_test(c.model, c.make_optimizer, batches=batches, seed=c.seed, **knobs)
     else:
         x, y = c.splits.x_train, c.splits.y_train
