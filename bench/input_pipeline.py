@@ -8,6 +8,10 @@ the epoch without augmentation is printed beside it, and the loader's images/s a
 collate, no model). Epochs of the two paths alternate, so a shared machine's slow phases hit both.
 
     python bench/input_pipeline.py [--path FOLDER] [--per-class 48] [--epochs 3] [--workers 1]
+                                   [--device cpu]
+
+bench/gpu.py runs the same measurement on a GPU (--device cuda: models and in-memory tensors on
+the device, streamed batches pinned and copied to it).
 
 Without --path, an ImageFolder of scikit-learn's digits at 32x32 RGB PNGs is written to a
 temporary directory (the generator of tests/test_images.py)."""
@@ -35,7 +39,7 @@ from tunelab.data.augment import make_augment  # noqa: E402
 from tunelab.data.loader import epoch_batches  # noqa: E402
 from tunelab.optim.lr_schedule import batches_per_epoch  # noqa: E402
 from tunelab.run.loop import Trained, augmented, train_epoch  # noqa: E402
-from tunelab.run.prepare import loader_threads  # noqa: E402
+from tunelab.run.prepare import loader_threads, run_data  # noqa: E402
 
 
 def one_epoch(model, training, trainer, batches, n: int, aug, seed: int, epoch: int) -> int:
@@ -47,6 +51,8 @@ def one_epoch(model, training, trainer, batches, n: int, aug, seed: int, epoch: 
     n_batches = batches_per_epoch(n, trainer)
     trained = Trained(model, list(model.parameters()))
     totals = train_epoch(trained, batches, n_batches, optimizer, schedule, trainer)
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()  # the epoch ends when the device is done, not when it is queued
     return totals.seen
 
 
@@ -57,6 +63,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.path
@@ -67,12 +74,15 @@ def main() -> None:
         measure(path, args)
 
 
-def measure(path: str, args: argparse.Namespace) -> None:
+def measure(path: str, args: argparse.Namespace) -> dict[str, float]:
+    """Print and return the loader's images/s, each path's epoch images/s and their ratios."""
+    device = torch.device(getattr(args, "device", "cpu"))
     memory = images.images(path=path, loader="memory")
     stream = images.images(
         path=path, loader="stream", num_workers=args.workers, persistent_workers=args.workers > 0
     )
     n, bs = len(memory.y_train), args.batch_size
+    on_device = run_data(memory, device)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         run_cfg = compose(
             "train", overrides=["model=cnn", "augment=standard", f"trainer.batch_size={bs}"]
@@ -87,13 +97,15 @@ def measure(path: str, args: argparse.Namespace) -> None:
     print(
         f"{n} training images {shape}, batch {bs}, torch threads {torch.get_num_threads()} "
         f"(streamed: {stream_threads}), "
-        f"loader workers {args.workers}"
+        f"loader workers {args.workers}, device {device}"
     )
 
     def loader_only() -> float:
         t0 = time.perf_counter()
-        for _ in epoch_batches(stream, bs, seed=0, epoch=1):
+        for _ in epoch_batches(stream, bs, seed=0, epoch=1, device=device):
             pass
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     loader_only()  # workers started, files in the page cache
@@ -102,16 +114,16 @@ def measure(path: str, args: argparse.Namespace) -> None:
 
     times: dict[str, list[float]] = {"stream+aug": [], "memory+aug": [], "memory": []}
     runs = {
-        "stream+aug": lambda g, e: epoch_batches(stream, bs, seed=0, epoch=e),
-        "memory+aug": lambda g, e: epoch_batches(memory, bs, seed=0, epoch=e, generator=g),
-        "memory": lambda g, e: epoch_batches(memory, bs, seed=0, epoch=e, generator=g),
+        "stream+aug": lambda g, e: epoch_batches(stream, bs, seed=0, epoch=e, device=device),
+        "memory+aug": lambda g, e: epoch_batches(on_device, bs, seed=0, epoch=e, generator=g),
+        "memory": lambda g, e: epoch_batches(on_device, bs, seed=0, epoch=e, generator=g),
     }
     augs = {"stream+aug": aug_str, "memory+aug": aug_mem, "memory": None}
     threads = {"stream+aug": stream_threads, "memory+aug": cores, "memory": cores}
     state = {}
     for name in runs:
         torch.manual_seed(0)
-        model = build.build_model(cfg, shape, k)
+        model = build.build_model(cfg, shape, k).to(device)
         state[name] = (model, build.build_training(model, run_cfg, n))
     for epoch in range(args.epochs + 1):  # epoch 0 warms up each path, not counted
         for name, batches in runs.items():
@@ -128,8 +140,14 @@ def measure(path: str, args: argparse.Namespace) -> None:
             f"epoch {name:<11} {t:7.2f} s  {n / t:8,.0f} images/s  (epochs: "
             f"{', '.join(f'{v:.2f}' for v in times[name])})"
         )
-    print(f"ratio stream+aug / memory+aug: {med['stream+aug'] / med['memory+aug']:.3f}")
-    print(f"ratio stream+aug / memory (no augmentation): {med['stream+aug'] / med['memory']:.3f}")
+    ratio, plain = med["stream+aug"] / med["memory+aug"], med["stream+aug"] / med["memory"]
+    print(f"ratio stream+aug / memory+aug: {ratio:.3f}")
+    print(f"ratio stream+aug / memory (no augmentation): {plain:.3f}")
+    return {
+        "loader_images_per_s": n / t_load,
+        **{f"{name}_images_per_s": n / t for name, t in med.items()},
+        "ratio_stream_aug_over_memory_aug": ratio,
+    }
 
 
 if __name__ == "__main__":

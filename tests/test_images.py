@@ -24,6 +24,10 @@ from tunelab.data import loader as L
 from tunelab.data.manifest import CACHE_NAME, build_manifest
 from tunelab.data.sources import cifar10
 from tunelab.data.splits import Splits, make_splits
+from tunelab.run.api import attempt
+from tunelab.run.record import RunFailed
+from tunelab.tags import FAILURE_MESSAGE, FAILURE_REASON
+from tunelab.tracking import NullTracker
 
 PER_CLASS = 30  # 10 classes: 300 images
 
@@ -210,6 +214,75 @@ def test_a_truncated_image_fails_naming_the_file_when_read(own_folder):
         for split in ("train", "val", "test"):  # wherever the carving put it
             for _ in L.split_batches(streamed, split, 8):
                 pass
+
+
+SMALL_CNN = ["model=cnn", "model.width=4", "model.depth=1", "trainer.batch_size=16"]
+
+
+class StartRecorder(NullTracker):
+    """NullTracker that also keeps the run's start (its tags) and its end status."""
+
+    def start(self, run_name, tags, parent_run_id=None, run_id=None):
+        self.calls.append(("start", (tags,)))
+        return super().start(run_name, tags, parent_run_id, run_id)
+
+
+def test_a_non_image_file_stops_a_run_before_it_starts_naming_it(own_folder, in_tmp):
+    bad = own_folder / "train/class_1/notes.png"
+    bad.write_text("not an image")
+    cfg = compose_cfg("data=images", f"data.path={own_folder}", *SMALL_CNN, "tracking=none")
+    with pytest.raises(I.DataError, match=f"{bad}: not a readable image"):
+        attempt(cfg, tracker=(tracker := StartRecorder()))
+    assert tracker.calls == [] and [p.name for p in in_tmp.iterdir()] == ["own"]  # no checkpoints/
+
+
+def test_an_unreadable_file_is_refused_naming_it(own_folder, monkeypatch):
+    from PIL import Image
+
+    locked = own_folder / "train/class_6/001.png"
+    real_open = Image.open
+
+    def guarded(path, *args, **kwargs):  # as chmod 000 does for a user who is not root
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", guarded)
+    with pytest.raises(I.DataError, match=f"{locked}: not a readable image.*Permission denied"):
+        I.images(path=str(own_folder), loader="stream")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_truncated_image_ends_a_streamed_run_failed_naming_the_file(own_folder, in_tmp, workers):
+    bad = own_folder / "train/class_5/002.png"
+    bad.write_bytes(bad.read_bytes()[:-40])  # the header survives: found when decoded
+    cfg = compose_cfg(
+        "data=images",
+        f"data.path={own_folder}",
+        "data.loader=stream",
+        f"data.num_workers={workers}",
+        *SMALL_CNN,
+        "trainer.max_epochs=1",
+        "tracking=none",
+    )
+    outcome = attempt(cfg, tracker=(tracker := StartRecorder()))
+    assert isinstance(outcome, RunFailed) and isinstance(outcome.cause, I.DataError)
+    tags = {k: v for c, a in tracker.calls if c == "set_tags" for k, v in a[0].items()}
+    assert tags[FAILURE_REASON] == "DataError"
+    assert f"{bad}: not a readable image" in tags[FAILURE_MESSAGE]
+    assert tracker.calls[0][0] == "start" and tracker.calls[-1] == ("end", ("FAILED",))
+
+
+def test_a_sweep_over_a_bad_layout_leaves_no_trace(tmp_path):
+    root = write_folder(tmp_path / "bad", per_class=2, splits=("train", "val"))
+    where = classes_differ(root)
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["-m", "data=images", f"data.path={root}", "optimizer.lr=0.01,0.1"]
+    proc = run_cli(*args, cwd=work, timeout=300)
+    assert proc.returncode != 0
+    assert f"{where}: its classes differ" in proc.stderr, proc.stderr[-2000:]
+    assert list(work.iterdir()) == []  # no multirun/, journal, mlflow.db or study
 
 
 def test_an_image_of_another_size_is_refused_naming_it(own_folder):

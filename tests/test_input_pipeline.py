@@ -5,6 +5,7 @@ the cores, and the run records its augmentation and loader mode."""
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 import signal
@@ -13,13 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
+from conftest import FAST, compose_cfg, finish_cli, mlflow_runs, run_cli, start_cli, wait_for_line
 from test_crash_resume import checkpoints, metric_history
 from test_images import write_folder
 
 from tunelab.build import build_training
 from tunelab.data import images as I
+from tunelab.data import loader as L
+from tunelab.data.loader import epoch_batches
 from tunelab.run import prepare
+from tunelab.run.api import run
 from tunelab.run.context import RunContext
 from tunelab.run.loop import Objective, TrainState, fit
 from tunelab.run.replica_rules import config_reason, data_reason
@@ -215,3 +219,83 @@ def test_sigkill_mid_epoch_with_workers_and_augmentation_resumes_bit_identically
     a, b = checkpoints(ref_dir), checkpoints(crash_dir)
     for name in a:
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), (name, note)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_channels_last_puts_image_models_and_batches_in_nhwc(folder, kept_threads, mode):
+    cfg = cfg_for(
+        folder, f"data.loader={mode}", "trainer.channels_last=true", "trainer.max_epochs=1"
+    )
+    s = prepare.setup(cfg, RunContext())
+    nhwc = torch.channels_last
+    convs = [p for p in s.model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=nhwc) for p in convs)
+    data = prepare.run_data(s.splits, torch.device("cpu"))
+    x, _ = next(epoch_batches(data, 32, seed=3, epoch=1, generator=torch.Generator()))
+    assert x.is_contiguous(memory_format=nhwc) and not x.is_contiguous()
+    default = cfg_for(
+        folder, f"data.loader={mode}", "trainer.max_epochs=1", "trainer.num_threads=1"
+    )
+    cl = cfg_for(
+        folder,
+        f"data.loader={mode}",
+        "trainer.max_epochs=1",
+        "trainer.num_threads=1",
+        "trainer.channels_last=true",
+    )
+    (h_default, _), (h_cl, _) = train(default), train(cl)
+    for key in ("train/loss", "val/loss"):  # the same arithmetic in another memory order
+        assert h_cl[key] == pytest.approx(h_default[key], rel=1e-4), key
+
+
+def test_channels_last_is_ignored_and_logged_for_sequences(kept_threads, caplog):
+    cfg = compose_cfg("data=synthetic", "model=mlp", "trainer.channels_last=true", "tracking=none")
+    with caplog.at_level(logging.WARNING, logger="tunelab.run.prepare"):
+        s = prepare.setup(cfg, RunContext())
+    assert "trainer.channels_last=true ignored" in caplog.text
+    assert s.splits.x_train.is_contiguous()
+
+
+class CompileProbe(torch.nn.Module):
+    """A linear layer that notes whether its forward ran under torch.compile's tracer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+        self.traced: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.traced.append(torch.compiler.is_compiling())
+        return self.linear(x)
+
+
+@pytest.mark.slow
+def test_compile_compiles_in_place_and_a_run_records_it(in_tmp, kept_threads):
+    x = torch.randn(8, 4)
+    plain, compiled = CompileProbe(), CompileProbe()
+    compiled.load_state_dict(plain.state_dict())
+    prepare.compile_model(plain, compose_cfg().trainer)  # off by default
+    prepare.compile_model(compiled, compose_cfg("trainer.compile=true").trainer)
+    assert torch.allclose(plain(x), compiled(x), atol=1e-6)
+    assert plain.traced == [False] and compiled.traced == [True]
+    assert list(compiled.state_dict()) == ["linear.weight", "linear.bias"]  # checkpoints as before
+    cfg = compose_cfg(*FAST, "trainer.compile=true", "trainer.device=cpu", "tracking=none")
+    result = run(cfg, tracker=(tracker := NullTracker()))
+    assert result.status == "FINISHED" and result.checkpoint is not None
+    (params,) = [a[0] for c, a in tracker.calls if c == "log_params"]
+    assert params["trainer.compile"] is True and params["trainer.channels_last"] is False
+
+
+def test_streamed_batches_travel_as_uint8_pinned_for_a_gpu_and_are_standardised_on_the_device(
+    folder,
+):
+    data = I.images(path=str(folder), loader="stream", num_workers=1)
+    assert L._loader(data, "val", torch.device("cuda")).pin_memory  # built, never iterated here
+    assert not L._loader(data, "val", torch.device("cpu")).pin_memory
+    loader = L._loader(data, "val", torch.device("cpu"))
+    loader.batch_sampler.batches = [[0, 1, 2, 3]]
+    (pixels, _) = list(loader)[0]  # what a worker hands over: the undecoded uint8 pixels
+    assert pixels.dtype == torch.uint8
+    x, _ = next(L.split_batches(data, "val", 4))
+    mean, std = data.norm
+    assert torch.allclose(x, (pixels.float() / 255.0 - mean) / std)

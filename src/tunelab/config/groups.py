@@ -267,6 +267,8 @@ TRAINER: dict[str, r.Check] = {
     "early_stopping": r.anything,  # its own table below
     "replicas": r.seed_list,
     "batch_replicas": r.auto_or_boolean,
+    "channels_last": r.boolean,
+    "compile": r.boolean,
 }
 EARLY_STOPPING: dict[str, r.Check] = {
     "metric": r.optional(r.one_of(*tasks.ALL_METRICS)),

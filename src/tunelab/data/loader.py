@@ -46,6 +46,7 @@ class StreamedSplits:
     norm: tuple[float, float]  # (mean, std) of [0, 1] pixels, applied on the device
     settings: LoaderSettings = field(default_factory=LoaderSettings)
     provenance: dict = field(default_factory=dict)
+    memory_format: torch.memory_format = torch.contiguous_format  # of the batches on the device
     _loaders: dict = field(default_factory=dict, repr=False)
 
     def sizes(self) -> dict[str, int]:
@@ -114,6 +115,28 @@ def split_batches(
     yield from _load(data, split, batches, device)
 
 
+def examples(
+    data: StreamedSplits, split: str, indices: list[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples at `indices` of a split as one batch (a diagnostic's few examples)."""
+    return next(_load(data, split, [list(indices)], device))
+
+
+def endless_batches(
+    data: StreamedSplits,
+    batch_size: int,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Full training batches, epoch after epoch in each epoch's own order (the lr range test's
+    steps, which may outlast one epoch)."""
+    epoch = 1
+    while True:
+        yield from _streamed(data, batch_size, seed, epoch, 0, True, device)
+        epoch += 1
+
+
 def _streamed(
     data: StreamedSplits,
     batch_size: int,
@@ -152,7 +175,7 @@ def _load(
     mean, std = data.norm
     for x, y in loader:
         x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
-        yield x, y.to(device, non_blocking=True)
+        yield x.contiguous(memory_format=data.memory_format), y.to(device, non_blocking=True)
 
 
 def _loader(data: StreamedSplits, split: str, device: torch.device) -> DataLoader:

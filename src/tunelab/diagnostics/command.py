@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from tunelab.data.loader import StreamedSplits, endless_batches, examples
 from tunelab.diagnostics.datacheck import check_data, datacheck_tags
 from tunelab.diagnostics.gradcheck import gradient_check
 from tunelab.diagnostics.lr_range import OptimizerFactory, lr_range_test, plot_lr_range
@@ -63,8 +65,13 @@ def _lr_range(c: Check) -> dict[str, float]:
     knobs, tracker = c.knobs, c.tracker
     if knobs.get("batch_size") is None:
         knobs["batch_size"] = int(_get(c.cfg, "trainer.batch_size", 64))
-    x, y = c.splits.x_train, c.splits.y_train
-    r = lr_range_test(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
+    if isinstance(c.splits, StreamedSplits):
+        device = next(c.model.parameters()).device  # pinned and copied as training copies them
+        batches = endless_batches(c.splits, int(knobs["batch_size"]), seed=c.seed, device=device)
+        r = lr_range_test(c.model, c.make_optimizer, batches=batches, seed=c.seed, **knobs)
+    else:
+        x, y = c.splits.x_train, c.splits.y_train
+        r = lr_range_test(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
     tracker.log_figure(plot_lr_range(r), f"{PREFIX}/lr_range.png")
     tracker.log_dict(r.to_dict(), f"{PREFIX}/lr_range.json")
     tracker.set_tags(
@@ -100,7 +107,8 @@ def _lr_range(c: Check) -> dict[str, float]:
 def _overfit(c: Check) -> dict[str, float]:
     knobs, tracker = c.knobs, c.tracker
     knobs.pop("regularisation_off", None)  # applied when the model/optimizer are built
-    x, y = c.splits.x_train, c.splits.y_train
+    n = int(knobs.get("n_examples", 32))
+    x, y = _train_examples(c.splits, n, torch.Generator().manual_seed(c.seed))
     r = overfit_tiny_subset(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
     tracker.log_figure(_loss_figure(r.losses, r.message), f"{PREFIX}/overfit.png")
     tracker.log_dict(asdict(r), f"{PREFIX}/overfit.json")
@@ -115,7 +123,7 @@ def _overfit(c: Check) -> dict[str, float]:
 def _gradcheck(c: Check) -> dict[str, float]:
     knobs, tracker = c.knobs, c.tracker
     n = int(knobs.pop("n_examples", 8))
-    x, y = c.splits.x_train[:n], c.splits.y_train[:n]
+    x, y = _train_examples(c.splits, n)
     r = gradient_check(c.model, x, y, seed=c.seed, **knobs)
     tracker.log_dict(asdict(r), f"{PREFIX}/gradcheck.json")
     tracker.set_tags({"diagnose.worst_param": r.worst_param})
@@ -192,6 +200,22 @@ def _loss_figure(losses: list[float], title: str) -> Figure:
     ax.set_title(title[:70], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _train_examples(
+    splits: Any, n: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n training examples, or n drawn with `generator`; in memory all of them when
+    drawing (the check draws its own), streamed only the n it needs."""
+    if not isinstance(splits, StreamedSplits):
+        return (
+            (splits.x_train, splits.y_train)
+            if generator is not None
+            else (splits.x_train[:n], splits.y_train[:n])
+        )
+    size = len(splits.train)
+    idx = torch.randperm(size, generator=generator)[:n] if generator is not None else range(n)
+    return examples(splits, "train", [int(i) for i in idx][: min(n, size)])
 
 
 def _knobs(cfg: Any) -> dict[str, Any]:

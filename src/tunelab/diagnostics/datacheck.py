@@ -1,14 +1,19 @@
 """Data check before trusting any number (seed 001, 14.3.1): class balance, leakage across splits,
-NaN/Inf and distribution shift between splits."""
+NaN/Inf and distribution shift between splits; in memory or streamed from disk one batch at a time."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from scipy.stats import chisquare
+from torch import Tensor
+
+from tunelab.data.loader import StreamedSplits, split_batches
 
 SPLITS = ("train", "val", "test")
 
@@ -29,34 +34,102 @@ def check_data(
     imbalance_ratio: float = 1.5,
     shift_tolerance: float = 0.5,
     std_ratio: float = 1.5,
+    batch_size: int = 256,
 ) -> DataReport:
-    """Inspect `splits` (anything with x_train/y_train/x_val/y_val/x_test/y_test, optional num_classes).
+    """Inspect `splits`: in-memory (x_train/y_train/x_val/y_val/x_test/y_test, optional
+    num_classes) or streamed from disk (`StreamedSplits`, read batch_size examples at a time, so
+    memory holds one batch of inputs plus a label and a 16-byte hash per example).
 
     Warns on: a class missing or max/min class count > imbalance_ratio in a split; inputs shared
     between splits; NaN/Inf; a val/test mean more than shift_tolerance train stds from the train mean,
     or a std ratio beyond std_ratio."""
-    data = {
-        s: (getattr(splits, f"x_{s}"), getattr(splits, f"y_{s}"))
-        for s in SPLITS
-        if hasattr(splits, f"x_{s}")
-    }
+    seen = {s: _scan(batches) for s, batches in _split_sources(splits, batch_size).items()}
     kind = getattr(splits, "targets", "classes")  # multi-hot or real values: no class checks
-    labels = [y for _, y in data.values() if len(y)] if kind == "classes" else []
+    labels = [y for y, _, _ in seen.values() if len(y)] if kind == "classes" else []
     num_classes = getattr(splits, "num_classes", None) or (
         int(max(int(y.max()) for y in labels)) + 1 if labels else 0
     )
     report = DataReport(
-        stats={"num_classes": num_classes, "sizes": {s: len(y) for s, (_, y) in data.items()}}
+        stats={"num_classes": num_classes, "sizes": {s: len(y) for s, (y, _, _) in seen.items()}}
     )
     if kind != "classes":
         report.stats["class_checks"] = f"skipped: the targets are {kind}, not class ids"
-    for s, (x, y) in data.items():
+    for s, (y, moments, _) in seen.items():
         if kind == "classes":
             _check_classes(report, s, y, num_classes, imbalance_ratio)
-        _check_values(report, s, x)
+        _check_values(report, s, moments)
     _check_shift(report, shift_tolerance, std_ratio)
-    _check_duplicates(report, {s: x for s, (x, _) in data.items()})
+    _check_duplicates(report, {s: hashes for s, (_, _, hashes) in seen.items()})
     return report
+
+
+def _split_sources(splits: Any, batch_size: int) -> dict[str, Iterable[tuple[Tensor, Tensor]]]:
+    """Each split as (x, y) batches: streamed data through the run's loader, in file order;
+    in-memory tensors as one batch."""
+    if isinstance(splits, StreamedSplits):
+        return {s: split_batches(splits, s, batch_size) for s in SPLITS}
+    return {
+        s: [(getattr(splits, f"x_{s}"), getattr(splits, f"y_{s}"))]
+        for s in SPLITS
+        if hasattr(splits, f"x_{s}")
+    }
+
+
+@dataclass
+class _Moments:
+    """Count, NaN/Inf counts, min/max, mean and sum of squared deviations of the finite values,
+    merged batch by batch (Chan et al.'s pairwise update: no second pass, no float64 copy of the
+    whole split)."""
+
+    n: int = 0
+    nan: int = 0
+    inf: int = 0
+    low: float = math.inf
+    high: float = -math.inf
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, x: Tensor) -> None:
+        xf = x.detach().reshape(-1).double().cpu()
+        finite = torch.isfinite(xf)
+        nan = int(torch.isnan(xf).sum())
+        self.nan += nan
+        self.inf += int((~finite).sum()) - nan
+        vals = xf[finite]
+        k = vals.numel()
+        if not k:
+            return
+        mean = float(vals.mean())
+        m2 = float(((vals - mean) ** 2).sum())
+        total = self.n + k
+        delta = mean - self.mean
+        self.mean += delta * k / total
+        self.m2 += m2 + delta**2 * self.n * k / total
+        self.n = total
+        self.low, self.high = min(self.low, float(vals.min())), max(self.high, float(vals.max()))
+
+    def stats(self) -> dict[str, float]:
+        out: dict[str, float] = {"nan": self.nan, "inf": self.inf}
+        if self.n:
+            out.update(
+                min=self.low,
+                max=self.high,
+                mean=self.mean,
+                std=math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0,
+            )
+        return out
+
+
+def _scan(batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[Tensor, _Moments, list[bytes]]:
+    """One pass over a split: its labels, the moments of its inputs and a hash per example."""
+    labels: list[Tensor] = []
+    moments, hashes = _Moments(), []
+    for x, y in batches:
+        labels.append((y if y.is_floating_point() else y.long()).cpu())  # rows: one per example
+        moments.add(x)
+        hashes += _row_hashes(x)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    return y, moments, hashes
 
 
 def datacheck_tags(report: DataReport) -> dict[str, str]:
@@ -96,22 +169,11 @@ def _check_classes(
         )
 
 
-def _check_values(report: DataReport, split: str, x: torch.Tensor) -> None:
-    xf = x.reshape(len(x), -1).double().cpu() if len(x) else torch.zeros(0, dtype=torch.float64)
-    finite = torch.isfinite(xf)
-    nan, inf = int(torch.isnan(xf).sum()), int((~finite).sum()) - int(torch.isnan(xf).sum())
-    vals = xf[finite]
-    stats = {"nan": nan, "inf": inf}
-    if vals.numel():
-        stats.update(
-            min=float(vals.min()),
-            max=float(vals.max()),
-            mean=float(vals.mean()),
-            std=float(vals.std()) if vals.numel() > 1 else 0.0,
-        )
+def _check_values(report: DataReport, split: str, moments: _Moments) -> None:
+    stats = moments.stats()
     report.stats.setdefault("values", {})[split] = stats
-    if nan or inf:
-        report.warnings.append(f"{split}: {nan} NaN and {inf} Inf input values")
+    if moments.nan or moments.inf:
+        report.warnings.append(f"{split}: {moments.nan} NaN and {moments.inf} Inf input values")
 
 
 def _check_shift(report: DataReport, tolerance: float, std_ratio: float) -> None:
@@ -137,14 +199,15 @@ def _check_shift(report: DataReport, tolerance: float, std_ratio: float) -> None
             )
 
 
-def _row_hashes(x: torch.Tensor) -> list[bytes]:
+def _row_hashes(x: Tensor) -> list[bytes]:
+    if not len(x):
+        return []
     rows = x.detach().reshape(len(x), -1).cpu().contiguous().numpy()
     return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
 
 
-def _check_duplicates(report: DataReport, xs: dict[str, torch.Tensor]) -> None:
+def _check_duplicates(report: DataReport, hashes: dict[str, list[bytes]]) -> None:
     """Exact byte-identical inputs shared between splits (leakage) or repeated within one."""
-    hashes = {s: _row_hashes(x) for s, x in xs.items()}
     dup: dict[str, int] = {}
     for s, h in hashes.items():
         dup[f"within_{s}"] = len(h) - len(set(h))

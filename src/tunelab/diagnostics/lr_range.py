@@ -36,9 +36,10 @@ class LRRangeResult:
 def lr_range_test(
     model: nn.Module,
     make_optimizer: OptimizerFactory,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
     *,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
     num_steps: int = 100,
@@ -49,7 +50,8 @@ def lr_range_test(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> LRRangeResult:
     """Train a copy of `model` for up to num_steps minibatches, lr from min_lr to max_lr
-    geometrically; stop once the smoothed loss exceeds diverge_factor x its best.
+    geometrically; stop once the smoothed loss exceeds diverge_factor x its best. The minibatches
+    are seeded draws from (x, y), or the next ones of `batches` (streamed data).
 
     `smoothed` is the bias-corrected EMA of the losses that the stop test uses.
     Suggestion (`rule`): the lr where the loss falls fastest per decade of lr, searched up to the
@@ -60,13 +62,16 @@ def lr_range_test(
         raise ValueError(
             f"lr range test needs 0 < min_lr < max_lr and num_steps >= 2 (got {min_lr}, {max_lr}, {num_steps})"
         )
+    if (batches is None) == (x is None or y is None):
+        raise ValueError("lr range test needs either x and y or batches")
     net = copy.deepcopy(model)
     net.train()
     device = next(net.parameters()).device
     optimizer = make_optimizer(list(net.parameters()), lr=min_lr)
     base = [g["lr"] / min_lr for g in optimizer.param_groups]  # each group's multiplier
-    gen = torch.Generator().manual_seed(seed)
-    batches = _batches(len(y), batch_size, gen)
+    if batches is None:
+        gen = torch.Generator().manual_seed(seed)
+        batches = ((x[i], y[i]) for i in _batches(len(y), batch_size, gen))
     ratio = (max_lr / min_lr) ** (1 / (num_steps - 1))
     lrs: list[float] = []
     losses: list[float] = []
@@ -76,8 +81,8 @@ def lr_range_test(
         lr = min_lr * ratio**step
         for g, mult in zip(optimizer.param_groups, base, strict=True):
             g["lr"] = lr * mult
-        idx = next(batches)
-        loss = loss_fn(net(x[idx].to(device)), y[idx].to(device))
+        bx, by = next(batches)
+        loss = loss_fn(net(bx.to(device)), by.to(device))
         value = loss.item()
         lrs.append(lr)
         losses.append(value)

@@ -18,7 +18,7 @@ from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.context import RunContext, RunResult
 from tunelab.run.group import replica_seeds, train_group
 from tunelab.run.loop import Objective, TrainState, fit
-from tunelab.run.prepare import autocast_for, build_augment, run_data, setup
+from tunelab.run.prepare import autocast_for, build_augment, compile_model, run_data, setup
 from tunelab.run.record import (
     RunFailed,
     close_unfinished,
@@ -78,7 +78,7 @@ def _train(
     ft = cfg.get("finetune") or {}
     if ft.get("init_checkpoint"):
         load_backbone(model, ft.init_checkpoint)
-    model.to(device)
+    compile_model(model.to(device), cfg.trainer)
     data = run_data(splits, device)
     try:
         augment = build_augment(cfg, splits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from contextlib import nullcontext
@@ -20,6 +21,8 @@ from tunelab.data.loader import StreamedSplits
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import resolve_device
 from tunelab.run.tasks import Task, make_task
+
+log = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -57,7 +60,38 @@ def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
     except ValueError as exc:  # a model that cannot take this data's examples
         model_name, data_name = cfg.model.get("name", "?"), cfg.data.get("name", "?")
         raise ConfigError(f"model={model_name} cannot train on data={data_name}: {exc}") from None
+    if cfg.trainer.get("channels_last"):
+        use_channels_last(model, splits)
     return Setup(device, splits, model, allow, task.to(device))
+
+
+def use_channels_last(model: torch.nn.Module, splits: Any) -> bool:
+    """trainer.channels_last: the model's 4-D weights and every image batch in NHWC order (what
+    tensor cores and cuDNN's fastest convolutions read). Examples that are not images (C, H, W)
+    have no such layout: the knob is ignored there, and the log says so (a speed knob, not a
+    reason to refuse a sweep over several datasets). Returns whether it applied."""
+    if len(splits.input_shape) != 3:
+        log.warning(
+            "trainer.channels_last=true ignored: the data's examples are %s, not images (C, H, W)",
+            tuple(splits.input_shape),
+        )
+        return False
+    fmt = torch.channels_last
+    model.to(memory_format=fmt)
+    if isinstance(splits, StreamedSplits):
+        splits.memory_format = fmt
+    else:  # slices and .to(device) keep the layout
+        for key in SPLIT_KEYS[::2]:
+            setattr(splits, key, getattr(splits, key).contiguous(memory_format=fmt))
+    return True
+
+
+def compile_model(model: torch.nn.Module, trainer: DictConfig) -> torch.nn.Module:
+    """trainer.compile: torch.compile the model in place (`Module.compile`, so its state_dict
+    keys, checkpoints and resume are unchanged); off by default, as compiling costs seconds."""
+    if trainer.get("compile"):
+        model.compile()
+    return model
 
 
 def seed_everything(seed: int, trainer: DictConfig, threads: int | None = None) -> None:
