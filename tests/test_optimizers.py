@@ -69,12 +69,14 @@ def test_a_lamb_step_is_adams_scaled_by_the_trust_ratio():
         torch.testing.assert_close(step, plain * ratio, rtol=1e-4, atol=1e-7)
 
 
-def _lrs(cfg, steps: int = 60, spe: int = 6) -> list[float]:
-    """The lr of each of `steps` updates of a one-layer SGD under cfg's schedule."""
-    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    sched = build.build_schedule(opt, cfg.scheduler, steps_per_epoch=spe, max_epochs=steps // spe)
+def _lrs(*overrides: str) -> list[float]:
+    """The lr of each of a run's 60 updates (10 epochs of 6) under scheduler=noisy_linear_cosine,
+    built as a run builds it."""
+    extra = ["optimizer=sgd", "optimizer.lr=0.1", "trainer.batch_size=10", "trainer.max_epochs=10"]
+    cfg = compose_cfg("scheduler=noisy_linear_cosine", *extra, *overrides)
+    opt, sched = build.build_training(torch.nn.Linear(2, 2), cfg, n_train=60)
     out = []
-    for _ in range(steps):
+    for _ in range(60):
         out.append(sched.lr)
         opt.step()
         sched.after_step()
@@ -82,16 +84,17 @@ def _lrs(cfg, steps: int = 60, spe: int = 6) -> list[float]:
 
 
 def test_noisy_linear_cosine_is_linear_cosine_plus_decaying_noise_seeded_by_the_run():
-    cfg = compose_cfg("scheduler=noisy_linear_cosine", "seed=5")
-    assert cfg.scheduler.noise_seed == 5 and cfg.scheduler.noise == 1.0  # tf's initial variance
-    noisy = _lrs(cfg)
-    assert noisy == _lrs(compose_cfg("scheduler=noisy_linear_cosine", "seed=5"))
-    assert noisy != _lrs(compose_cfg("scheduler=noisy_linear_cosine", "seed=6"))
+    cfg = compose_cfg("scheduler=noisy_linear_cosine")
+    assert cfg.scheduler.noise_seed is None and cfg.scheduler.noise == 1.0  # tf's initial variance
+    noisy = _lrs("seed=5")
+    assert noisy == _lrs("seed=5") and noisy != _lrs("seed=6")
+    assert noisy == _lrs("seed=6", "scheduler.noise_seed=5")  # the seed it names wins
     kw = {"decay_steps": 60, "num_periods": 0.5, "alpha": 0.0, "beta": 1.0e-3}
     noise = {"noise": 1.0, "noise_decay": 0.55, "noise_seed": 5}
     expected = [0.1 * fns.linear_cosine_decay(k, **kw, **noise) for k in range(60)]
     assert noisy == pytest.approx(expected, rel=1e-12)
     plain = [0.1 * fns.linear_cosine_decay(k, **kw) for k in range(60)]
+    assert min(noisy) >= 0.1 * 1.0e-3  # floored at beta: a draw never stops training
     # the noise's standard deviation (1 + step)^-0.275 shrinks: later steps stray less
     early = sum(abs(a - b) for a, b in zip(noisy[:20], plain[:20], strict=True))
     late = sum(abs(a - b) for a, b in zip(noisy[40:], plain[40:], strict=True))
@@ -104,4 +107,5 @@ def test_a_seeded_noisy_schedule_keeps_replicas_sequential():
     noisy = compose_cfg(*FAST, "scheduler=noisy_linear_cosine")
     assert "draws its noise from each run's seed" in config_reason(noisy)
     fixed = compose_cfg(*FAST, "scheduler=noisy_linear_cosine", "scheduler.noise_seed=3")
+    assert config_reason(compose_cfg(*FAST, "scheduler=linear_cosine")) is None
     assert config_reason(fixed) is None  # one noise for every seed: the replicas share it

@@ -231,7 +231,7 @@ SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {
         "beta": r.NON_NEGATIVE,
         "noise": r.POSITIVE,
         "noise_decay": r.NON_NEGATIVE,
-        "noise_seed": r.INTEGER,
+        "noise_seed": r.optional(r.INTEGER),
     },
     "onecycle": {
         "max_lr_factor": r.POSITIVE,

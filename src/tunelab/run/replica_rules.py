@@ -121,10 +121,11 @@ def build_replicas(
 
 
 def _noise_follows_seed(cfg: DictConfig) -> bool:
-    """Whether the schedule is noisy with a noise seed that changes with the run's seed."""
+    """Whether the schedule is noisy with the run's seed as its noise seed (noise_seed null)."""
     sched = cfg.get("scheduler")
-    if sched is None or not sched.get("noise") or "noise_seed" not in sched:
-        return False
-    other = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    other.seed = int(cfg.get("seed", 0)) + 1
-    return other.scheduler.noise_seed != sched.noise_seed
+    return (
+        sched is not None
+        and bool(sched.get("noise"))
+        and "noise_seed" in sched
+        and (sched.noise_seed is None)
+    )
