@@ -21,7 +21,7 @@ TYPOS = {
     "trainer.max_epochs?",
     "optimiser=adam": "optimiser is not a setting or a config group; did you mean optimizer?",
     "optimizer=adam optimizer.momentum=0.9": "optimizer.momentum is not a setting of "
-    "optimizer=adam (it is of optimizer=momentum, nesterov, rmsprop, sgd)",
+    "optimizer=adam (it is of optimizer=lars, momentum, nesterov, rmsprop, sgd)",
     "-m search=random hydra.sweeper.n_trial=3": "hydra.sweeper.n_trial is not a setting of "
     "hydra.sweeper; did you mean hydra.sweeper.n_trials?",
     "model.widht=8": "model.widht is not a setting of model=cnn; did you mean model.width?",

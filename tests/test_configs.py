@@ -131,6 +131,10 @@ def _cos(x: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * x))
 
 
+def _normal(step: int, seed: int = 0) -> float:
+    return float(np.random.default_rng([seed, step]).standard_normal())
+
+
 # lr multipliers of each conf/scheduler default at optimizer steps 0, 59, 150 and 299 of a
 # 30-epoch run with 10 steps per epoch, derived by hand from each schedule's definition
 EXPECTED = {
@@ -150,6 +154,11 @@ EXPECTED = {
         0.01 + 0.99 * _cos(159 / 160),
     ],  # fmt: skip
     "linear_cosine": [(300 - k) / 300 * _cos(k / 300) + 0.001 for k in (0, 59, 150, 299)],
+    # ... plus N(0, (1 + k)^-0.55) noise drawn from (seed 0, k), floored at beta
+    "noisy_linear_cosine": [
+        max(0.001, ((300 - k) / 300 + (1 + k) ** -0.275 * _normal(k)) * _cos(k / 300) + 0.001)
+        for k in (0, 59, 150, 299)
+    ],
     # one-cycle: 1/25 of the peak, the peak at 20% of the run, then cosine down to 1/25/1e4
     "onecycle": [0.04, 1, 4e-6 + (1 - 4e-6) * _cos(91 / 240), 4e-6],
     "plateau": [1, 1, 1, 1],  # validation improves every epoch below: never reduced

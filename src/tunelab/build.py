@@ -151,10 +151,18 @@ def file_problems(cfg: DictConfig) -> list[str]:
 
 
 def build_schedule(
-    optimizer: Optimizer, cfg: DictConfig | dict, *, steps_per_epoch: int, max_epochs: int
+    optimizer: Optimizer,
+    cfg: DictConfig | dict,
+    *,
+    steps_per_epoch: int,
+    max_epochs: int,
+    seed: int = 0,
 ) -> Schedule:
-    """Instantiate one conf/scheduler/<name>.yaml; the inner schedule runs after the warm-up."""
+    """Instantiate one conf/scheduler/<name>.yaml; the inner schedule runs after the warm-up. A
+    noise_seed of null is the run's `seed` (noisy_linear_cosine's default)."""
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if "noise_seed" in raw and raw["noise_seed"] is None:
+        raw["noise_seed"] = int(seed)
     meta = {k: raw.pop(k) for k in SCHEDULE_META_KEYS if k in raw}
     target = raw.get("_target_")
     name = str(meta.get("name") or target)
@@ -188,6 +196,10 @@ def build_training(
     optimizer = build_optimizer(model, cfg.optimizer, backbone_lr_mult, allow)
     steps = lr_schedule.steps_per_epoch(n_train, cfg.trainer)
     schedule = build_schedule(
-        optimizer, cfg.scheduler, steps_per_epoch=steps, max_epochs=int(cfg.trainer.max_epochs)
+        optimizer,
+        cfg.scheduler,
+        steps_per_epoch=steps,
+        max_epochs=int(cfg.trainer.max_epochs),
+        seed=int(cfg.get("seed", 0)),
     )
     return optimizer, schedule

@@ -43,6 +43,7 @@ GIT_DIRTY = "git_dirty"  # "true": the run's code had uncommitted changes (its g
 DATA_DIGEST = "data_digest"
 OVERRIDES = "overrides"
 SWEPT = "swept"  # the sweep's swept keys (comma-separated)
+WARM_START_FROM = "warm_start_from"  # a sweep's earlier study (name@storage) tried first
 DVC_STAGE = "dvc_stage"
 TASK = "task"  # what the run trains: classification | binary | multilabel | regression
 TASK_LOSS = "task.loss"  # its loss (cross_entropy, bce, mse, huber, l1)

@@ -41,10 +41,14 @@ class TunelabSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from tunelab.tuning.study_storage import WarmStartError
         from tunelab.tuning.sweeper import SettingsChanged, run_sweep
 
         assert self.config is not None and self.launcher is not None
         try:
             return run_sweep(self.settings, self.config, self.launcher, list(arguments))
-        except SettingsChanged as exc:  # the user's to fix, not a crash: no traceback
+        except (
+            SettingsChanged,
+            WarmStartError,
+        ) as exc:  # the user's to fix, not a crash: no traceback
             raise SystemExit(f"error: {exc}") from None

@@ -105,7 +105,7 @@ SGD = {**DECAY, "momentum": r.FRACTION, "dampening": r.FRACTION, "nesterov": r.b
 
 @dataclass(frozen=True)
 class OptimizerFacts:
-    """What tunelab knows of one torch.optim class: its settings with their rules; whether its
+    """What tunelab knows of one optimizer class: its settings with their rules; whether its
     update of a tensor is elementwise (vmapped replicas share one instance over stacked tensors,
     run/replica_rules.py); whether it adapts per-parameter step sizes (no momentum knob to raise:
     the curve diagnosis's advice differs, diagnostics/curves.py)."""
@@ -157,6 +157,22 @@ OPTIMIZERS: dict[str, OptimizerFacts] = {
     "torch.optim.Adadelta": OptimizerFacts(
         {**DECAY, "rho": r.FRACTION, "eps": r.POSITIVE}, elementwise=True, adaptive=True
     ),
+    # Layer-wise trust ratios (pytorch-optimizer): norms over whole tensors, so not elementwise.
+    "pytorch_optimizer.LARS": OptimizerFacts(
+        {**SGD, "trust_coefficient": r.POSITIVE}, elementwise=False, adaptive=False
+    ),
+    "pytorch_optimizer.Lamb": OptimizerFacts(
+        {
+            **ADAPTIVE,
+            "weight_decouple": r.boolean,
+            "grad_averaging": r.boolean,
+            "pre_norm": r.boolean,
+            "max_grad_norm": r.NON_NEGATIVE,
+            "adam": r.boolean,
+        },
+        elementwise=False,
+        adaptive=True,
+    ),
 }
 OPTIMIZER = {target: facts.settings for target, facts in OPTIMIZERS.items()}
 
@@ -199,6 +215,14 @@ SCHEDULER_KNOBS: dict[str, dict[str, r.Check]] = {
         "noise": r.NON_NEGATIVE,
         "noise_decay": r.NON_NEGATIVE,
         "noise_seed": r.INTEGER,
+    },
+    "noisy_linear_cosine": {
+        "num_periods": r.NON_NEGATIVE,
+        "alpha": r.NON_NEGATIVE,
+        "beta": r.NON_NEGATIVE,
+        "noise": r.POSITIVE,
+        "noise_decay": r.NON_NEGATIVE,
+        "noise_seed": r.optional(r.INTEGER),
     },
     "onecycle": {
         "max_lr_factor": r.POSITIVE,

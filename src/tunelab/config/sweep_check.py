@@ -64,6 +64,18 @@ def study_seeds(v: Any) -> str | None:
     return None if ok else "a number of seeds >= 1 or a non-empty list of integer seeds"
 
 
+def warm_start(v: Any) -> str | None:
+    """{study: null or NAME, storage: null or a storage, top_k: >= 1}."""
+    allowed = "{study: null or NAME, storage: null or a storage, top_k: an integer >= 1}"
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) - {"study", "storage", "top_k"}:
+        return allowed
+    rules = {"study": r.optional(r.text), "storage": storage, "top_k": r.POSITIVE_INT}
+    bad = [f"{k}: {why}" for k, rule in rules.items() if k in v and (why := rule(v[k])) is not None]
+    return f"{allowed} ({'; '.join(bad)})" if bad else None
+
+
 COMMON: dict[str, r.Check] = {
     "n_jobs": r.POSITIVE_INT,
     "timeout_s": r.OPTIONAL_POSITIVE,
@@ -75,7 +87,12 @@ COMMON: dict[str, r.Check] = {
     "sampler.name": sampler_name,
     "pruner.name": pruner_name,
 }
-SWEEPER: dict[str, r.Check] = {**COMMON, "n_trials": r.POSITIVE_INT, "seeds": seeds}
+SWEEPER: dict[str, r.Check] = {
+    **COMMON,
+    "n_trials": r.POSITIVE_INT,
+    "seeds": seeds,
+    "warm_start": warm_start,
+}
 STUDY: dict[str, r.Check] = {
     **COMMON,
     "n_trials": r.NON_NEGATIVE_INT,  # 0: no nuisance search, each cell runs as configured

@@ -109,9 +109,10 @@ def linear_cosine_decay(
     noise_decay: float = 0.55,
     noise_seed: int = 0,
 ) -> float:
-    """(alpha + linear + eps) * cosine + beta (tf [noisy_]linear_cosine_decay), clipped at 0.
+    """(alpha + linear + eps) * cosine + beta (tf [noisy_]linear_cosine_decay), at least beta.
 
-    eps ~ N(0, noise / (1 + step) ** noise_decay); noise = 0 gives plain linear-cosine.
+    eps ~ N(0, noise / (1 + step) ** noise_decay); noise = 0 gives plain linear-cosine (never
+    below beta). A negative draw would take tf's lr to zero or below: here it stops at beta.
     """
     t = min(step, decay_steps)
     linear = (decay_steps - t) / decay_steps
@@ -119,4 +120,4 @@ def linear_cosine_decay(
     eps = 0.0
     if noise > 0.0:
         eps = math.sqrt(noise / (1.0 + t) ** noise_decay) * step_noise(noise_seed, t)
-    return max(0.0, (alpha + linear + eps) * cosine + beta)
+    return max(beta, (alpha + linear + eps) * cosine + beta)

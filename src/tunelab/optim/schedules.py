@@ -183,6 +183,27 @@ def linear_cosine(
     return _fn(optimizer, fns.linear_cosine_decay, decay_steps=total_steps, **kw)
 
 
+def noisy_linear_cosine(
+    optimizer,
+    *,
+    total_steps,
+    steps_per_epoch,
+    num_periods: float = 0.5,
+    alpha: float = 0.0,
+    beta: float = 1.0e-3,
+    noise: float = 1.0,
+    noise_decay: float = 0.55,
+    noise_seed: int | None = None,
+):
+    """tf noisy_linear_cosine_decay (its defaults: initial variance 1.0, variance decay 0.55): the
+    linear-cosine formula with noise always on; the noise is a function of (noise_seed, step), and
+    build_schedule makes a null noise_seed the run's seed."""
+    kw = {k: v for k, v in locals().items() if k in SCHEDULER_KNOBS["noisy_linear_cosine"]}
+    check_knobs("noisy_linear_cosine", kw)
+    kw["noise_seed"] = 0 if noise_seed is None else noise_seed
+    return _fn(optimizer, fns.linear_cosine_decay, decay_steps=total_steps, **kw)
+
+
 def onecycle(
     optimizer,
     *,

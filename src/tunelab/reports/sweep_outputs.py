@@ -20,7 +20,7 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import Param, describe, to_overrides
 from tunelab.reports.run_record import RunRecord
 from tunelab.reports.runs_table import trial_counts
-from tunelab.tags import COMPARE_RUNS
+from tunelab.tags import COMPARE_RUNS, WARM_START_FROM
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class SweepOutcome:
     utilisation: float  # the share of the workers' time spent in trials
     n_run_here: int  # trials this process ran
     experiment_id: str | None = None  # the sweep's MLflow experiment (None: tracking off)
+    warm_start_from: str | None = None  # the earlier study whose best configurations ran first
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ def finalize(outcome: SweepOutcome) -> SweepReport:
         n_jobs=outcome.n_jobs,
         sweep_dir=str(out_dir),
     )
+    if outcome.warm_start_from:
+        result[WARM_START_FROM] = outcome.warm_start_from
     (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
     files.append(out_dir / "summary.json")
     return SweepReport(result, tuple(files), _record(outcome, study, result, best, files))

@@ -30,7 +30,7 @@ CONVOLUTIONS = (
     *(nn.Conv1d, nn.Conv2d, nn.Conv3d),
     *(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
 )
-# torch.optim classes whose update of a tensor is elementwise (no norms over a whole tensor)
+# optimizer classes whose update of a tensor is elementwise (no norms over a whole tensor)
 ELEMENTWISE = tuple(target for target, facts in OPTIMIZERS.items() if facts.elementwise)
 
 
@@ -82,6 +82,11 @@ def config_reason(cfg: DictConfig) -> str | None:
             f"scheduler {cfg.scheduler.get('name')} follows each run's own {cfg.scheduler.monitor}:"
             " the replicas' learning rates would differ, and they share one"
         )
+    if _noise_follows_seed(cfg):
+        return (
+            f"scheduler {cfg.scheduler.get('name')} draws its noise from each run's seed: the "
+            "replicas' learning rates would differ, and they share one"
+        )
     if enabled(_plain(cfg.get("augment"))):
         return (
             f"augment={cfg.augment.get('name')} draws each batch's augmentation from the run's "
@@ -121,3 +126,14 @@ def build_replicas(
             seed_rng(int(seed))
         models.append(build.build_model(cfg.model, input_shape, num_classes, allow))
     return models
+
+
+def _noise_follows_seed(cfg: DictConfig) -> bool:
+    """Whether the schedule is noisy with the run's seed as its noise seed (noise_seed null)."""
+    sched = cfg.get("scheduler")
+    return (
+        sched is not None
+        and bool(sched.get("noise"))
+        and "noise_seed" in sched
+        and (sched.noise_seed is None)
+    )

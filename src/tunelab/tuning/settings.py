@@ -53,6 +53,16 @@ class ObjectiveConf(ReadOnly):
 
 
 @dataclass
+class WarmStartConf(ReadOnly):
+    # the earlier Optuna study whose best configurations this sweep's first trials run (null: none)
+    study: str | None = None
+    # null: this sweep's storage; else as `storage` below
+    storage: str | None = None
+    # how many of its best completed configurations (at most n_trials)
+    top_k: int = 5
+
+
+@dataclass
 class SweepSettings(ReadOnly):
     """How an Optuna study is stored, sampled, pruned, launched and recorded."""
 
@@ -112,6 +122,8 @@ class TunelabSweeperConf(SweepSettings):
     tags: dict[str, str] = field(default_factory=dict)
     # the first trial runs the config's own values of the searched keys: the untuned reference
     baseline: bool = False
+    # queue an earlier study's best configurations first (once per study)
+    warm_start: WarmStartConf = field(default_factory=WarmStartConf)
 
 
 @dataclass

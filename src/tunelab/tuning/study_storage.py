@@ -1,6 +1,6 @@
 """Optuna storages: journal file (default), SQLite or any RDB URL; opening studies, locks between
 sweep processes on one file storage, the budget, the untuned baseline trial, and trials left
-RUNNING by a dead sweep.
+RUNNING by a dead sweep, and an earlier study's best configurations queued as a warm start.
 
 Everything goes through Optuna's public Study and BaseStorage APIs: the storage object is
 opened here and kept by its caller."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ from tunelab import environment, processes
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, contains
 from tunelab.config.sweep_check import grace_period
+from tunelab.tags import WARM_START_FROM
 from tunelab.tracking.policy import transient_text
 from tunelab.tracking.store_uri import absolute_uri, lock_beside, sqlite_path
 from tunelab.tuning import rdb
 from tunelab.tuning.samplers import make_pruner
-from tunelab.tuning.settings import PrunerConf, SweepSettings
+from tunelab.tuning.settings import PrunerConf, SweepSettings, WarmStartConf
 
 log = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "optuna.journal"
@@ -248,6 +250,90 @@ def enqueue_baseline(study: optuna.Study, space: list[Param], config: Any) -> bo
         values[p.name] = value
     study.enqueue_trial(values, user_attrs={"baseline": True})
     study.set_user_attr("baseline_enqueued", True)
+    return True
+
+
+class WarmStartError(ValueError):
+    """hydra.sweeper.warm_start names no usable earlier study (the user's to fix)."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """An earlier study's best configurations, as this sweep's space can take them."""
+
+    source: str  # study@storage (masked)
+    configs: tuple[dict[str, Any], ...]  # best first
+    skipped: tuple[str, ...]  # the better trials left out, and why
+
+
+def read_warm_start(
+    conf: WarmStartConf,
+    own_url: str,
+    own_name: str,
+    space: list[Param],
+    directions: list[str],
+    limit: int,
+) -> WarmStart:
+    """The best min(top_k, limit) completed configurations of the earlier study `conf` names,
+    restricted to the keys this sweep searches. Read before the sweep creates anything: a missing
+    storage or study, other objectives or no configuration inside this space is a WarmStartError.
+    A better trial with a value outside this space is skipped, with its reason."""
+    key = "hydra.sweeper.warm_start"
+    url = normalize_storage(conf.storage) if conf.storage else own_url
+    if url == own_url and conf.study == own_name:
+        raise WarmStartError(f"{key}.study={conf.study!r} is this sweep's own study")
+    where = mask(url)
+    file = Path(url[len("journal:") :]) if url.startswith("journal:") else sqlite_path(url)
+    if file is not None and not file.exists():
+        raise WarmStartError(f"{key}.storage: {where} does not exist (no earlier study there)")
+    storage = make_storage(url)
+    names = optuna.study.get_all_study_names(storage)
+    if conf.study not in names:
+        raise WarmStartError(
+            f"{key}.study={conf.study!r}: no such study in {where} (it holds {sorted(names)})"
+        )
+    source = optuna.load_study(study_name=conf.study, storage=storage)
+    theirs = [d.name.lower() for d in source.directions]
+    if theirs != [d.lower() for d in directions]:
+        raise WarmStartError(
+            f"{key}.study={conf.study!r} optimised {theirs}, this sweep {directions}: its best "
+            "configurations are not this sweep's"
+        )
+    done = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = -1.0 if theirs[0] == "maximize" else 1.0
+    by_name = {p.name: p for p in space}
+    configs: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for t in sorted(done, key=lambda t: (sign * t.values[0], t.number)):
+        if len(configs) >= min(conf.top_k, limit):
+            break
+        shared = {k: v for k, v in t.params.items() if k in by_name}
+        outside = [f"{k}={v!r}" for k, v in shared.items() if not contains(by_name[k].dist, v)]
+        if outside or not shared:
+            why = ", ".join(outside) + " outside this space" if outside else "no key in common"
+            skipped.append(f"trial {t.number}: {why}")
+        elif shared not in configs:
+            configs.append(shared)
+    if not configs:
+        reasons = "; ".join(skipped) or "it has no completed trial"
+        raise WarmStartError(
+            f"{key}.study={conf.study!r} in {where}: no configuration to start from ({reasons})"
+        )
+    return WarmStart(f"{conf.study}@{where}", tuple(configs), tuple(skipped))
+
+
+def enqueue_warm_start(study: optuna.Study, warm: WarmStart) -> bool:
+    """Queue the warm start's configurations as the study's next trials, once per study (a
+    resumed sweep finds the study's record of it and queues nothing); False when already done."""
+    if WARM_START_FROM in study.user_attrs:
+        return False
+    for params in warm.configs:
+        study.enqueue_trial(params, user_attrs={WARM_START_FROM: warm.source})
+    record = {"source": warm.source, "configs": len(warm.configs), "skipped": list(warm.skipped)}
+    study.set_user_attr(WARM_START_FROM, record)
+    for reason in warm.skipped:
+        log.info("warm start from %s skipped %s", warm.source, reason)
+    log.info("warm start: %d configurations of %s queued first", len(warm.configs), warm.source)
     return True
 
 

@@ -37,7 +37,7 @@ from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
-from tunelab.tags import FAILURE_REASON, ROLE, Role
+from tunelab.tags import FAILURE_REASON, ROLE, WARM_START_FROM, Role
 from tunelab.tuning import devices, pruning, study_storage
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
@@ -121,6 +121,19 @@ class Sweep:
         if self.sampler_facts.gridded:
             self.grid = grid_values(self.space, settings.grid_points)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in self.grid.values()))
+        # an earlier study's best configurations, read now: a missing one fails before the sweep
+        # creates its directory, run or study
+        self.warm: study_storage.WarmStart | None = None
+        self.warm_source: str | None = None
+        if settings.warm_start.study is not None:
+            self.warm = study_storage.read_warm_start(
+                settings.warm_start,
+                self.storage_url,
+                self.study_name,
+                self.space,
+                self.directions,
+                self.n_trials,
+            )
 
     # ---- study -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -144,6 +157,10 @@ class Sweep:
                 seed = attrs.get("sampler_seed", random.SystemRandom().randrange(2**31))
             if self.settings.baseline and "baseline_enqueued" not in attrs:
                 study_storage.enqueue_baseline(self.study, self.space, self.config)
+            if self.warm is not None:
+                study_storage.enqueue_warm_start(self.study, self.warm)
+            warm = self.study.user_attrs.get(WARM_START_FROM)
+            self.warm_source = warm["source"] if isinstance(warm, dict) else None
             for key, value in {
                 "sampler_seed": seed,
                 "sampler": self.sampler_name,
@@ -195,6 +212,8 @@ class Sweep:
             "optuna_storage": mask(self.storage_url),
             "sampler_seed": str(seed),
         }
+        if self.warm_source:
+            tags[WARM_START_FROM] = self.warm_source
         self.runs.open_parent(tags, self.ctx.parent_run_id)
 
     def _ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
@@ -500,6 +519,8 @@ class Sweep:
         else:
             study = sweep_outputs.as_study(outcome)
             result = {**sweep_outputs.summary(study, self.metrics), "reported_here": False}
+            if self.warm_source:
+                result[WARM_START_FROM] = self.warm_source
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result
@@ -523,6 +544,7 @@ class Sweep:
             utilisation=utilisation,
             n_run_here=ran_here,
             experiment_id=self.runs.writer.experiment_id if self.runs else None,
+            warm_start_from=self.warm_source,
         )
 
 
