@@ -363,3 +363,14 @@ def test_monitor_only_for_plateau_and_required_there(load):
 def test_warmup_factor_never_zero_and_epochs_round_half_up():
     assert fns.warmup_factor(0, 1, 0.0) == 0.5 and fns.warmup_factor(1, 1, 0.0) == 1.0
     assert fns.epochs_to_steps(0.5, 5) == 3 and fns.epochs_to_steps(0.01, 5) == 1
+
+
+def test_a_onecycle_warm_up_of_one_step_is_refused_with_the_fix():
+    """pct_start x total steps == 1 gives torch's OneCycleLR a zero-length phase (it divides by
+    it): the schedule says which knobs fix it instead of a ZeroDivisionError mid-run."""
+    from tunelab.optim.schedules import onecycle
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="pct_start=0.2 of 5 optimizer steps"):
+        onecycle(opt, total_steps=5, steps_per_epoch=5, pct_start=0.2)
+    onecycle(opt, total_steps=6, steps_per_epoch=6, pct_start=0.2).step()

@@ -223,6 +223,13 @@ def onecycle(
     """OneCycleLR peaking at max_lr (absolute; wins) or max_lr_factor x the optimizer lr."""
     check_knobs("onecycle", locals())
     peak = max_lr if max_lr is not None else max_lr_factor * optimizer.param_groups[0]["lr"]
+    if abs(float(pct_start) * total_steps - 1) < 1e-9:
+        # OneCycleLR's warm-up phase then spans zero steps, and torch divides by its length
+        raise ValueError(
+            f"scheduler=onecycle: pct_start={pct_start} of {total_steps} optimizer steps is one "
+            "step, a warm-up of length zero; train more epochs, use a smaller "
+            "trainer.batch_size, or change scheduler.pct_start"
+        )
     return OneCycleLR(
         optimizer,
         max_lr=[peak * r for r in _ratios(optimizer)],
