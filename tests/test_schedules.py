@@ -67,7 +67,7 @@ def test_every_yaml_builds_and_runs(load, name, warmup):
     assert len(lrs) == 300 and all(math.isfinite(x) and x > 0 for x in lrs)
 
 
-def test_all_twelve_schedules_exist():
+def test_every_scheduler_option_has_a_curve_here():
     assert set(NAMES) == set(SCHEDULER_KNOBS) - {"warmup"}
 
 
