@@ -220,3 +220,55 @@ def test_tracked_run_is_tunelab_public_api_and_import_tunelab_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert "tracked_run" in out.stdout
+
+
+LIGHTNING = ROOT / "examples" / "lightning" / "train.py"
+
+
+def test_a_lightning_module_tuned_through_the_callback_records_what_the_plain_loop_records(
+    tmp_path, mlflow_schema
+):
+    import shutil
+
+    args = ["trainer.max_epochs=4", "trainer.num_threads=1"]
+    plain, lightning = tmp_path / "plain", tmp_path / "lightning"
+    for d in (plain, lightning):
+        d.mkdir()
+        shutil.copy(mlflow_schema, d / "mlflow.db")
+    finish_cli(start_cli(*args, cwd=plain, script=EXAMPLE))
+    out = finish_cli(start_cli(*args, cwd=lightning, script=LIGHTNING))
+    _, expected = metric_histories(plain)
+    _, recorded = metric_histories(lightning)
+    assert [s for s, _ in recorded["val/acc"]] == [1, 2, 3, 4], out[-3000:]
+    assert recorded["val/acc"] == expected["val/acc"]  # the same weights, epoch by epoch
+    assert recorded["val/loss"] == expected["val/loss"]
+    for (step, value), (_, want) in zip(
+        recorded["train/loss"], expected["train/loss"], strict=True
+    ):
+        assert value == pytest.approx(want, rel=1e-6), step  # Lightning averages in float32
+
+
+def test_a_lightning_run_killed_mid_training_resumes_to_the_uninterrupted_record(
+    tmp_path, mlflow_schema
+):
+    import shutil
+
+    args = ["trainer.max_epochs=5", "trainer.num_threads=1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for d in (whole, killed):
+        d.mkdir()
+        shutil.copy(mlflow_schema, d / "mlflow.db")
+    script = tmp_path / "kill_at_3.py"
+    script.write_text(KILLING_RUN.format(kill_at=3, example=str(LIGHTNING)))
+    finish_cli(start_cli(*args, cwd=whole, script=LIGHTNING))
+    finish_cli(start_cli(*args, cwd=killed, script=script))
+    out = finish_cli(start_cli(*args, cwd=killed, script=LIGHTNING))
+    assert "resuming from" in out, out[-3000:]
+    assert metric_histories(killed)[1] == metric_histories(whole)[1]
+
+
+def test_tunelab_lightning_without_lightning_says_how_to_install_it():
+    code = "import sys; sys.modules['lightning'] = None; import tunelab.lightning"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert 'pip install -e ".[lightning]"' in proc.stderr, proc.stderr[-2000:]

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from tunelab import tracked_run  # also makes ${tunelab_conf:} known to conf/train.yaml
 from tunelab.data.splits import make_splits
@@ -41,21 +42,29 @@ def main(cfg: DictConfig):
             model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
         )
         run.resume(model, opt)  # after a crash: the last completed epoch, RNG states included
-        x, y = data.x_train.to(run.device), data.y_train.to(run.device)
+        train = DataLoader(  # shuffled by the run's generator: checkpointed with the run
+            TensorDataset(data.x_train, data.y_train),
+            batch_size=cfg.trainer.batch_size,
+            shuffle=True,
+            generator=run.generator,
+        )
         x_val, y_val = data.x_val.to(run.device), data.y_val.to(run.device)
         for epoch in run.epochs():  # 1 .. trainer.max_epochs, from where a resume left off
             model.train()
             total = 0.0
-            for idx in torch.randperm(len(y), generator=run.generator).split(
-                cfg.trainer.batch_size
-            ):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+            for x, y in train:
+                x, y = x.to(run.device), y.to(run.device)
+                loss = F.cross_entropy(model(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(idx)
+                total += loss.item() * len(y)
             val_loss, val_acc = evaluate(model, x_val, y_val)
-            metrics = {"train/loss": total / len(y), "val/loss": val_loss, "val/acc": val_acc}
+            metrics = {
+                "train/loss": total / len(train.dataset),
+                "val/loss": val_loss,
+                "val/acc": val_acc,
+            }
             run.log_epoch(epoch, metrics)  # record, checkpoint, report to the pruner
         run.load_best(model)  # the epoch objective.metric selected
         test_loss, test_acc = evaluate(
