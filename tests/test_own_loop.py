@@ -138,6 +138,7 @@ def metric_histories(workdir: Path) -> tuple[str, dict[str, list[tuple[int, floa
     }
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_to_the_record_an_uninterrupted_run_writes(
     tmp_path, mlflow_schema
 ):
@@ -225,6 +226,7 @@ def test_tracked_run_is_tunelab_public_api_and_import_tunelab_stays_light():
 LIGHTNING = ROOT / "examples" / "lightning" / "train.py"
 
 
+@pytest.mark.slow
 def test_a_lightning_module_tuned_through_the_callback_records_what_the_plain_loop_records(
     tmp_path, mlflow_schema
 ):
@@ -248,6 +250,7 @@ def test_a_lightning_module_tuned_through_the_callback_records_what_the_plain_lo
         assert value == pytest.approx(want, rel=1e-6), step  # Lightning averages in float32
 
 
+@pytest.mark.slow
 def test_a_lightning_run_killed_mid_training_resumes_to_the_uninterrupted_record(
     tmp_path, mlflow_schema
 ):
