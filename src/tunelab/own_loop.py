@@ -29,16 +29,11 @@ from tunelab.config import targets
 from tunelab.config.own_loop import validate_own_loop
 from tunelab.hydra_job import job_context
 from tunelab.run import signals
+from tunelab.run.api import open_record, record_failure
 from tunelab.run.context import RunContext, RunResult
 from tunelab.run.lineage import resolve_device
 from tunelab.run.loop import DivergedError, Objective, TrainState, end_epoch
 from tunelab.run.prepare import seed_everything
-from tunelab.run.record import (
-    close_unfinished,
-    end_failed,
-    final_outcome,
-    start_run,
-)
 from tunelab.run.store import RunStore
 from tunelab.tracking import Tracker
 
@@ -89,14 +84,10 @@ class TrackedRun:
         if self.started:
             raise RuntimeError("run.resume() starts the run: call it once, before the first epoch")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler or _NoSchedule()
-        unfinished = self.store.unfinished_run_id()
-        self.state, run_id = self.store.resume(
-            self.cfg.trainer.resume, model, optimizer, self.scheduler, self.generator
+        resumable = (model, optimizer, self.scheduler, self.generator)
+        self.state = open_record(
+            self.store, self.tracker, self.cfg, self.ctx, self.data, self.device, resumable
         )
-        if unfinished and unfinished != run_id:
-            close_unfinished(self.tracker, unfinished)
-        start_run(self.tracker, self.cfg, self.ctx, self.data, self.device, run_id, self.state)
-        self.store.attach(self.tracker.run_id)
         self.started = True
         return self.state.epoch
 
@@ -105,7 +96,10 @@ class TrackedRun:
         `max_epochs` (default trainer.max_epochs), ending early when early stopping says so."""
         last = int(max_epochs if max_epochs is not None else self.cfg.trainer.max_epochs)
         while self.state.epoch < last and not self.state.stopped_early:
-            yield self.state.epoch + 1
+            epoch = self.state.epoch + 1
+            yield epoch
+            if self.state.epoch < epoch:
+                raise RuntimeError(f"epoch {epoch} ended without run.log_epoch({epoch}, metrics)")
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Record epoch `epoch` (numbered from 1): refuse a non-finite loss (DivergedError: the run
@@ -226,8 +220,6 @@ def tracked_run(
             yield run
             run.result = run.finish()
         except BaseException as exc:
-            end_failed(tracker, exc, run.state)
-            if final_outcome(exc):
-                store.mark_done(final_outcome(exc))
+            record_failure(tracker, store, exc, run.state)
             raise
         store.mark_done()
