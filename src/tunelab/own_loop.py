@@ -33,7 +33,7 @@ from tunelab.run.api import open_record, record_failure
 from tunelab.run.context import RunContext, RunResult
 from tunelab.run.lineage import resolve_device
 from tunelab.run.loop import DivergedError, Objective, TrainState, end_epoch
-from tunelab.run.prepare import seed_everything
+from tunelab.run.prepare import DataChangedError, seed_everything
 from tunelab.run.store import RunStore
 from tunelab.tracking import Tracker
 
@@ -194,6 +194,11 @@ def tracked_run(
     startup.load_libraries()
     validate_own_loop(cfg)
     ctx = ctx if ctx is not None else job_context()
+    if ctx.data_digest and getattr(data, "digest", None) != ctx.data_digest:
+        raise DataChangedError(
+            f"data changed: expected digest {ctx.data_digest}, the data now has "
+            f"{getattr(data, 'digest', None)}"
+        )
     device = resolve_device(cfg.trainer.device)
     seed = int(cfg.seed)
     seed_everything(seed, cfg.trainer, ctx.threads)
