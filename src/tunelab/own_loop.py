@@ -203,7 +203,6 @@ def tracked_run(
     seed = int(cfg.seed)
     seed_everything(seed, cfg.trainer, ctx.threads)
     store = RunStore.for_config(cfg)
-    run = None
     with store.locked(), signals.signals_raise():
         tracker = (
             tracker
