@@ -22,7 +22,15 @@ from mlflow import MlflowClient
 from tunelab.config import ConfigError
 from tunelab.run.context import RunContext
 from tunelab.run.loop import DivergedError
-from tunelab.tags import DATA_DIGEST, FAILURE_REASON, OPTUNA_STATE, PARENT_RUN_ID, ROLE, Role
+from tunelab.tags import (
+    DATA_DIGEST,
+    ENTRY_POINT,
+    FAILURE_REASON,
+    OPTUNA_STATE,
+    PARENT_RUN_ID,
+    ROLE,
+    Role,
+)
 from tunelab.tuning.study_storage import make_storage
 
 EXAMPLE = ROOT / "examples" / "own_loop" / "train.py"
@@ -275,3 +283,34 @@ def test_tunelab_lightning_without_lightning_says_how_to_install_it():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert 'pip install -e ".[lightning]"' in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_run_of_the_example_reproduces_identically_from_its_commit(tmp_path):
+    import shutil
+
+    from test_reproduce import env, git, make_repo, runs
+
+    repo = make_repo(tmp_path / "repo")
+    shutil.copytree(
+        EXAMPLE.parent, repo / "examples" / "own_loop", ignore=shutil.ignore_patterns("__py*")
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "own loop")
+    work = repo.parent / "work"
+    script = repo / "examples" / "own_loop" / "train.py"
+    args = ["trainer.max_epochs=2", "trainer.num_threads=1"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=work,
+        env=env(repo),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = runs(work)
+    assert run.data.tags[ENTRY_POINT] == "examples/own_loop/train.py"
+    cmd = [sys.executable, "-m", "tunelab", "reproduce", run.info.run_id, "--repo", str(repo)]
+    quiet = {"capture_output": True, "text": True, "timeout": 600, "stdin": subprocess.DEVNULL}
+    ok = subprocess.run(cmd, cwd=work, env=env(repo), **quiet)
+    assert ok.returncode == 0 and "identical" in ok.stdout, ok.stdout + ok.stderr

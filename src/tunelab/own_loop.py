@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tunelab.run.lineage import resolve_device
 from tunelab.run.loop import DivergedError, Objective, TrainState, end_epoch
 from tunelab.run.prepare import DataChangedError, seed_everything
 from tunelab.run.store import RunStore
+from tunelab.tags import ENTRY_POINT
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # tunelab's config grou
 if not OmegaConf.has_resolver("tunelab_conf"):
     # `hydra.searchpath: [file://${tunelab_conf:}]` in a script's own config reuses tunelab's groups
     OmegaConf.register_new_resolver("tunelab_conf", lambda: str(CONF_DIR))
+
+
+def entry_point() -> str | None:
+    """The running script relative to the repository that holds tunelab (what `tunelab
+    reproduce` runs at the recorded commit), or None for a script outside it."""
+    try:
+        return Path(sys.argv[0]).resolve().relative_to(CONF_DIR.parent).as_posix()
+    except ValueError:
+        return None
 
 
 class _NoSchedule:
@@ -194,6 +205,8 @@ def tracked_run(
     startup.load_libraries()
     validate_own_loop(cfg)
     ctx = ctx if ctx is not None else job_context()
+    if entry := entry_point():
+        ctx = ctx.derive(tags={ENTRY_POINT: entry})
     if ctx.data_digest and getattr(data, "digest", None) != ctx.data_digest:
         raise DataChangedError(
             f"data changed: expected digest {ctx.data_digest}, the data now has "
