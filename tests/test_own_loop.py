@@ -314,3 +314,19 @@ def test_a_run_of_the_example_reproduces_identically_from_its_commit(tmp_path):
     quiet = {"capture_output": True, "text": True, "timeout": 600, "stdin": subprocess.DEVNULL}
     ok = subprocess.run(cmd, cwd=work, env=env(repo), **quiet)
     assert ok.returncode == 0 and "identical" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_reproduce_runs_only_a_python_file_the_recorded_commit_holds(tmp_path):
+    from test_reproduce import git
+
+    from tunelab.commands.reproduce import _committed_script
+
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "notes.txt").write_text("x\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "one")
+    sha = git(tmp_path, "rev-parse", "HEAD")
+    assert _committed_script(tmp_path, sha, "train.py")
+    for planted in ("../train.py", str(tmp_path / "train.py"), "other.py", "notes.txt"):
+        assert not _committed_script(tmp_path, sha, planted), planted
