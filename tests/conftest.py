@@ -183,14 +183,17 @@ def workdir(tmp_path, mlflow_schema) -> Path:
     return tmp_path
 
 
-def start_cli(*args: str, cwd: Path, env: dict | None = None, **popen: object):
-    """`python src/train.py ARGS` in the background; its merged output lines go to proc.lines."""
+def start_cli(
+    *args: str, cwd: Path, env: dict | None = None, script: Path = TRAIN, **popen: object
+):
+    """`python src/train.py ARGS` (or another Hydra script) in the background; its merged output
+    lines go to proc.lines."""
     import queue
     import threading
 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **QUICK_ENV, **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, str(TRAIN), *args],
+        [sys.executable, str(script), *args],
         cwd=cwd,
         env=full_env,
         stdout=subprocess.PIPE,

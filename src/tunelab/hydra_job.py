@@ -36,11 +36,9 @@ def job(cfg: DictConfig) -> RunResult:
     from tunelab.run.api import attempt
     from tunelab.run.record import RunFailed
     from tunelab.run.signals import Terminated
-    from tunelab.tuning.pruning import reporter_for
 
-    ctx = RunContext.from_env()
-    overrides, output_dir = _hydra_job()
-    ctx = ctx.derive(overrides=tuple(overrides), reporter=reporter_for(ctx.trial))
+    ctx = job_context()
+    output_dir = _hydra_job()[1]
     result = None
     try:
         result = attempt(cfg, ctx)
@@ -66,6 +64,15 @@ def job(cfg: DictConfig) -> RunResult:
         Path(output_dir, "metrics.json").write_text(json.dumps(written, indent=2))
     log.info("result: %s", summary_line(result))
     return result
+
+
+def job_context() -> RunContext:
+    """The context of this job: its launcher's (the environment), its Hydra overrides and the
+    pruning reporter of its sweep trial (None outside a trial)."""
+    from tunelab.tuning.pruning import reporter_for
+
+    ctx = RunContext.from_env()
+    return ctx.derive(overrides=tuple(_hydra_job()[0]), reporter=reporter_for(ctx.trial))
 
 
 def summary_line(result: RunResult) -> str:

@@ -89,6 +89,18 @@ LAYERS: tuple[Layer, ...] = (
         "commands, the DVC stages' shared helpers",
     ),
     Layer(
+        "your own loop",
+        ("tunelab.own_loop",),
+        "`tracked_run`: a training loop the user wrote, recorded, checkpointed, resumed and pruned "
+        "as tunelab's own runs are",
+    ),
+    Layer(
+        "Lightning",
+        ("tunelab.lightning",),
+        "`TunelabCallback`: a Lightning Trainer's epochs through `tracked_run` (the optional "
+        "`lightning` extra)",
+    ),
+    Layer(
         "launchers",
         ("tunelab.__main__",),
         "`python -m tunelab`, `python src/train.py`, the sweeper plugins, the DVC stage scripts",

@@ -39,6 +39,7 @@ from tunelab.commands import common
 from tunelab.commands.common import CommandError, printable
 from tunelab.tags import (
     DATA_DIGEST,
+    ENTRY_POINT,
     GIT_DIRTY,
     GIT_SHA,
     PARENT_RUN_ID,
@@ -92,6 +93,7 @@ class Plan:
     sha: str
     diff: str  # "" when the tree was clean
     top: Path  # the repository holding the commit
+    script: str = "src/train.py"  # what trains it: a loop of the user's own names its script
 
 
 def run(args: Any) -> int:
@@ -126,7 +128,8 @@ def plan(store: MlflowReader, uri: str, original: Any, repo: Path, trusted: froz
     text = store.artifact_text(run_id, "config.yaml")
     if text is None:
         raise CommandError(f"run {run_id} has no config.yaml: it was not recorded by a tunelab run")
-    config = checked_config(text, trusted, f"run {run_id}", uri)
+    script = tags.get(ENTRY_POINT)
+    config = checked_config(text, trusted, f"run {run_id}", uri, own_loop=script is not None)
     sha = tags.get(GIT_SHA, "unknown")
     if sha == "unknown":
         raise CommandError(f"run {run_id} records no git commit: it cannot be rebuilt")
@@ -140,6 +143,11 @@ def plan(store: MlflowReader, uri: str, original: Any, repo: Path, trusted: froz
         raise CommandError(f"{repo.resolve()} is not a git repository (pass --repo)")
     if _git(Path(top), "cat-file", "-e", f"{sha}^{{commit}}") is None:
         raise CommandError(f"run {run_id}: commit {sha} is not in the repository {top} (fetch it)")
+    if script is not None and not _committed_script(Path(top), sha, script):
+        raise CommandError(
+            f"run {run_id}: its {ENTRY_POINT} '{printable(script[:200])}' is not a Python file "
+            f"of commit {sha[:12]}: refused"
+        )
     diff = ""
     if tags.get(GIT_DIRTY) == "true":
         diff = store.artifact_text(run_id, "git.diff") or ""
@@ -148,10 +156,21 @@ def plan(store: MlflowReader, uri: str, original: Any, repo: Path, trusted: froz
                 f"run {run_id} was recorded from a dirty tree but has no git.diff: it cannot be "
                 "rebuilt"
             )
-    return Plan(original, config, sha, diff, Path(top))
+    return Plan(original, config, sha, diff, Path(top), script or Plan.script)
 
 
-def checked_config(text: str, trusted: frozenset[str], who: str, uri: str) -> Any:
+def _committed_script(top: Path, sha: str, script: str) -> bool:
+    """Whether `script` is a repository-relative .py file of commit `sha` (a run record names
+    only code the commit ships)."""
+    parts = Path(script).parts
+    if not script.endswith(".py") or Path(script).is_absolute() or ".." in parts:
+        return False
+    return _git(top, "cat-file", "-e", f"{sha}:{script}") is not None
+
+
+def checked_config(
+    text: str, trusted: frozenset[str], who: str, uri: str, *, own_loop: bool = False
+) -> Any:
     """The recorded config.yaml as the reproduction will train it, checked as a command-line
     config is (config.validate) before anything runs. Its targets may be the shipped ones and
     those in `trusted` (--trust-target) only: a recorded `allowed_targets` that names anything
@@ -161,6 +180,7 @@ def checked_config(text: str, trusted: frozenset[str], who: str, uri: str) -> An
     from omegaconf import DictConfig, OmegaConf
 
     from tunelab.config import ConfigError, validate
+    from tunelab.config.own_loop import validate_own_loop
 
     try:
         cfg = OmegaConf.create(text)
@@ -190,7 +210,11 @@ def checked_config(text: str, trusted: frozenset[str], who: str, uri: str) -> An
         cfg.allowed_targets = sorted(trusted)  # what the child's own check admits beyond SHIPPED
     try:
         OmegaConf.update(cfg, "tracking.tracking_uri", uri)  # the same store, wherever run from
-        validate(cfg)  # the data files are checked by the child, before it runs
+        # the data files are checked by the child, before it runs
+        if own_loop:
+            validate_own_loop(cfg)
+        else:
+            validate(cfg)
     except ConfigError as exc:
         hint = (
             "; a target of your own is named with --trust-target" if "_target_" in str(exc) else ""
@@ -260,7 +284,7 @@ def reproduce_one(store: MlflowReader, uri: str, p: Plan) -> int:
                 raise CommandError(
                     f"run {run_id}: its recorded diff does not apply to {p.sha[:12]}"
                 )
-        new = _train(store, uri, original, p.config, tree, Path(tmp))
+        new = _train(store, uri, original, p.config, tree, Path(tmp), p.script)
     rows, verdict, status = compare(store, original, new)
     print(common.table(rows, ["", "original", "reproduction", "difference"]))
     print(printable(verdict))
@@ -273,8 +297,17 @@ def reproduce_one(store: MlflowReader, uri: str, p: Plan) -> int:
     return status
 
 
-def _train(store: MlflowReader, uri: str, original: Any, cfg: Any, tree: Path, tmp: Path) -> Any:
-    """Train the checked config with the worktree's code; the new run."""
+def _train(
+    store: MlflowReader,
+    uri: str,
+    original: Any,
+    cfg: Any,
+    tree: Path,
+    tmp: Path,
+    script: str = Plan.script,
+) -> Any:
+    """Train the checked config with the worktree's code (`script`: src/train.py, or the script
+    of a loop of the user's own); the new run."""
     from omegaconf import OmegaConf
 
     from tunelab.run.context import RunContext
@@ -297,7 +330,7 @@ def _train(store: MlflowReader, uri: str, original: Any, cfg: Any, tree: Path, t
     out = tmp / "outputs"
     cmd = [
         sys.executable,
-        str(tree / "src" / "train.py"),
+        str(tree / script),
         "--config-dir",
         str(tmp),
         "--config-name",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -28,6 +29,7 @@ from tunelab.run.record import (
     start_run,
 )
 from tunelab.run.store import RunStore
+from tunelab.run.tasks import Task
 from tunelab.tags import FAILURE_REASON, ROLE, Role
 from tunelab.tracking import Tracker
 
@@ -103,12 +105,16 @@ def _train(
     with store.locked(), signals.signals_raise():
         tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking, s.allow)
         try:
-            unfinished = store.unfinished_run_id()
-            state, run_id = store.resume(cfg.trainer.resume, model, optimizer, schedule, generator)
-            if unfinished and unfinished != run_id:
-                close_unfinished(tracker, unfinished)
-            start_run(tracker, cfg, ctx, splits, device, run_id, state, s.task)
-            store.attach(tracker.run_id)
+            state = open_record(
+                store,
+                tracker,
+                cfg,
+                ctx,
+                splits,
+                device,
+                (model, optimizer, schedule, generator),
+                s.task,
+            )
             state = fit(
                 model,
                 optimizer,
@@ -132,9 +138,7 @@ def _train(
                 tracker, ctx, optimizer_name, model, data, state, splits, store, autocast, s.task
             )
         except BaseException as exc:
-            end_failed(tracker, exc, state)
-            if final_outcome(exc):
-                store.mark_done(final_outcome(exc))
+            record_failure(tracker, store, exc, state)
             return RunFailed(tracker.run_id, exc)
         store.mark_done()
     return RunResult(
@@ -147,13 +151,47 @@ def _train(
     )
 
 
+def open_record(
+    store: RunStore,
+    tracker: Tracker,
+    cfg: DictConfig,
+    ctx: RunContext,
+    data: Any,
+    device: torch.device,
+    resumable: tuple[torch.nn.Module, Any, Any, torch.Generator],
+    task: Task | None = None,
+) -> TrainState:
+    """Start a run's record: continue the unfinished run of this config from its checkpoint
+    (model, optimizer, schedule and generator restored; the run a dead process left RUNNING
+    closed when it is not that one) or open a new one. Returns the restored training state.
+    tunelab's loop and a loop of the user's own (`tunelab.tracked_run`) start this way."""
+    unfinished = store.unfinished_run_id()
+    state, run_id = store.resume(cfg.trainer.resume, *resumable)
+    if unfinished and unfinished != run_id:
+        close_unfinished(tracker, unfinished)
+    start_run(tracker, cfg, ctx, data, device, run_id, state, task)
+    store.attach(tracker.run_id)
+    return state
+
+
+def record_failure(
+    tracker: Tracker, store: RunStore, exc: BaseException, state: TrainState
+) -> None:
+    """End a run that stopped: why, in its record; pruned and diverged runs are final (a re-run
+    starts over instead of resuming them)."""
+    end_failed(tracker, exc, state)
+    if final_outcome(exc):
+        store.mark_done(final_outcome(exc))
+
+
 def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -> RunResult:
     """One diagnostic (cfg.diagnose.name) on the configured data, model and optimizer, recorded
     as one run tagged role=diagnose; a failed check raises DiagnosticFailed."""
     s = setup(cfg, ctx)
     model = s.model.to(s.device)
     tracker = tracker if tracker is not None else build.build_tracker(cfg.tracking, s.allow)
-    start_run(tracker, cfg, ctx.derive(tags={ROLE: Role.DIAGNOSE}), s.splits, s.device, None)
+    diagnose_ctx = ctx.derive(tags={ROLE: Role.DIAGNOSE})
+    start_run(tracker, cfg, diagnose_ctx, s.splits, s.device, None, task=s.task)
     tracker.set_tags({"diagnose": str(cfg.diagnose.name)})
     with signals.signals_raise():
         try:

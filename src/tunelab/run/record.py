@@ -66,7 +66,7 @@ def start_run(
         "overrides": " ".join(overrides) or "(none)",
         ROLE: Role.SINGLE,
         "objective": cfg.objective.metric,
-        **_task_tags(task or Task()),
+        **(_task_tags(task) if task is not None else {}),  # a loop of the user's: its own
         **ambient,
     }
     if swept := ambient.get("swept"):  # the MLflow UI shows the description over the run
