@@ -5,11 +5,10 @@ The objective may name any metric the loop logs; the loop's first epoch checks t
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tunelab.config import groups, rules, targets
-from tunelab.config.schema import ConfigError
-from tunelab.config.schema import _group_problems as group_problems
+from tunelab.config.schema import ConfigError, group_problems, resolved_plain
 
 REQUIRED = ("seed", "objective", "trainer", "tracking")
 # the trainer settings tunelab's own loop reads but a user's loop does not go through tunelab for
@@ -18,11 +17,7 @@ NOT_READ = ("replicas", "batch_replicas")
 
 def validate_own_loop(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem of the keys tracked_run reads."""
-    try:
-        own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # noqa: SIM118
-        plain = OmegaConf.to_container(own, resolve=True, throw_on_missing=False)
-    except Exception as exc:  # an interpolation that cannot resolve
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    plain = resolved_plain(cfg)
     problems = targets.problems(cfg, targets.allowed(cfg))
     missing = [k for k in REQUIRED if not isinstance(plain.get(k), dict) and k != "seed"]
     missing += ["seed"] if "seed" not in plain else []

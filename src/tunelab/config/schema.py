@@ -25,22 +25,28 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message says which, why and what is allowed."""
 
 
+def resolved_plain(cfg: DictConfig) -> dict[str, Any]:
+    """cfg without its hydra node, resolved to plain containers; an interpolation that cannot
+    resolve is a ConfigError."""
+    try:
+        own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # noqa: SIM118
+        return OmegaConf.to_container(own, resolve=True, throw_on_missing=False)
+    except Exception as exc:  # an interpolation that cannot resolve
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
 def validate(
     cfg: DictConfig, *, check_files: Callable[[DictConfig], list[str]] | None = None
 ) -> None:
     """Raise ConfigError listing every problem of cfg; with check_files (`build.file_problems`)
     also, once every other key is right, the problems of the files behind its local paths (what
     a .npz holds, an image folder's layout): config itself reads no data and imports no torch."""
-    try:
-        own = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # noqa: SIM118
-        plain = OmegaConf.to_container(own, resolve=True, throw_on_missing=False)
-    except Exception as exc:  # an interpolation that cannot resolve
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    plain = resolved_plain(cfg)
     problems = targets.problems(cfg, targets.allowed(cfg))
     problems += _top_problems(plain)
     for group in groups.NODE_GROUPS:
         if isinstance(plain.get(group), dict):
-            problems += _group_problems(group, plain[group])
+            problems += group_problems(group, plain[group])
     problems += _cross_problems(plain)
     problems += data_rules.problems(plain)  # augment node, augmentation vs data
     problems += _path_problems(cfg)
@@ -66,7 +72,7 @@ def _top_problems(plain: dict[str, Any]) -> list[str]:
     return out
 
 
-def _group_problems(group: str, node: dict[str, Any]) -> list[str]:
+def group_problems(group: str, node: dict[str, Any]) -> list[str]:
     table = groups.settings_of(group, node)
     if table is None:
         return []  # a user's own target (allowed_targets): its settings are the user's
