@@ -9,6 +9,7 @@ import math
 import numbers
 import os
 import pickle
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +30,8 @@ from tunelab.run.context import RunContext, RunResult
 @dataclass
 class Outcome:
     """What a trial's jobs came back with: kind is complete | pruned | diverged | fail |
-    interrupted (a signal stopped it; reason: the signal's name)."""
+    interrupted (a signal stopped it; reason: the signal's name) | lost (its cluster job ended
+    without a result: scancel, a node failure; reason: `slurm: <state>`)."""
 
     kind: str
     reason: str = ""
@@ -226,6 +228,18 @@ def can_group(replicas: bool, config: Any) -> bool:
     return replicas and owned
 
 
+_NO_OUTPUT = re.compile(r"has not produced any output \(state: ([A-Za-z_]+)")
+
+
+def lost_job(exc: BaseException) -> str | None:
+    """`slurm: <state>` (e.g. `slurm: cancelled`) when waiting for a cluster job ended because the
+    job ended without writing its result (submitit's UncompletedJobError), else None."""
+    if not _is(exc, "UncompletedJobError"):
+        return None
+    found = _NO_OUTPUT.search(str(exc))
+    return f"slurm: {found.group(1).lower() if found else 'ended without a result'}"
+
+
 def seed_outcomes(
     launch: Callable[[list[str], int], JobReturn],
     seeds: list[Any],
@@ -243,10 +257,10 @@ def seed_outcomes(
     for overrides, index in jobs:
         try:
             ret = launch(overrides, index)
-        except Exception as e:  # the launcher itself failed (e.g. unpicklable exception)
-            yield from [("fail", mask(f"launch: {type(e).__name__}: {e}")[:500], {}, "", None)] * (
-                len(seeds) if together else 1
-            )
+        except Exception as e:  # the launcher failed (e.g. unpicklable exception), or the job died
+            lost = lost_job(e)
+            kind, reason = ("lost", lost) if lost else ("fail", f"launch: {type(e).__name__}: {e}")
+            yield from [(kind, mask(reason)[:500], {}, "", None)] * (len(seeds) if together else 1)
             continue
         yield from read_seeds(ret, metrics, len(seeds)) if together else [read_job(ret, metrics)]
 
