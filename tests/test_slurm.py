@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import mlflow_runs, run_cli
+from conftest import finish_cli, mlflow_runs, run_cli, start_cli
 from optuna.trial import TrialState
 from slurm_cluster import slurm_cluster
 
+from tunelab.tags import FAILURE_REASON
 from tunelab.tuning.study_storage import make_storage
 
 pytestmark = pytest.mark.xdist_group("slurm")
@@ -76,3 +78,47 @@ def test_a_slurm_sweep_completes_exactly_n_trials(workdir, slurm):
     assert "Bypassing sacct error" not in out
     assert out.count("accounting is off") == 1  # said once, not at every poll
     assert _squeue(slurm) == ""  # nothing left queued or running
+
+
+def _running_jobs(env: dict[str, str]) -> list[str]:
+    lines = _squeue(env, "--states=RUNNING", "--format=%i").split()
+    return sorted(lines, key=lambda j: [int(p) for p in j.replace("_", " ").split()])
+
+
+@pytest.mark.slow
+def test_an_scancelled_trial_fails_killed_is_retried_and_the_sweep_finishes(workdir, slurm):
+    """scancel (SIGTERM, then SIGKILL after KillWait=2) of a trial's job while it trains: the
+    trial ends FAIL `slurm: cancelled`, its run KILLED, its retry runs, the budget stays exact."""
+    proc = start_cli(
+        "-m", "search=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=cancelled", "data=synthetic", "trainer.max_epochs=120",
+        "hydra.sweeper.figures=false", *ON_TEST_NODE, cwd=workdir, env=slurm,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (running := _running_jobs(slurm)):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.5)
+    victim = running[0]
+    log = workdir / "multirun" / ".submitit" / victim / f"{victim}_0_log.out"
+    while not (log.is_file() and "epoch 1/" in log.read_text()):  # training has started
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.2)
+    subprocess.run(["scancel", victim], env={**os.environ, **slurm}, check=True, timeout=30)
+    out = finish_cli(proc, timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+
+    study = _study(workdir, "cancelled")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(failed) == 1 and len(complete) == 2, [(t.number, t.state) for t in study.trials]
+    dead = failed[0]
+    assert dead.user_attrs["fail_reason"] == "slurm: cancelled"
+    assert dead.user_attrs["stale"] is True  # not counted: its retry is
+    retry = [t for t in complete if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retry) == 1 and retry[0].params == dead.params
+    runs = {r.info.run_id: r for r in mlflow_runs(workdir)}
+    killed = runs[dead.user_attrs["mlflow_run_id"]]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags[FAILURE_REASON] == "slurm: cancelled"
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    assert _squeue(slurm) == ""

@@ -11,7 +11,9 @@ import os
 import pickle
 import re
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +75,9 @@ class Interrupted(Exception):
     """A job stopped by SIGINT or SIGTERM (its run is recorded KILLED). An ordinary exception, so
     that Hydra records the job FAILED and joblib does not abort the jobs of its other workers."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+    def __init__(self, signum: int, slurm_job: str | None = None) -> None:
+        super().__init__(signum, slurm_job)
+        self.signum, self.slurm_job = signum, slurm_job  # the SLURM job it ran as, if any
 
     def __str__(self) -> str:
         return f"interrupted by {signal.Signals(self.signum).name}"
@@ -117,7 +119,7 @@ class SafeTask:
             if _held:
                 signum = _held[0]
                 _held.clear()
-                raise Interrupted(signum)
+                raise Interrupted(signum, os.environ.get("SLURM_JOB_ID"))
             try:
                 with signals.signals_raise():
                     return self._call(cfg)
@@ -127,7 +129,9 @@ class SafeTask:
             signum = signals.signal_of(e)
             if signum is None:
                 raise
-            raise Interrupted(signum) from None
+            raise Interrupted(
+                signum, os.environ.get("SLURM_JOB_ID") if self.remote else None
+            ) from None
 
     def _call(self, cfg: Any) -> Any:
         try:
@@ -166,6 +170,8 @@ def read_job(
         exc = job_error(ret)
         if isinstance(exc, optuna.TrialPruned) or _is(exc, "TrialPruned"):
             return "pruned", str(exc), {}, out_dir, None
+        if isinstance(exc, Interrupted) and exc.slurm_job:  # SLURM stopped the job, not the sweep
+            return "lost", slurm_end(exc.slurm_job, exc.signum), {}, out_dir, None
         if isinstance(exc, Interrupted):
             return "interrupted", signal.Signals(exc.signum).name, {}, out_dir, None
         if _is(exc, "DivergedError"):
@@ -238,6 +244,30 @@ def lost_job(exc: BaseException) -> str | None:
         return None
     found = _NO_OUTPUT.search(str(exc))
     return f"slurm: {found.group(1).lower() if found else 'ended without a result'}"
+
+
+def slurm_end(job_id: str, signum: int, wait_s: float = 30) -> str:
+    """`slurm: <state>` of a SLURM job that a signal stopped (scancel: `slurm: cancelled`), once
+    SLURM has settled it (a job shows COMPLETING while its processes end); the signal when
+    squeue no longer knows the job."""
+    deadline = time.monotonic() + wait_s
+    state = ""
+    while time.monotonic() < deadline:
+        try:
+            state = subprocess.run(
+                ["squeue", "--noheader", "--states=all", "--format=%T", "--jobs", job_id],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            state = ""
+        if state not in ("RUNNING", "COMPLETING", "SUSPENDED"):
+            break
+        time.sleep(0.5)
+    if not state or state in ("RUNNING", "COMPLETING", "SUSPENDED"):
+        return f"slurm: stopped by {signal.Signals(signum).name}"
+    return f"slurm: {state.lower()}"
 
 
 def seed_outcomes(
