@@ -119,7 +119,9 @@ def test_submitits_slurm_watcher_reads_squeue_and_calls_an_unlisted_job_vanished
     for job_id in ("41_0", "42_0", "43"):
         watcher.register_job(job_id)
     assert watcher._make_command()[0] == "squeue"
+    watcher.register_job("44")  # submitted after squeue ran: not missing from its answer
     info = watcher.read_info(b"41_0|RUNNING|vm\n42_0|CANCELLED|vm\n")
+    assert "44" not in info
     watcher._info_dict.update(info)
     states = {j: watcher.get_state(j, mode="cache") for j in ("41_0", "42_0", "43")}
     assert states == {"41_0": "RUNNING", "42_0": "CANCELLED", "43": "VANISHED"}

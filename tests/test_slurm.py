@@ -4,6 +4,7 @@ as SLURM jobs and the sweep completes exactly n_trials."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -32,9 +33,13 @@ ON_TEST_NODE = [
 
 def _squeue(env: dict[str, str], *args: str) -> str:
     return subprocess.run(
-        ["squeue", "-h", *args], env={**os.environ, **env}, capture_output=True, text=True,
-        timeout=30, check=True,
-    ).stdout  # fmt: skip
+        ["squeue", "-h", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
 
 
 def _study(cwd: Path, name: str) -> optuna.Study:
@@ -48,8 +53,12 @@ def test_the_cluster_runs_a_job_and_its_daemons_stop_afterwards(tmp_path):
         full = {**os.environ, **env}
         out = subprocess.run(
             ["srun", "-p", "main", "-n1", "--mem=100", "echo", "ran-on-slurm"],
-            env=full, capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        )  # fmt: skip
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert out.returncode == 0 and "ran-on-slurm" in out.stdout, out.stderr
         pids = [
             int(p.read_text()) for p in (tmp_path / "slurm").rglob("*.pid") if p.read_text().strip()
@@ -63,10 +72,19 @@ def test_the_cluster_runs_a_job_and_its_daemons_stop_afterwards(tmp_path):
 @pytest.mark.slow
 def test_a_slurm_sweep_completes_exactly_n_trials(workdir, slurm):
     proc = run_cli(
-        "-m", "search=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.study_name=onslurm", "data=synthetic", "trainer.max_epochs=2",
-        "hydra.sweeper.figures=false", *ON_TEST_NODE, cwd=workdir, env=slurm, timeout=600,
-    )  # fmt: skip
+        "-m",
+        "search=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=onslurm",
+        "data=synthetic",
+        "trainer.max_epochs=2",
+        "hydra.sweeper.figures=false",
+        *ON_TEST_NODE,
+        cwd=workdir,
+        env=slurm,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     study = _study(workdir, "onslurm")
@@ -85,15 +103,51 @@ def _running_jobs(env: dict[str, str]) -> list[str]:
     return sorted(lines, key=lambda j: [int(p) for p in j.replace("_", " ").split()])
 
 
+def _scancel(env: dict[str, str], job: str) -> None:
+    """scancel: SIGTERM, then SIGKILL after KillWait=2 (the job may write its stopped result)."""
+    subprocess.run(["scancel", job], env={**os.environ, **env}, check=True, timeout=30)
+
+
+def _kill_9(env: dict[str, str], job: str) -> None:
+    """kill -9 of the job's training process (as the OOM killer does): no result is written."""
+    listed = subprocess.run(
+        ["scontrol", "listpids", job],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.splitlines()[1:]
+    pids = [int(cols[0]) for cols in map(str.split, listed) if cols[2] == "0"]  # step 0
+    assert pids, listed
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_an_scancelled_trial_fails_killed_is_retried_and_the_sweep_finishes(workdir, slurm):
-    """scancel (SIGTERM, then SIGKILL after KillWait=2) of a trial's job while it trains: the
-    trial ends FAIL `slurm: cancelled`, its run KILLED, its retry runs, the budget stays exact."""
+@pytest.mark.parametrize(
+    ("stop", "reason"),
+    [(_scancel, "slurm: cancelled"), (_kill_9, "slurm: failed")],
+    ids=["scancel", "kill-9"],
+)
+def test_a_dead_trial_job_fails_killed_is_retried_and_the_sweep_finishes(
+    workdir, slurm, stop, reason
+):
+    """A trial's job cancelled or killed while it trains: the trial ends FAIL with SLURM's
+    reason, its run KILLED, its retry runs, the sweep finishes with the exact budget."""
     proc = start_cli(
-        "-m", "search=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.study_name=cancelled", "data=synthetic", "trainer.max_epochs=120",
-        "hydra.sweeper.figures=false", *ON_TEST_NODE, cwd=workdir, env=slurm,
-    )  # fmt: skip
+        "-m",
+        "search=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=cancelled",
+        "data=synthetic",
+        "trainer.max_epochs=120",
+        "hydra.sweeper.figures=false",
+        *ON_TEST_NODE,
+        cwd=workdir,
+        env=slurm,
+    )
     deadline = time.monotonic() + 300
     while not (running := _running_jobs(slurm)):
         assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.output)[-3000:]
@@ -103,22 +157,23 @@ def test_an_scancelled_trial_fails_killed_is_retried_and_the_sweep_finishes(work
     while not (log.is_file() and "epoch 1/" in log.read_text()):  # training has started
         assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.output)[-3000:]
         time.sleep(0.2)
-    subprocess.run(["scancel", victim], env={**os.environ, **slurm}, check=True, timeout=30)
+    stop(slurm, victim)
     out = finish_cli(proc, timeout=600)
     assert proc.returncode == 0, out[-4000:]
 
     study = _study(workdir, "cancelled")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(failed) == 1 and len(complete) == 2, [(t.number, t.state) for t in study.trials]
+    shown = [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in study.trials]
+    assert len(failed) == 1 and len(complete) == 2, f"{shown}\n{out[-3000:]}"
     dead = failed[0]
-    assert dead.user_attrs["fail_reason"] == "slurm: cancelled"
+    assert dead.user_attrs["fail_reason"] == reason
     assert dead.user_attrs["stale"] is True  # not counted: its retry is
     retry = [t for t in complete if t.user_attrs.get("retry_of") == dead.number]
     assert len(retry) == 1 and retry[0].params == dead.params
     runs = {r.info.run_id: r for r in mlflow_runs(workdir)}
     killed = runs[dead.user_attrs["mlflow_run_id"]]
     assert killed.info.status == "KILLED"
-    assert killed.data.tags[FAILURE_REASON] == "slurm: cancelled"
+    assert killed.data.tags[FAILURE_REASON] == reason
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
     assert _squeue(slurm) == ""

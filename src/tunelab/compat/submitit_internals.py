@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 from typing import Any
 
 from submitit.slurm import slurm as submitit_slurm
@@ -26,17 +27,29 @@ __all__ = ["POLL_S", "VANISHED", "SqueueWatcher", "accounting_is_off", "use_sque
 
 
 class SqueueWatcher(submitit_slurm.SlurmInfoWatcher):
-    """submitit's SLURM status poller, on `squeue --me --states=all` instead of `sacct`."""
+    """submitit's SLURM status poller, on `squeue --me --states=all` instead of `sacct`. One poll
+    at a time (the sweep's trial threads share it); only a job that was already submitted when
+    squeue ran can be missing from its answer."""
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s=delay_s)
+        self._lock = threading.RLock()
+        self._asked: set[str] = set()
+
+    def update(self) -> None:
+        with self._lock:
+            super().update()
 
     def _make_command(self) -> list[str] | None:
-        if not self._registered - self._finished:
+        self._asked = self._registered - self._finished
+        if not self._asked:
             return None
         return ["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%N"]
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
         info = super().read_info("JobID|State|NodeList\n" + text)
-        for job_id in self._registered - self._finished:
+        for job_id in self._asked:
             if job_id not in info and job_id.split("_")[0] not in info:
                 info[job_id] = {"JobID": job_id, "State": VANISHED, "NodeList": ""}
         return info
