@@ -86,6 +86,14 @@ class Interrupted(Exception):
 _held: list[int] = []  # signals a job's worker process received between two jobs
 
 
+def _slurm_job() -> str | None:
+    """The SLURM job this process runs as a submitit job (launcher=slurm), else None: a signal
+    there came from SLURM (scancel, a limit), not from the sweep."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def _hold(signum: int, frame: Any) -> None:
     _held.append(signum)
 
@@ -119,7 +127,7 @@ class SafeTask:
             if _held:
                 signum = _held[0]
                 _held.clear()
-                raise Interrupted(signum, os.environ.get("SLURM_JOB_ID"))
+                raise Interrupted(signum, _slurm_job())
             try:
                 with signals.signals_raise():
                     return self._call(cfg)
@@ -129,9 +137,7 @@ class SafeTask:
             signum = signals.signal_of(e)
             if signum is None:
                 raise
-            raise Interrupted(
-                signum, os.environ.get("SLURM_JOB_ID") if self.remote else None
-            ) from None
+            raise Interrupted(signum, _slurm_job() if self.remote else None) from None
 
     def _call(self, cfg: Any) -> Any:
         try:

@@ -274,7 +274,8 @@ class Sweep:
             outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.metrics, together)
             for kind, reason, values, job_dir, job_run in outcomes:
                 out.job_dirs.append(job_dir)
-                if kind == "fail" and self.state.signum:  # e.g. its worker stopped with the sweep
+                # e.g. its worker, or its SLURM job, stopped with the sweep
+                if kind in ("fail", "lost") and self.state.signum:
                     kind, reason = "interrupted", signal.Signals(self.state.signum).name
                 if kind != "complete":
                     out.kind, out.reason = kind, reason
