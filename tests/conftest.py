@@ -261,6 +261,16 @@ def postgres():
         pg.stop()
 
 
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running single-node SLURM (partition main, accounting off): the env its clients need
+    (SLURM_CONF). Skipped on a workstation without it, a failure in CI (tests/slurm_cluster.py)."""
+    from slurm_cluster import slurm_cluster
+
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
 def free_port() -> int:
     import socket
 

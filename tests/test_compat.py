@@ -107,3 +107,23 @@ def test_the_public_layer_classes_cover_torchs_private_bases():
             and not cls.__name__.startswith(("_", "Lazy", "Sync"))
         }
         assert public and public <= set(listed), sorted(c.__name__ for c in public - set(listed))
+
+
+def test_submitits_slurm_watcher_reads_squeue_and_calls_an_unlisted_job_vanished():
+    from submitit.slurm import slurm as submitit_slurm
+
+    from tunelab.compat import submitit_internals
+
+    assert isinstance(submitit_slurm.SlurmJob.watcher, submitit_slurm.SlurmInfoWatcher)
+    watcher = submitit_internals.SqueueWatcher(delay_s=1)
+    for job_id in ("41_0", "42_0", "43"):
+        watcher.register_job(job_id)
+    assert watcher._make_command()[0] == "squeue"
+    watcher.register_job("44")  # submitted after squeue ran: not missing from its answer
+    info = watcher.read_info(b"41_0|RUNNING|vm\n42_0|CANCELLED|vm\n")
+    assert "44" not in info
+    watcher._info_dict.update(info)
+    states = {j: watcher.get_state(j, mode="cache") for j in ("41_0", "42_0", "43")}
+    assert states == {"41_0": "RUNNING", "42_0": "CANCELLED", "43": "VANISHED"}
+    assert not watcher.is_done("41_0", mode="cache")
+    assert watcher.is_done("42_0", mode="cache") and watcher.is_done("43", mode="cache")

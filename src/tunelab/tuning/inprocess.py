@@ -111,7 +111,20 @@ def plan_launch(launcher: Any, n_jobs: int, n_fixed: int, cached: bool) -> tuple
         n_jobs = 1
     if n_jobs > 1:
         set_parallel_jobs(launcher, n_jobs)
+    if submits_to_slurm(launcher):
+        from tunelab.compat.submitit_internals import use_squeue_status
+
+        use_squeue_status()
     return runner_for(launcher, n_fixed, cached), n_jobs
+
+
+def submits_to_slurm(launcher: Any) -> bool:
+    """True for hydra-submitit-launcher's SLURM launcher (launcher=slurm): its jobs' states are
+    then polled from squeue, so a job that died without a result ends its wait."""
+    cls = type(launcher)
+    return cls.__module__.startswith("hydra_plugins.hydra_submitit_launcher") and (
+        cls.__name__ == "SlurmLauncher"
+    )
 
 
 def runner_for(launcher: Any, n_fixed: int, cached_compose: bool = True) -> Any:

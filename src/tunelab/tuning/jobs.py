@@ -9,8 +9,11 @@ import math
 import numbers
 import os
 import pickle
+import re
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +32,8 @@ from tunelab.run.context import RunContext, RunResult
 @dataclass
 class Outcome:
     """What a trial's jobs came back with: kind is complete | pruned | diverged | fail |
-    interrupted (a signal stopped it; reason: the signal's name)."""
+    interrupted (a signal stopped it; reason: the signal's name) | lost (its cluster job ended
+    without a result: scancel, a node failure; reason: `slurm: <state>`)."""
 
     kind: str
     reason: str = ""
@@ -71,15 +75,23 @@ class Interrupted(Exception):
     """A job stopped by SIGINT or SIGTERM (its run is recorded KILLED). An ordinary exception, so
     that Hydra records the job FAILED and joblib does not abort the jobs of its other workers."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+    def __init__(self, signum: int, slurm_job: str | None = None) -> None:
+        super().__init__(signum, slurm_job)
+        self.signum, self.slurm_job = signum, slurm_job  # the SLURM job it ran as, if any
 
     def __str__(self) -> str:
         return f"interrupted by {signal.Signals(self.signum).name}"
 
 
 _held: list[int] = []  # signals a job's worker process received between two jobs
+
+
+def _slurm_job() -> str | None:
+    """The SLURM job this process runs as a submitit job (launcher=slurm), else None: a signal
+    there came from SLURM (scancel, a limit), not from the sweep."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def _hold(signum: int, frame: Any) -> None:
@@ -115,7 +127,7 @@ class SafeTask:
             if _held:
                 signum = _held[0]
                 _held.clear()
-                raise Interrupted(signum)
+                raise Interrupted(signum, _slurm_job())
             try:
                 with signals.signals_raise():
                     return self._call(cfg)
@@ -125,7 +137,7 @@ class SafeTask:
             signum = signals.signal_of(e)
             if signum is None:
                 raise
-            raise Interrupted(signum) from None
+            raise Interrupted(signum, _slurm_job() if self.remote else None) from None
 
     def _call(self, cfg: Any) -> Any:
         try:
@@ -164,6 +176,8 @@ def read_job(
         exc = job_error(ret)
         if isinstance(exc, optuna.TrialPruned) or _is(exc, "TrialPruned"):
             return "pruned", str(exc), {}, out_dir, None
+        if isinstance(exc, Interrupted) and exc.slurm_job:  # SLURM stopped the job, not the sweep
+            return "lost", slurm_end(exc.slurm_job, exc.signum), {}, out_dir, None
         if isinstance(exc, Interrupted):
             return "interrupted", signal.Signals(exc.signum).name, {}, out_dir, None
         if _is(exc, "DivergedError"):
@@ -226,6 +240,42 @@ def can_group(replicas: bool, config: Any) -> bool:
     return replicas and owned
 
 
+_NO_OUTPUT = re.compile(r"has not produced any output \(state: ([A-Za-z_]+)")
+
+
+def lost_job(exc: BaseException) -> str | None:
+    """`slurm: <state>` (e.g. `slurm: cancelled`) when waiting for a cluster job ended because the
+    job ended without writing its result (submitit's UncompletedJobError), else None."""
+    if not _is(exc, "UncompletedJobError"):
+        return None
+    found = _NO_OUTPUT.search(str(exc))
+    return f"slurm: {found.group(1).lower() if found else 'ended without a result'}"
+
+
+def slurm_end(job_id: str, signum: int, wait_s: float = 30) -> str:
+    """`slurm: <state>` of a SLURM job that a signal stopped (scancel: `slurm: cancelled`), once
+    SLURM has settled it (a job shows COMPLETING while its processes end); the signal when
+    squeue no longer knows the job."""
+    deadline = time.monotonic() + wait_s
+    state = ""
+    while time.monotonic() < deadline:
+        try:
+            state = subprocess.run(
+                ["squeue", "--noheader", "--states=all", "--format=%T", "--jobs", job_id],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            state = ""
+        if state not in ("RUNNING", "COMPLETING", "SUSPENDED"):
+            break
+        time.sleep(0.5)
+    if not state or state in ("RUNNING", "COMPLETING", "SUSPENDED"):
+        return f"slurm: stopped by {signal.Signals(signum).name}"
+    return f"slurm: {state.lower()}"
+
+
 def seed_outcomes(
     launch: Callable[[list[str], int], JobReturn],
     seeds: list[Any],
@@ -243,10 +293,10 @@ def seed_outcomes(
     for overrides, index in jobs:
         try:
             ret = launch(overrides, index)
-        except Exception as e:  # the launcher itself failed (e.g. unpicklable exception)
-            yield from [("fail", mask(f"launch: {type(e).__name__}: {e}")[:500], {}, "", None)] * (
-                len(seeds) if together else 1
-            )
+        except Exception as e:  # the launcher failed (e.g. unpicklable exception), or the job died
+            lost = lost_job(e)
+            kind, reason = ("lost", lost) if lost else ("fail", f"launch: {type(e).__name__}: {e}")
+            yield from [(kind, mask(reason)[:500], {}, "", None)] * (len(seeds) if together else 1)
             continue
         yield from read_seeds(ret, metrics, len(seeds)) if together else [read_job(ret, metrics)]
 

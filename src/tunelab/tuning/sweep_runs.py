@@ -23,6 +23,7 @@ STATUS = {
     "diverged": "FAILED",
     "fail": "FAILED",
     "interrupted": "KILLED",
+    "lost": "KILLED",
 }
 
 

@@ -293,7 +293,8 @@ class Sweep:
             outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.metrics, together)
             for kind, reason, values, job_dir, job_run in outcomes:
                 out.job_dirs.append(job_dir)
-                if kind == "fail" and self.state.signum:  # e.g. its worker stopped with the sweep
+                # e.g. its worker, or its SLURM job, stopped with the sweep
+                if kind in ("fail", "lost") and self.state.signum:
                     kind, reason = "interrupted", signal.Signals(self.state.signum).name
                 if kind != "complete":
                     out.kind, out.reason = kind, reason
@@ -337,6 +338,13 @@ class Sweep:
                 attrs = {**trial.user_attrs, "number": trial.number}
                 study_storage.requeue(self.study, trial.params, attrs, self.max_retries)
                 end_tags[FAILURE_REASON] = reason
+            elif out.kind == "lost":  # its cluster job died (scancel, node): re-run, counted once
+                trial.set_user_attr("fail_reason", out.reason)
+                attrs = {**trial.user_attrs, "number": trial.number}
+                if study_storage.requeue(self.study, trial.params, attrs, self.max_retries):
+                    trial.set_user_attr("stale", True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                end_tags[FAILURE_REASON] = out.reason
             else:  # a server or database away is not the config's fault: not counted, run again
                 away = study_storage.infrastructure_failure(trial, out.reason)
                 self.study.tell(trial, state=TrialState.FAIL)
