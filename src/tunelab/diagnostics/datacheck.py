@@ -165,7 +165,7 @@ def _check_classes(
     if r > ratio and p_uniform < 1e-3:
         report.warnings.append(
             f"{split}: class imbalance, largest/smallest class = {max(present)}/{min(present)} = {r:.2f} "
-            f"(> {ratio}, chi-square p={p_uniform:.1g}); consider class weights or resampling"
+            f"(> {ratio}, chi-square p={p_uniform:.1g}); weigh the classes: task.class_weights=balanced (task=binary: task.pos_weight), or resample"
         )
 
 
