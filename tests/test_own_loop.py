@@ -312,7 +312,12 @@ def test_a_run_of_the_example_reproduces_identically_from_its_commit(tmp_path):
     assert run.data.tags[ENTRY_POINT] == "examples/own_loop/train.py"
     cmd = [sys.executable, "-m", "tunelab", "reproduce", run.info.run_id, "--repo", str(repo)]
     quiet = {"capture_output": True, "text": True, "timeout": 600, "stdin": subprocess.DEVNULL}
-    ok = subprocess.run(cmd, cwd=work, env=env(repo), **quiet)
+    refused = subprocess.run(cmd, cwd=work, env=env(repo), **quiet)  # the tag alone: not enough
+    assert refused.returncode != 0, refused.stdout
+    assert "--trust-script examples/own_loop/train.py" in refused.stderr + refused.stdout
+    assert len(runs(work)) == 1  # refused before anything trained
+    trusted = [*cmd, "--trust-script", "examples/own_loop/train.py"]
+    ok = subprocess.run(trusted, cwd=work, env=env(repo), **quiet)
     assert ok.returncode == 0 and "identical" in ok.stdout, ok.stdout + ok.stderr
 
 

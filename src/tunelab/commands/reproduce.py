@@ -72,6 +72,15 @@ def add_arguments(p: Any) -> None:
         "repeatable. A run record's own allowed_targets are never trusted",
     )
     p.add_argument(
+        "--trust-script",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="the repository-relative script of your own loop that trained the run (its "
+        "entry_point tag), e.g. examples/own_loop/train.py; a record alone never chooses the code "
+        "that runs",
+    )
+    p.add_argument(
         "--show-diff",
         action="store_true",
         help="print the whole recorded git.diff of a run from a dirty tree",
@@ -103,7 +112,8 @@ def run(args: Any) -> int:
     trusted = frozenset(args.trust_target)
     # every seed run is checked, and its diff agreed to, before any is checked out or trained
     repo = Path(args.repo)
-    plans = [plan(store, uri, r, repo, trusted) for r in _seed_runs(store, original)]
+    scripts = frozenset(args.trust_script)
+    plans = [plan(store, uri, r, repo, trusted, scripts) for r in _seed_runs(store, original)]
     for p in plans:
         agree_to_diff(p, show=args.show_diff, apply=args.apply_diff)
     worst = 0
@@ -122,13 +132,28 @@ def _seed_runs(store: MlflowReader, run: Any) -> list[Any]:
     return sorted(children, key=lambda r: r.data.tags.get(REPLICATE, "0"))
 
 
-def plan(store: MlflowReader, uri: str, original: Any, repo: Path, trusted: frozenset[str]) -> Plan:
-    """Every check of a run's record that needs no checkout: its config, commit and diff."""
+def plan(
+    store: MlflowReader,
+    uri: str,
+    original: Any,
+    repo: Path,
+    trusted: frozenset[str],
+    scripts: frozenset[str] = frozenset(),
+) -> Plan:
+    """Every check of a run's record that needs no checkout: its config, commit and diff. A
+    recorded entry point (a loop of the user's own) runs only when the user names it in
+    `scripts` (--trust-script): anyone who can write to the store can change the tag."""
     run_id, tags = original.info.run_id, original.data.tags
     text = store.artifact_text(run_id, "config.yaml")
     if text is None:
         raise CommandError(f"run {run_id} has no config.yaml: it was not recorded by a tunelab run")
     script = tags.get(ENTRY_POINT)
+    if script is not None and script not in scripts:
+        shown = printable(script[:200])
+        raise CommandError(
+            f"run {run_id} was trained by '{shown}' (its {ENTRY_POINT} tag): a run record cannot "
+            f"choose the code that runs; if that is your script, name it: --trust-script {shown}"
+        )
     config = checked_config(text, trusted, f"run {run_id}", uri, own_loop=script is not None)
     sha = tags.get(GIT_SHA, "unknown")
     if sha == "unknown":
