@@ -163,8 +163,15 @@ def _open_metric(page, name: str) -> None:
     change (no load event), and a click that lands while the table re-renders is lost."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    link = page.get_by_role("link", name=name, exact=True)
+    for _ in range(40):  # the metrics table renders the rows in view: scroll it to the metric
+        if link.count():
+            break
+        page.get_by_role("link", name=re.compile(r"^(best|test|train|val|opt|perf)")).last.hover()
+        page.mouse.wheel(0, 500)
+        page.wait_for_timeout(150)
     for attempt in (1, 2, 3):
-        page.get_by_role("link", name=name, exact=True).first.click()
+        link.first.click()
         try:
             page.wait_for_url(re.compile(r"/metric"), wait_until="commit", timeout=20_000)
             return
