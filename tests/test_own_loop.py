@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,15 @@ runpy.run_path({example!r}, run_name="__main__")
 """
 
 
+def stores(tmp_path: Path, schema: Path, *names: str) -> list[Path]:
+    """Working directories, each with its own copy of the migrated MLflow store."""
+    dirs = [tmp_path / n for n in names]
+    for d in dirs:
+        d.mkdir()
+        shutil.copy(schema, d / "mlflow.db")
+    return dirs
+
+
 def metric_histories(workdir: Path) -> tuple[str, dict[str, list[tuple[int, float]]]]:
     (run,) = mlflow_runs(workdir, EXPERIMENT)
     assert run.info.status == "FINISHED", run.data.tags
@@ -150,13 +160,8 @@ def metric_histories(workdir: Path) -> tuple[str, dict[str, list[tuple[int, floa
 def test_a_run_killed_mid_training_resumes_to_the_record_an_uninterrupted_run_writes(
     tmp_path, mlflow_schema
 ):
-    import shutil
-
     args = ["trainer.max_epochs=6", "trainer.num_threads=1", "optimizer.lr=0.01"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    for d in (whole, killed):
-        d.mkdir()
-        shutil.copy(mlflow_schema, d / "mlflow.db")
+    whole, killed = stores(tmp_path, mlflow_schema, "whole", "killed")
     script = tmp_path / "kill_at_3.py"
     script.write_text(KILLING_RUN.format(kill_at=3, example=str(EXAMPLE)))
 
@@ -238,13 +243,8 @@ LIGHTNING = ROOT / "examples" / "lightning" / "train.py"
 def test_a_lightning_module_tuned_through_the_callback_records_what_the_plain_loop_records(
     tmp_path, mlflow_schema
 ):
-    import shutil
-
     args = ["trainer.max_epochs=4", "trainer.num_threads=1"]
-    plain, lightning = tmp_path / "plain", tmp_path / "lightning"
-    for d in (plain, lightning):
-        d.mkdir()
-        shutil.copy(mlflow_schema, d / "mlflow.db")
+    plain, lightning = stores(tmp_path, mlflow_schema, "plain", "lightning")
     finish_cli(start_cli(*args, cwd=plain, script=EXAMPLE))
     out = finish_cli(start_cli(*args, cwd=lightning, script=LIGHTNING))
     _, expected = metric_histories(plain)
@@ -262,13 +262,8 @@ def test_a_lightning_module_tuned_through_the_callback_records_what_the_plain_lo
 def test_a_lightning_run_killed_mid_training_resumes_to_the_uninterrupted_record(
     tmp_path, mlflow_schema
 ):
-    import shutil
-
     args = ["trainer.max_epochs=5", "trainer.num_threads=1"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    for d in (whole, killed):
-        d.mkdir()
-        shutil.copy(mlflow_schema, d / "mlflow.db")
+    whole, killed = stores(tmp_path, mlflow_schema, "whole", "killed")
     script = tmp_path / "kill_at_3.py"
     script.write_text(KILLING_RUN.format(kill_at=3, example=str(LIGHTNING)))
     finish_cli(start_cli(*args, cwd=whole, script=LIGHTNING))
@@ -287,8 +282,6 @@ def test_tunelab_lightning_without_lightning_says_how_to_install_it():
 
 @pytest.mark.slow
 def test_a_run_of_the_example_reproduces_identically_from_its_commit(tmp_path):
-    import shutil
-
     from test_reproduce import env, git, make_repo, runs
 
     repo = make_repo(tmp_path / "repo")
