@@ -15,7 +15,10 @@ from conftest import finish_cli, mlflow_runs, run_cli, start_cli
 from optuna.trial import TrialState
 from slurm_cluster import slurm_cluster
 
-from tunelab.tags import FAILURE_REASON
+from tunelab.config.space import to_overrides
+from tunelab.run import signals
+from tunelab.tags import FAILURE_REASON, PREEMPTED
+from tunelab.tuning.jobs import PREEMPTED_FILE, preemptions
 from tunelab.tuning.study_storage import make_storage
 
 pytestmark = pytest.mark.xdist_group("slurm")
@@ -67,6 +70,40 @@ def test_the_cluster_runs_a_job_and_its_daemons_stop_afterwards(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_the_warning_signal_raises_preempted_once_and_gives_back_the_requeue_handler():
+    """In a job, SLURM's warning signal stops the run as Preempted (a later copy is ignored while
+    the run records); submitit's handler, which requeues, is handed back and reinstalled."""
+    calls: list[int] = []
+
+    def requeue(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with (
+            pytest.raises(signals.Preempted, match="SIGUSR2"),
+            signals.preemption_raises(signal.SIGUSR2) as handed_back,
+        ):
+            assert handed_back is requeue
+            try:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                time.sleep(1)
+            finally:
+                os.kill(os.getpid(), signal.SIGUSR2)  # ignored: already stopping
+                time.sleep(0.1)
+        assert signal.getsignal(signal.SIGUSR2) is requeue and calls == []
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_trials_preemptions_are_counted_from_its_job_directories(tmp_path):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / PREEMPTED_FILE).write_text('{"times": 2, "slurm_job": "7"}')
+    assert preemptions([str(tmp_path / "0"), ""]) == 0
+    assert preemptions([str(tmp_path / "0"), str(tmp_path / "1")]) == 2
 
 
 @pytest.mark.slow
@@ -177,3 +214,84 @@ def test_a_dead_trial_job_fails_killed_is_retried_and_the_sweep_finishes(
     assert killed.data.tags[FAILURE_REASON] == reason
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
     assert _squeue(slurm) == ""
+
+
+def _wait_for_epoch(proc, workdir: Path, job: str, epoch: int, deadline: float) -> None:
+    """Until the job's log shows `epoch N/` (its checkpoint of epoch N-1 is written)."""
+    log = workdir / "multirun" / ".submitit" / job / f"{job}_0_log.out"
+    while not (log.is_file() and f"epoch {epoch}/" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.2)
+
+
+def _release_when_requeued(env: dict[str, str], job: str, deadline: float) -> None:
+    """A requeued job waits 120 s (SLURM's BeginTime); start it as soon as it is pending."""
+    while _squeue(env, "--jobs", job, "--format=%T").strip() != "PENDING":
+        assert time.monotonic() < deadline, _squeue(env, "--states=all")
+        time.sleep(0.2)
+    subprocess.run(
+        ["scontrol", "update", f"jobid={job}", "StartTime=now"],
+        env={**os.environ, **env},
+        check=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.slow
+def test_a_job_warned_before_its_limit_is_requeued_and_resumes_its_run_bit_identically(
+    workdir, slurm
+):
+    """SLURM's warning signal (USR2, as --signal=USR2@signal_delay_s sends it before the time
+    limit) mid-training: the run records KILLED + preempted with its checkpoint, the job is
+    requeued, resumes the same MLflow run, and ends with an uninterrupted run's exact metrics; the
+    trial counts once and says it was preempted."""
+    trains = ["data=synthetic", "trainer.max_epochs=12", "trainer.num_threads=1"]
+    proc = start_cli(
+        "-m",
+        "search=random",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.study_name=preempted",
+        "hydra.sweeper.figures=false",
+        *trains,
+        *ON_TEST_NODE,
+        cwd=workdir,
+        env=slurm,
+    )
+    deadline = time.monotonic() + 300
+    while not (running := _running_jobs(slurm)):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(proc.output)[-3000:]
+        time.sleep(0.5)
+    job = running[0]
+    _wait_for_epoch(proc, workdir, job, 4, deadline)
+    subprocess.run(
+        ["scancel", "--signal=USR2", job], env={**os.environ, **slurm}, check=True, timeout=30
+    )
+    _release_when_requeued(slurm, job, deadline)
+    out = finish_cli(proc, timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+
+    study = _study(workdir, "preempted")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE], out[-3000:]  # counted once
+    trial = study.trials[0]
+    assert trial.user_attrs[PREEMPTED] == 1
+    log = (workdir / "multirun" / ".submitit" / job / f"{job}_0_log.out").read_text()
+    assert "resuming from" in log and "Requeued job" in log
+    assert len(list((workdir / "multirun" / ".submitit").glob("[0-9]*"))) == 1  # one SLURM job
+
+    runs = {r.info.run_id: r for r in mlflow_runs(workdir)}
+    (seed_run_id,) = trial.user_attrs["mlflow_seed_run_ids"]
+    resumed = runs[seed_run_id]  # the run the first attempt opened, continued by the requeued job
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags[PREEMPTED] == "true" and resumed.data.tags["resumed"] == "true"
+    assert runs[trial.user_attrs["mlflow_run_id"]].data.tags[PREEMPTED] == "1"
+    assert len([r for r in runs.values() if r.data.tags.get("trial") == "0"]) == 2  # trial + seed
+
+    # the same configuration trained without interruption, on this machine
+    ref = run_cli(
+        *trains, *to_overrides(trial.params), "trainer.checkpoint_dir=uninterrupted", cwd=workdir
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    (plain,) = [r for r in mlflow_runs(workdir) if r.info.run_id not in runs]
+    compared = {k: v for k, v in plain.data.metrics.items() if not k.startswith(("perf/", "sys/"))}
+    assert "test/acc" in compared and "val/acc" in compared
+    assert {k: resumed.data.metrics[k] for k in compared} == compared

@@ -59,6 +59,9 @@ FAILURE_REASON = "failure_reason"
 FAILURE_MESSAGE = "failure_message"
 FAILURE_TAGS = (FAILURE_REASON, FAILURE_MESSAGE)
 DIVERGED_AT_EPOCH = "diverged_at_epoch"
+PREEMPTED = (
+    "preempted"  # the cluster signalled the job before a limit or a preemption; it was requeued
+)
 MODEL_FORMAT = "model_format"
 
 # which process works on it (tracking/run_owners.py)

@@ -7,6 +7,8 @@ submitit release changes it.
   without writing its result (scancel, a node failure) stays UNKNOWN, so waiting for it never ends.
   `SqueueWatcher` asks the controller itself (`squeue`) instead: a job squeue no longer lists has
   ended (VANISHED), and waiting for it ends with submitit's UncompletedJobError naming the state.
+- `JobEnvironment._usr_sig()`: the signal a submitit SLURM job asks for before its time limit
+  (`--signal=USR2@signal_delay_s`), whose handler checkpoints the submission and requeues the job.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import threading
 from typing import Any
 
+import submitit
 from submitit.slurm import slurm as submitit_slurm
 
 log = logging.getLogger(__name__)
@@ -23,7 +26,17 @@ log = logging.getLogger(__name__)
 POLL_S = 15  # the longest wait between two status polls: a dead job is noticed within this
 VANISHED = "VANISHED"  # a job squeue does not list (purged MinJobAge after its end)
 
-__all__ = ["POLL_S", "VANISHED", "SqueueWatcher", "accounting_is_off", "use_squeue_status"]
+# states of a job that will run again (requeued, held, suspended): its wait goes on
+STILL_QUEUED = ("REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "CONFIGURING", "STOPPED")
+
+__all__ = [
+    "POLL_S",
+    "VANISHED",
+    "SqueueWatcher",
+    "accounting_is_off",
+    "preemption_signal",
+    "use_squeue_status",
+]
 
 
 class SqueueWatcher(submitit_slurm.SlurmInfoWatcher):
@@ -45,6 +58,11 @@ class SqueueWatcher(submitit_slurm.SlurmInfoWatcher):
         if not self._asked:
             return None
         return ["squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%N"]
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        if self.get_state(job_id, mode=mode).upper() in STILL_QUEUED:
+            return False
+        return super().is_done(job_id, mode="cache")
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
@@ -79,3 +97,9 @@ def use_squeue_status(poll_s: float = POLL_S) -> Any:
     watcher = SqueueWatcher(delay_s=int(poll_s))
     submitit_slurm.SlurmJob.watcher = watcher
     return watcher
+
+
+def preemption_signal() -> int:
+    """The warning signal of a submitit SLURM job (USR2 unless SUBMITIT_PREEMPT_SIGNAL says
+    otherwise): SLURM sends it signal_delay_s before the time limit, or to preempt the job."""
+    return int(submitit.JobEnvironment._usr_sig())

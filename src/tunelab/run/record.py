@@ -17,12 +17,13 @@ from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
 from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate_split
 from tunelab.run.names import job_name, swept_values
-from tunelab.run.signals import Terminated
+from tunelab.run.signals import Preempted, Terminated
 from tunelab.run.tasks import Task
 from tunelab.tags import (
     FAILURE_MESSAGE,
     FAILURE_REASON,
     FAILURE_TAGS,
+    PREEMPTED,
     ROLE,
     TASK,
     TASK_LOSS,
@@ -226,6 +227,8 @@ def end_failed(tracker: Tracker, exc: BaseException, state: TrainState) -> None:
         tags, status = {FAILURE_REASON: "interrupted"}, "KILLED"
     elif isinstance(exc, Terminated):
         tags, status = {FAILURE_REASON: "terminated"}, "KILLED"
+    elif isinstance(exc, Preempted):  # its requeued job continues this run
+        tags, status = {PREEMPTED: "true"}, "KILLED"
     elif isinstance(exc, DivergedError):
         tags = {FAILURE_REASON: "nonfinite_loss", "diverged_at_epoch": str(exc.epoch)}
         status = "FAILED"

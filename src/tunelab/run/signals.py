@@ -18,6 +18,11 @@ class Terminated(BaseException):
     KeyboardInterrupt, so that no `except Exception` on the way (logging, MLflow) swallows it."""
 
 
+class Preempted(BaseException):
+    """A cluster's warning signal before a time limit or a preemption (launcher=slurm): the run
+    ends KILLED, tagged preempted, its checkpoint kept, so that the requeued job resumes it."""
+
+
 def raise_for(signum: int) -> None:
     """The exception a signal stands for: SIGINT -> KeyboardInterrupt, SIGTERM -> Terminated."""
     if signum == signal.SIGINT:
@@ -73,3 +78,24 @@ def signals_raise() -> Iterator[None]:
 
     with on_signals(handler):
         yield
+
+
+@contextmanager
+def preemption_raises(signum: int) -> Iterator[Callable[..., object] | None]:
+    """signum raises Preempted, once, while inside (later copies are ignored while the run records
+    its status); yields the handler it replaced (submitit's requeue). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Preempted(signal.Signals(signum).name)
+
+    previous = signal.signal(signum, handler)
+    try:
+        yield previous if callable(previous) else None
+    finally:
+        signal.signal(signum, previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import numbers
 import os
@@ -27,6 +28,8 @@ from tunelab.config.secrets import mask
 from tunelab.config.space import quote, to_overrides
 from tunelab.run import signals
 from tunelab.run.context import RunContext, RunResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +101,48 @@ def _hold(signum: int, frame: Any) -> None:
     _held.append(signum)
 
 
+def _preemption() -> contextlib.AbstractContextManager[Callable[..., Any] | None]:
+    """In a submitit SLURM job, its warning signal raises Preempted while the run trains; yields
+    submitit's handler, which checkpoints the submission and requeues the job."""
+    if _slurm_job() is None:
+        return contextlib.nullcontext(None)
+    from tunelab.compat.submitit_internals import preemption_signal
+
+    return signals.preemption_raises(preemption_signal())
+
+
+PREEMPTED_FILE = "preempted.json"  # in the job's output directory: how often its job was requeued
+
+
+def _note_preempted(signal_name: str) -> None:
+    """Count the preemption in the job's output directory, where the requeued job runs again
+    and the sweep reads it (preemptions); the run itself is tagged preempted."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(str(HydraConfig.get().runtime.output_dir))
+    path = out_dir / PREEMPTED_FILE
+    times = preemptions([str(out_dir)]) + 1
+    path.write_text(json.dumps({"times": times, "slurm_job": _slurm_job()}))
+    log.warning(
+        "SLURM job %s got %s: its run is recorded KILLED (preempted) with its checkpoint; "
+        "the job is requeued and resumes it (preemption %d)",
+        _slurm_job(),
+        signal_name,
+        times,
+    )
+
+
+def preemptions(job_dirs: list[str]) -> int:
+    """How often the jobs of a trial were preempted and requeued (0: never)."""
+    times = 0
+    for job_dir in job_dirs:
+        path = Path(job_dir) / PREEMPTED_FILE if job_dir else None
+        if path is not None and path.is_file():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                times += int(json.loads(path.read_text())["times"])
+    return times
+
+
 class SafeTask:
     """Wraps the task function so that every exception a job raises survives pickling (joblib),
     and a job stopped by a signal comes back as `Interrupted`.
@@ -129,8 +174,17 @@ class SafeTask:
                 _held.clear()
                 raise Interrupted(signum, _slurm_job())
             try:
-                with signals.signals_raise():
-                    return self._call(cfg)
+                with signals.signals_raise(), _preemption() as requeue:
+                    try:
+                        return self._call(cfg)
+                    except signals.Preempted as exc:
+                        if requeue is None:
+                            raise
+                        background.flush_all()  # the checkpoint is on disk before the requeue
+                        signum = signal.Signals[str(exc)]
+                        _note_preempted(signum.name)
+                requeue(signum, None)  # submitit's: requeue, then exit
+                raise AssertionError("unreachable: submitit requeues and exits")  # pragma: no cover
             finally:
                 background.flush_all()
         except BaseException as e:

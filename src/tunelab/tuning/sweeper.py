@@ -37,10 +37,17 @@ from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
-from tunelab.tags import FAILURE_REASON, ROLE, WARM_START_FROM, Role
+from tunelab.tags import FAILURE_REASON, PREEMPTED, ROLE, WARM_START_FROM, Role
 from tunelab.tuning import devices, pruning, study_storage
 from tunelab.tuning.inprocess import plan_launch
-from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
+from tunelab.tuning.jobs import (
+    Interrupted,
+    Outcome,
+    can_group,
+    job_overrides,
+    preemptions,
+    seed_outcomes,
+)
 from tunelab.tuning.samplers import make_sampler
 from tunelab.tuning.settings import SweepSettings, TunelabSweeperConf, tracking_target
 from tunelab.tuning.sweep_runs import SweepRuns
@@ -321,6 +328,9 @@ class Sweep:
                 return study_storage.tell_late(self, trial, out, means, run_id, params)
             if out.run_ids and out.run_ids[0]:
                 trial.set_user_attr("mlflow_seed_run_ids", out.run_ids)
+            if times := preemptions(out.job_dirs):  # requeued by SLURM, resumed: counted once
+                trial.set_user_attr(PREEMPTED, times)
+                end_tags[PREEMPTED] = str(times)
             if out.kind == "complete":
                 if len(self.seeds) > 1:
                     for m in self.metrics:
