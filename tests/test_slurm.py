@@ -17,7 +17,7 @@ from slurm_cluster import slurm_cluster
 
 from tunelab.config.space import to_overrides
 from tunelab.run import signals
-from tunelab.tags import FAILURE_REASON, PREEMPTED
+from tunelab.tags import FAILURE_REASON, PREEMPTED, ROLE, Role
 from tunelab.tuning.jobs import PREEMPTED_FILE, preemptions
 from tunelab.tuning.study_storage import make_storage
 
@@ -295,3 +295,51 @@ def test_a_job_warned_before_its_limit_is_requeued_and_resumes_its_run_bit_ident
     compared = {k: v for k, v in plain.data.metrics.items() if not k.startswith(("perf/", "sys/"))}
     assert "test/acc" in compared and "val/acc" in compared
     assert {k: resumed.data.metrics[k] for k in compared} == compared
+
+
+@pytest.mark.slow
+def test_a_restarted_sweep_waits_for_its_running_jobs_instead_of_launching_them_again(
+    workdir, slurm
+):
+    """kill -9 of the sweep's process while its trials run as SLURM jobs: the same command
+    started again finds the jobs on their trials, waits for them and tells them; no trial is
+    launched twice and the budget stays exact."""
+    command = [
+        "-m",
+        "search=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.study_name=restarted",
+        "hydra.sweeper.figures=false",
+        "data=synthetic",
+        "trainer.max_epochs=40",
+        *ON_TEST_NODE,
+    ]
+    first = start_cli(*command, cwd=workdir, env=slurm)
+    deadline = time.monotonic() + 300
+    while len(running := _running_jobs(slurm)) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "".join(first.output)[-3000:]
+        time.sleep(0.5)
+    for job in running:
+        _wait_for_epoch(first, workdir, job, 2, deadline)
+    recorded = {
+        t.user_attrs.get("slurm_job", {}).get("id") for t in _study(workdir, "restarted").trials
+    }
+    assert recorded == set(running), recorded  # each trial knows its job
+    first.kill()  # the login node's process dies; its jobs go on
+    finish_cli(first, timeout=60)
+    assert _running_jobs(slurm) == running
+
+    again = run_cli(*command, cwd=workdir, env=slurm, timeout=600)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    assert "waiting for their SLURM jobs" in out
+    study = _study(workdir, "restarted")
+    shown = [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in study.trials]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2, shown
+    jobs = {p.name for p in (workdir / "multirun" / ".submitit").glob("[0-9]*")}
+    assert jobs == set(running)  # no trial launched again
+    trials = [r for r in mlflow_runs(workdir) if r.data.tags.get(ROLE) == Role.TRIAL]
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    assert not [r for r in mlflow_runs(workdir) if r.info.status == "RUNNING"]
+    assert _squeue(slurm) == ""

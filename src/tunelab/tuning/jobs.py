@@ -111,6 +111,31 @@ def _preemption() -> contextlib.AbstractContextManager[Callable[..., Any] | None
     return signals.preemption_raises(preemption_signal())
 
 
+SLURM_JOB = "slurm_job"  # a trial's user attr: {"id": its SLURM job, "folder": submitit's}
+
+
+def record_job(ctx: RunContext) -> None:
+    """In a submitit SLURM job of a trial: put the job's id and folder on the trial, where a
+    restarted sweep finds them. A storage that cannot be reached only costs that."""
+    if ctx.trial is None:
+        return
+    import submitit
+
+    from tunelab.tuning import pruning
+    from tunelab.tuning.study_storage import make_storage, trial_id
+
+    env = submitit.JobEnvironment()
+    job = {"id": env.job_id, "folder": str(env.paths.folder)}
+    try:
+        with open(ctx.trial.context_path) as fh:
+            sweep = json.load(fh)
+        storage = make_storage(pruning.storage_url(sweep["storage"]))
+        tid = trial_id(storage, sweep["study_name"], ctx.trial.number)
+        storage.set_trial_user_attr(tid, SLURM_JOB, job)
+    except Exception as exc:  # noqa: BLE001 - the trial still runs; a restart re-runs it
+        log.warning("SLURM job %s not recorded on its trial: %s", job["id"], exc)
+
+
 PREEMPTED_FILE = "preempted.json"  # in the job's output directory: how often its job was requeued
 
 
@@ -173,6 +198,8 @@ class SafeTask:
                 signum = _held[0]
                 _held.clear()
                 raise Interrupted(signum, _slurm_job())
+            if _slurm_job():
+                record_job(RunContext.from_env())  # a restarted sweep finds the job by its trial
             try:
                 with signals.signals_raise(), _preemption() as requeue:
                     try:

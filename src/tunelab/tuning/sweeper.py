@@ -38,7 +38,7 @@ from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
 from tunelab.tags import FAILURE_REASON, PREEMPTED, ROLE, WARM_START_FROM, Role
-from tunelab.tuning import devices, pruning, study_storage
+from tunelab.tuning import devices, pruning, slurm_jobs, study_storage
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import (
     Interrupted,
@@ -156,6 +156,8 @@ class Sweep:
                 self.settings.pruner,
                 self.storage_url,
             )
+            one_job = len(self.seeds) == 1 or self.together  # SLURM jobs a restart waits for
+            self.adopted = slurm_jobs.adopt(self.storage, self.study, one_job)
             stale = study_storage.fail_stale(self.storage, self.study, self.max_retries)
             attrs = self.study.user_attrs
             self._check_settings(attrs.get("fixed_settings"))
@@ -495,7 +497,11 @@ class Sweep:
         t0 = time.time()
         try:
             with signals.on_signals(self._on_signal):
+                waits = slurm_jobs.wait_for(
+                    self.storage, self.study_name, self.adopted, self.metrics, self._tell
+                )
                 self._work()
+                self._wait_adopted(waits)
         except BaseException as exc:
             now = self.state.signals > 1  # a second signal: the trials are not waited for
             if now:
@@ -542,6 +548,13 @@ class Sweep:
         if self.state.stop:
             raise SweepStopped(f"sweep stopped: {self.state.stop}")
         return result
+
+    def _wait_adopted(self, waits: list[threading.Thread]) -> None:
+        """The trials taken over from a dead sweep process are told before the sweep reports; a
+        signal stops the wait (their jobs go on; the next restart takes them over again)."""
+        for thread in waits:
+            while thread.is_alive() and not self.state.signum:
+                thread.join(0.2)
 
     def _outcome(self, utilisation: float, ran_here: int) -> sweep_outputs.SweepOutcome:
         """What this sweep produced, for its reports: the study's trials as they are now."""
