@@ -343,3 +343,44 @@ def test_a_restarted_sweep_waits_for_its_running_jobs_instead_of_launching_them_
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert not [r for r in mlflow_runs(workdir) if r.info.status == "RUNNING"]
     assert _squeue(slurm) == ""
+
+
+@pytest.mark.slow
+def test_pruning_reaches_a_trial_running_as_a_slurm_job(workdir, slurm):
+    """Median pruning on the cluster, as tests/test_sweep_e2e.py does locally: a learning rate
+    that learns nothing, tried after two that learn (grid order, seed 5), is pruned from inside
+    its SLURM job: PRUNED in the study, its runs KILLED with pruned=true and the epoch."""
+    proc = run_cli(
+        "-m",
+        "search=grid",
+        "data=synthetic",
+        "trainer.max_epochs=4",
+        "optimizer=adam",
+        "optimizer.lr=choice(3.0e-3, 2.0e-3, 1.0e-6)",
+        "optimizer.weight_decay=0.0",
+        "scheduler=constant",
+        "hydra.sweeper.sampler.seed=5",
+        "hydra.sweeper.pruner.name=median",
+        "++hydra.sweeper.pruner.kwargs.n_startup_trials=1",
+        "hydra.sweeper.study_name=pruned",
+        "hydra.sweeper.figures=false",
+        *ON_TEST_NODE,
+        cwd=workdir,
+        env=slurm,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    trials = {t.params["optimizer.lr"]: t for t in _study(workdir, "pruned").trials}
+    assert trials[1e-6].number == 2 and trials[1e-6].state == TrialState.PRUNED, out[-3000:]
+    assert {t.state for t in trials.values()} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert len(list((workdir / "multirun" / ".submitit").glob("[0-9]*"))) == 3  # one job each
+    runs = mlflow_runs(workdir)
+    pruned = {lr for lr, t in trials.items() if t.state == TrialState.PRUNED}
+    tagged = [r for r in runs if r.data.tags.get("pruned") == "true"]
+    assert {float(r.data.params["optimizer.lr"]) for r in tagged} == pruned
+    assert all(r.info.status == "KILLED" for r in tagged)
+    seeds = [r for r in tagged if r.data.tags.get(ROLE) == Role.SEED]  # trained in the job
+    assert len(seeds) == len(pruned)
+    assert {int(r.data.tags["pruned_at_epoch"]) for r in seeds} <= {1, 2, 3}  # before the last
+    assert _squeue(slurm) == ""
