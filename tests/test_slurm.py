@@ -384,3 +384,47 @@ def test_pruning_reaches_a_trial_running_as_a_slurm_job(workdir, slurm):
     assert len(seeds) == len(pruned)
     assert {int(r.data.tags["pruned_at_epoch"]) for r in seeds} <= {1, 2, 3}  # before the last
     assert _squeue(slurm) == ""
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_share_one_postgresql_study_on_slurm(
+    workdir, slurm, postgres, mlflow_server
+):
+    """The cluster recipe: two sweep processes (as on two login shells) on one PostgreSQL study and
+    one MLflow server, trials as SLURM jobs; the jobs take the storage's password from the
+    environment SLURM passes on; exactly n_trials run, each as one job, none twice."""
+    from mlflow import MlflowClient
+
+    storage, n_trials = postgres.url("slurmteam"), 4
+    common = [
+        "-m",
+        "search=random",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "hydra.sweeper.study_name=slurmteam",
+        "hydra.sweeper.figures=false",
+        "data=synthetic",
+        "trainer.max_epochs=2",
+        f"tracking.tracking_uri={mlflow_server}",
+        *[o for o in ON_TEST_NODE if not o.startswith("hydra.sweep.dir=")],
+    ]
+    env = {**slurm, "TUNELAB_OPTUNA_STORAGE": storage}
+    procs = [
+        start_cli(*common, f"hydra.sweep.dir=multirun/w{i}", cwd=workdir, env=env) for i in (0, 1)
+    ]
+    outs = [finish_cli(p, timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n=====\n".join(o[-3000:] for o in outs)
+    assert not any(postgres.password in o for o in outs)
+    study = optuna.load_study(study_name="slurmteam", storage=make_storage(storage))
+    assert sorted(t.number for t in study.trials) == list(range(n_trials))  # none lost or extra
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE}
+    assert len(list(workdir.glob("multirun/w*/.submitit/[0-9]*"))) == n_trials  # a job each
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.sweep = 'slurmteam'",
+        max_results=1000,
+    )
+    trials = [r for r in runs if r.data.tags.get(ROLE) == Role.TRIAL]
+    assert sorted(int(r.data.tags["trial"]) for r in trials) == list(range(n_trials))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert _squeue(slurm) == ""
