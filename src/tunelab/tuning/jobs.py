@@ -207,11 +207,11 @@ class SafeTask:
                     except signals.Preempted as exc:
                         if requeue is None:
                             raise
+                        preempted = exc
                         background.flush_all()  # the checkpoint is on disk before the requeue
-                        signum = signal.Signals[str(exc)]
-                        _note_preempted(signum.name)
-                requeue(signum, None)  # submitit's: requeue, then exit
-                raise AssertionError("unreachable: submitit requeues and exits")  # pragma: no cover
+                        _note_preempted(str(exc))
+                requeue(signal.Signals[str(preempted)], None)  # submitit's: requeue, then exit
+                raise preempted  # not requeued (submitit leaves that to the job's first task)
             finally:
                 background.flush_all()
         except BaseException as e:
