@@ -59,9 +59,7 @@ FAILURE_REASON = "failure_reason"
 FAILURE_MESSAGE = "failure_message"
 FAILURE_TAGS = (FAILURE_REASON, FAILURE_MESSAGE)
 DIVERGED_AT_EPOCH = "diverged_at_epoch"
-PREEMPTED = (
-    "preempted"  # the cluster signalled the job before a limit or a preemption; it was requeued
-)
+PREEMPTED = "preempted"  # SLURM warned the job (time limit, preemption) and requeued it
 MODEL_FORMAT = "model_format"
 
 # which process works on it (tracking/run_owners.py)
