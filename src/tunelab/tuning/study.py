@@ -42,7 +42,7 @@ from tunelab.tuning import study_storage
 from tunelab.tuning.inprocess import runner_for
 from tunelab.tuning.jobs import can_group, job_overrides, read_job, seed_outcomes
 from tunelab.tuning.settings import StudySweeperConf, cell_sweep_settings, tracking_target
-from tunelab.tuning.study_spec import Cell, StudySpec, parse
+from tunelab.tuning.study_spec import Cell, StudySpec, merge_overrides, parse
 from tunelab.tuning.sweep_runs import log_record
 from tunelab.tuning.sweeper import Sweep, SweepStopped
 
@@ -265,6 +265,8 @@ class StudyRun:
         config = copy.deepcopy(self.config)
         with open_dict(config):
             config.hydra.sweep.dir = str(cell_dir)
+        if OmegaConf.select(self.config, "confirm.refit", default=None) is not None:
+            args = merge_overrides(args, ["confirm.refit=null"])  # only confirmations refit
         sweep = _CellSweep(settings, config, self.launcher, [*args, _sweep_dir(cell_dir)])
         sweep.adopt = lambda run_id: self._adopt(cell, run_id)
         log.info("cell %s: nuisance study %s (%d trials)", cell.name, name, self.spec.n_trials)
