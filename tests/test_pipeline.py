@@ -44,21 +44,6 @@ def test_drift_check_catches_a_stale_params_file(tmp_path):
     assert proc.returncode == 1 and "out of date" in proc.stderr
 
 
-def test_a_task_the_stages_cannot_report_is_refused_by_every_stage(tmp_path):
-    """confirm, evaluate and report speak of accuracy: params for another task stop the first
-    stage that reads them, naming the task, instead of a KeyError after training."""
-    from tunelab.stages import load_params
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["task"] = {"name": "regression", "loss": "mse"}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match="task=regression: the pipeline's stages report"):
-        load_params(path)
-    cfg, stages = load_params(ROOT / "params.yaml")  # the committed file: classification
-    assert cfg.task.name == "classification" and "confirm" in stages
-
-
 def test_every_stage_lists_only_params_that_exist():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
