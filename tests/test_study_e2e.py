@@ -99,6 +99,15 @@ def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir
     ):
         assert (out / "figures" / fig).is_file()
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    # each cell's confirmed seeds as one model, beside the single-seed mean ± sd
+    for cell in summary["cells"]:
+        ens, confirm = cell["ensemble"], cell["per_seed"]["test/acc"]
+        assert ens["members"] == 2 and ens["metric"] == "test/acc" and 0 <= ens["value"] <= 1
+        assert ens["singles"] == pytest.approx(list(confirm.values()))  # the members' own
+        assert ens["line"].startswith("ensemble of 2 seeds: ") and ens["line"] in md
+        cell_run = next(r for r in runs["cell"] if r.data.tags["cell"] == cell["cell"])
+        assert cell_run.data.metrics["ensemble/test/acc"] == pytest.approx(ens["value"])
+        assert cell_run.data.tags["ensemble"] == ens["line"]
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")

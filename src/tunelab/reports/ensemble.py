@@ -80,3 +80,20 @@ def ensemble_line(metric: str, ensemble: float, singles: list[float]) -> str:
             f"{x.mean():.1f} ± {sd:.1f} %"
         )
     return f"ensemble of {n} seeds: {metric} {ensemble:.4g}, single seed {x.mean():.4g} ± {sd:.2g}"
+
+
+def seed_ensemble(cfg: DictConfig, checkpoints: dict[int, Path], metric: str) -> dict:
+    """What a confirmation reports of its seeds' ensemble: `metric` (a test metric, `test/acc`)
+    of the ensemble and of each member, every test metric of the ensemble, and the line."""
+    members = evaluate_members(cfg, checkpoints)
+    name = metric.removeprefix("test/")
+    singles = [m[name] for m in members["per_seed"].values()]
+    value = members["ensemble"][name]
+    return {
+        "metric": metric,
+        "members": len(singles),
+        "value": value,
+        "singles": singles,
+        "metrics": {f"test/{k}": v for k, v in members["ensemble"].items()},
+        "line": ensemble_line(metric, value, singles),
+    }
