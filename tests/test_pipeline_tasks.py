@@ -1,6 +1,7 @@
 """The DVC stages for a task other than classification: a tiny regression pipeline, each stage
 called as dvc.yaml calls it, reports the objective's test metric, the task's others and the
-seeds' ensemble (metrics.json, report, the pipeline's MLflow run)."""
+seeds' ensemble (metrics.json, report, the pipeline's MLflow run); its confirm stage refits
+(confirm.refit=train+val)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def test_a_regression_pipeline_reports_rmse_and_the_seed_ensemble(tmp_path):
             "trainer.batch_size=64",
             "pipeline.tune.n_trials=2",
             "pipeline.confirm.seeds=[0,1]",
+            "confirm.refit=train+val",
         ],
         check=True,
         capture_output=True,
@@ -104,6 +106,13 @@ def test_a_regression_pipeline_reports_rmse_and_the_seed_ensemble(tmp_path):
     assert "points" not in report and " %" not in report.split("## Best configuration")[0]
     assert "Confusion matrix" not in report
     runs = mlflow_runs(tmp_path, "tunelab-pipeline")
+    confirmed = [r for r in runs if r.data.tags.get("dvc_stage") == "confirm"]
+    assert len(confirmed) == 2
+    for r in confirmed:  # each seed refit on the 252 + 28 examples left after the test split
+        assert r.data.tags["refit"] == "train+val" and r.data.metrics["refit/n_train"] == 280
+        assert r.data.metrics["refit/epochs"] == r.data.metrics["best_epoch"]
+    trials = [r for r in runs if r.data.tags.get("role") in ("trial", "seed")]
+    assert trials and not any("refit" in r.data.tags for r in trials)  # the search selects only
     (pipeline,) = [r for r in runs if r.data.tags.get("role") == "pipeline"]
     assert pipeline.data.metrics["ensemble/test/rmse"] == pytest.approx(
         metrics["ensemble_test_rmse"]
