@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunelab import build
 from tunelab.reports.stats import scale_for
@@ -44,20 +44,39 @@ def load_member(cfg: DictConfig, path: Path, input_shape: tuple, task: Task) -> 
     return model
 
 
-def evaluate_members(cfg: DictConfig, checkpoints: dict[int, Path]) -> dict:
-    """Each member's test metrics and kept outputs (per seed), and the ensemble's test metrics."""
-    splits = build.build_data(cfg.data)
-    task = make_task(cfg, splits)
-    x, y = splits.x_test, splits.y_test
+def evaluate_members(
+    cfg: DictConfig, checkpoints: dict[int, Path], configs: dict[int, DictConfig] | None = None
+) -> dict:
+    """Each member's test metrics and kept outputs (per seed), and the ensemble's test metrics.
+    `configs` gives a member its own config where its data differs (a study's split per seed:
+    the test examples are the same, standardised with that seed's training split)."""
+    configs = configs or {}
+    built: dict[str, tuple] = {}
+
+    def data_of(seed: int) -> tuple:
+        one = configs.get(seed, cfg)
+        key = OmegaConf.to_yaml(one.data)
+        if key not in built:
+            splits = build.build_data(one.data)
+            built[key] = (splits, make_task(one, splits))
+        return built[key]
+
     per_seed, outputs, kept = {}, [], {}
+    splits = task = y = None
     for seed, path in sorted(checkpoints.items()):
-        model = load_member(cfg, path, splits.input_shape, task)
-        loss, _, pred, _ = evaluate_batches(
-            Trained(model.eval(), []), memory_batches(x, y, 256), task=task
-        )
+        splits, task = data_of(seed)
+        x = splits.x_test
+        if y is not None and not torch.equal(y, splits.y_test):
+            raise ValueError(f"seed {seed}: another test split than the other members'")
+        y = splits.y_test
+        model = load_member(configs.get(seed, cfg), path, splits.input_shape, task)
+        batches = memory_batches(x, y, 256)
+        loss, _, pred, _ = evaluate_batches(Trained(model.eval(), []), batches, task=task)
         per_seed[seed] = {"loss": float(loss), **task.metrics(pred, y)}
         kept[seed] = pred
         outputs.append(member_outputs(model, x, y, task))
+    if splits is None:
+        splits, task = data_of(-1)
     ensemble = task.metrics(ensemble_kept(outputs, task), y) if outputs else {}
     return {
         "task": task,
@@ -82,10 +101,15 @@ def ensemble_line(metric: str, ensemble: float, singles: list[float]) -> str:
     return f"ensemble of {n} seeds: {metric} {ensemble:.4g}, single seed {x.mean():.4g} ± {sd:.2g}"
 
 
-def seed_ensemble(cfg: DictConfig, checkpoints: dict[int, Path], metric: str) -> dict:
+def seed_ensemble(
+    cfg: DictConfig,
+    checkpoints: dict[int, Path],
+    metric: str,
+    configs: dict[int, DictConfig] | None = None,
+) -> dict:
     """What a confirmation reports of its seeds' ensemble: `metric` (a test metric, `test/acc`)
     of the ensemble and of each member, every test metric of the ensemble, and the line."""
-    members = evaluate_members(cfg, checkpoints)
+    members = evaluate_members(cfg, checkpoints, configs)
     name = metric.removeprefix("test/")
     singles = [m[name] for m in members["per_seed"].values()]
     value = members["ensemble"][name]

@@ -7,6 +7,7 @@ pass's; only test/* comes from the refit model."""
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,7 +85,7 @@ def refit(
     allow: frozenset[str],
     tracker: Any,
     augment: Any = None,
-    autocast: Any = None,
+    autocast: Any = nullcontext,
     lr_mult: float = 1.0,
     freeze_backbone_epochs: int = 0,
 ) -> Refit:
@@ -110,7 +111,6 @@ def refit(
             history.setdefault(k.removeprefix("refit/"), []).append(v)
         tracker.log_metrics(kept, step=step)
 
-    kwargs = {} if autocast is None else {"autocast": autocast}
     fit(
         initial,
         optimizer,
@@ -125,6 +125,6 @@ def refit(
         augment=augment,
         seed=int(cfg.seed),
         task=task,
-        **kwargs,
+        autocast=autocast,
     )
     return Refit(initial, int(epochs), n_train, history)

@@ -273,8 +273,14 @@ class StudyRun:
                 result.cell.name,
             )
             return {}
+        split = (
+            self.spec.vary_split and OmegaConf.select(self.config, "data.split_seed") is not None
+        )
+        configs = {}
+        for seed in paths if split else ():  # each seed trained on its own split (its own scaling)
+            configs[seed] = self._compose([*args, *best, f"data.split_seed={seed}"])
         try:
-            return seed_ensemble(config, paths, test_metric(self.spec.metric))
+            return seed_ensemble(config, paths, test_metric(self.spec.metric), configs)
         except Exception as exc:  # the report goes on without it
             log.warning("cell %s: ensemble not evaluated: %s", result.cell.name, mask(str(exc)))
             return {}
