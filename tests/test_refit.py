@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from tunelab import build
 from tunelab.config import ConfigError, validate
+from tunelab.hydra_job import summary_line
 from tunelab.run.api import run
 from tunelab.run.checkpoint import load_model_state, load_safe
 from tunelab.run.loop import evaluate
@@ -45,6 +46,10 @@ def test_refit_trains_on_train_and_val_for_the_selected_epochs_and_is_recorded(i
     load_model_state(model, load_safe(best)["model"], best)
     _, selected_acc, _ = evaluate(model, splits.x_test, splits.y_test)
     assert m["train_only/test/acc"] == pytest.approx(selected_acc, abs=1e-6)
+    line = summary_line(result)  # the job's last log line says whose test score it is
+    assert (
+        f"test/acc {m['test/acc']:.4f} (refit on train+val, {int(m['best_epoch'])} epochs)" in line
+    )
     assert "checkpoints/refit.pt" in {
         a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")
     }
