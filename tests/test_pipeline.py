@@ -117,6 +117,8 @@ def test_dvc_repro_end_to_end_on_a_fresh_clone(tmp_path):
     metrics = json.loads((repo / "results/eval/metrics.json").read_text())
     assert set(metrics["test_acc_per_seed"]) == {"0", "1"}
     assert 0.0 < metrics["test_acc_mean"] <= 1.0
+    assert metrics["metric"] == "test/acc" and metrics["ensemble_seeds"] == 2
+    assert 0.0 < metrics["ensemble_test_acc"] == metrics["ensemble"]["test_acc"] <= 1.0
     assert metrics["study"]["complete"] + metrics["study"]["pruned"] + metrics["study"]["fail"] == 3
     shown = _sh("dvc", "metrics", "show", cwd=repo).stdout
     assert "test_acc_mean" in shown
@@ -144,6 +146,8 @@ def test_dvc_repro_end_to_end_on_a_fresh_clone(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in tops} == {pipeline.info.run_id}
     report = (repo / "results/report/report.md").read_text()
     assert "The untuned configuration (trial 0" in report  # what tuning gained, not just the best
+    assert "ensemble of 2 seeds: " in report and " %, single seed " in report
+    assert pipeline.data.metrics["ensemble/test/acc"] == pytest.approx(metrics["ensemble_test_acc"])
     traced = _sh(sys.executable, "-m", "tunelab", "trace", "results/eval/metrics.json",
                  "test_acc_mean", cwd=repo).stdout  # fmt: skip
     confirm_ids = {r.info.run_id for r in by_stage["confirm"]}
