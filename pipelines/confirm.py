@@ -1,4 +1,5 @@
-"""DVC stage `confirm`: retrain the tuned configuration under the same N seeds every time.
+"""DVC stage `confirm`: retrain the tuned configuration under the same N seeds every time (with
+`confirm.refit: train+val` each seed is then refit on train ∪ val; its checkpoint is the refit's).
 
 python pipelines/confirm.py --params params.yaml --best results/tune/best_overrides.yaml --out results/confirm
 """
@@ -8,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tunelab.reports.evaluation import write_curves
+from tunelab.reports.evaluation import headline, write_curves
 from tunelab.run.api import run
 from tunelab.stages import (
     apply_overrides,
@@ -36,6 +37,7 @@ def main() -> None:
     best = tuned["best"][0]["number"] if tuned["best"] else None
     tags = {"role": "confirm", "sweep": tuned["study_name"], "trial": str(best)}
     seeds = [int(s) for s in stages.confirm.seeds]
+    objective = str(cfg.objective.metric)
     cfg.seed, cfg.trainer.replicas = seeds[0], seeds  # one process; batched where the model allows
     with stage_run("confirm", args.params, **tags) as stage:
         # named and tagged by what it trains: the seeds and the tuned values
@@ -53,13 +55,11 @@ def main() -> None:
             histories[seed] = result.history
             write_json(result.history, out / f"seed_{seed}_history.json")
             runs[str(seed)] = {"run_id": result.run_id, **result.metrics}
-            m = result.metrics
-            print(
-                f"seed {seed}: val/acc={m['val/acc']:.4f} test/acc={m['test/acc']:.4f}", flush=True
-            )
+            m, test = result.metrics, "test/" + headline(objective)
+            print(f"seed {seed}: {objective}={m[objective]:.4f} {test}={m[test]:.4f}", flush=True)
         if failed:
             raise SystemExit("confirm: " + "; ".join(failed))
-    write_curves(histories, out / "curves.csv")
+    write_curves(histories, out / "curves.csv", objective)
     write_json(
         {"overrides": overrides, "seeds": list(stages.confirm.seeds), "runs": runs},
         out / "runs.json",

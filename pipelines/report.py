@@ -38,7 +38,9 @@ def main() -> None:
         histories=histories,
         figures_dir=tune / "figures",
         edge_fraction=float(stages.report.edge_fraction),
-        confusion_png=Path(args.eval, "confusion_matrix.png"),
+        confusion_png=Path(args.eval, "confusion_matrix.png")
+        if cfg.task.name == "classification"
+        else None,
         objective=cfg.objective.metric,
     )
     for w in warnings:

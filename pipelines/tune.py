@@ -38,6 +38,7 @@ def main() -> None:
     cfg, stages = load_params(args.params)
     tune = stages.tune
     cfg = use_prepared_data(cfg, stages.prepared_dir)
+    cfg.confirm.refit = None  # trials select; only the confirm stage refits (confirm.refit)
     study_name = f"pipeline-{config_key(cfg)}-{tune.search}"  # new params: new study; same: resume
     out, conf_dir = Path(args.out), Path(args.out) / "config"
     shutil.rmtree(out, ignore_errors=True)

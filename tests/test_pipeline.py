@@ -44,21 +44,6 @@ def test_drift_check_catches_a_stale_params_file(tmp_path):
     assert proc.returncode == 1 and "out of date" in proc.stderr
 
 
-def test_a_task_the_stages_cannot_report_is_refused_by_every_stage(tmp_path):
-    """confirm, evaluate and report speak of accuracy: params for another task stop the first
-    stage that reads them, naming the task, instead of a KeyError after training."""
-    from tunelab.stages import load_params
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["task"] = {"name": "regression", "loss": "mse"}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match="task=regression: the pipeline's stages report"):
-        load_params(path)
-    cfg, stages = load_params(ROOT / "params.yaml")  # the committed file: classification
-    assert cfg.task.name == "classification" and "confirm" in stages
-
-
 def test_every_stage_lists_only_params_that_exist():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -132,6 +117,8 @@ def test_dvc_repro_end_to_end_on_a_fresh_clone(tmp_path):
     metrics = json.loads((repo / "results/eval/metrics.json").read_text())
     assert set(metrics["test_acc_per_seed"]) == {"0", "1"}
     assert 0.0 < metrics["test_acc_mean"] <= 1.0
+    assert metrics["metric"] == "test/acc" and metrics["ensemble_seeds"] == 2
+    assert 0.0 < metrics["ensemble_test_acc"] == metrics["ensemble"]["test_acc"] <= 1.0
     assert metrics["study"]["complete"] + metrics["study"]["pruned"] + metrics["study"]["fail"] == 3
     shown = _sh("dvc", "metrics", "show", cwd=repo).stdout
     assert "test_acc_mean" in shown
@@ -159,6 +146,8 @@ def test_dvc_repro_end_to_end_on_a_fresh_clone(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in tops} == {pipeline.info.run_id}
     report = (repo / "results/report/report.md").read_text()
     assert "The untuned configuration (trial 0" in report  # what tuning gained, not just the best
+    assert "ensemble of 2 seeds: " in report and " %, single seed " in report
+    assert pipeline.data.metrics["ensemble/test/acc"] == pytest.approx(metrics["ensemble_test_acc"])
     traced = _sh(sys.executable, "-m", "tunelab", "trace", "results/eval/metrics.json",
                  "test_acc_mean", cwd=repo).stdout  # fmt: skip
     confirm_ids = {r.info.run_id for r in by_stage["confirm"]}

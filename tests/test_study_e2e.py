@@ -56,7 +56,8 @@ def _by_role(cwd: Path) -> dict[str, list]:
 
 @pytest.mark.slow
 def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir):
-    proc = run_cli(*_args(workdir, "first"), cwd=workdir, env=NO_MODEL)
+    refit = "confirm.refit=train+val"  # confirmations refit on train ∪ val; the search does not
+    proc = run_cli(*_args(workdir, "first"), refit, cwd=workdir, env=NO_MODEL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = workdir / "first" / "study"
     summary = json.loads((out / "summary.json").read_text())
@@ -99,6 +100,17 @@ def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir
     ):
         assert (out / "figures" / fig).is_file()
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    # each cell's confirmed seeds as one model, beside the single-seed mean ± sd
+    for cell in summary["cells"]:
+        ens, confirm = cell["ensemble"], cell["per_seed"]["test/acc"]
+        assert ens["members"] == 2 and ens["metric"] == "test/acc" and 0 <= ens["value"] <= 1
+        assert ens["singles"] == pytest.approx(list(confirm.values()))  # the members' own
+        assert ens["line"].startswith("ensemble of 2 seeds: ") and ens["line"] in md
+        cell_run = next(r for r in runs["cell"] if r.data.tags["cell"] == cell["cell"])
+        assert cell_run.data.metrics["ensemble/test/acc"] == pytest.approx(ens["value"])
+        assert cell_run.data.tags["ensemble"] == ens["line"]
+    assert all(r.data.tags["refit"] == "train+val" for r in runs["confirm"])
+    assert not any("refit" in r.data.tags for r in runs["trial"] + runs["seed"])
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -108,7 +120,7 @@ def test_tiny_study_completes_with_matching_aggregates_report_and_resume(workdir
     assert note.startswith("Top set on test/acc: ") and summary["verdicts"][0] in note
     assert "report.html" in note
     # the same command again: nothing is searched or confirmed again
-    again = run_cli(*_args(workdir, "second"), cwd=workdir, env=NO_MODEL)
+    again = run_cli(*_args(workdir, "second"), refit, cwd=workdir, env=NO_MODEL)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already done, not searched again" in again.stdout + again.stderr
     assert {k: len(v) for k, v in _by_role(workdir).items()} == {k: len(v) for k, v in runs.items()}

@@ -83,6 +83,8 @@ def summary_line(result: RunResult) -> str:
         return "  ".join(f"{k}={v:.4g}" for k, v in m.items()) + run
     test = test_metric(result.objective)
     tested = f", {test} {m[test]:.4f}" if test in m else ""
+    if tested and "refit/epochs" in m:  # confirm.refit: the test split scored the refit
+        tested += f" (refit on train+val, {int(m['refit/epochs'])} epochs)"
     return (
         f"{result.objective} {result.value:.4f} at epoch {int(m['best_epoch'])} of "
         f"{int(m['epochs_run'])} (selected){tested}, {m['perf/epoch_s']:.2f} s per epoch{run}"

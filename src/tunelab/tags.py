@@ -52,6 +52,8 @@ DVC_EXP = "dvc_exp"
 REPRODUCES = "reproduces"  # a reproduction's original run
 REPRODUCTION_KEY = "reproduction_key"  # a reproduction's random key, found again by it
 REPRODUCTION = "reproduction"  # a reproduction's verdict: match or differs
+ENSEMBLE = "ensemble"  # a confirmation's seed ensemble beside the single-seed mean ± sd, in words
+REFIT = "refit"  # confirm.refit's value on a run whose test/* is a refit's (train+val)
 ENTRY_POINT = "entry_point"  # the script a run of a loop of the user's own ran (repo-relative)
 
 # how it ended

@@ -78,7 +78,7 @@ def metric_runs(path: Path, key: str | None) -> list[str]:
             node = node[part]
         per_seed = lineage.get("per_seed", {})
         seed = key.rsplit(".", 1)[-1]
-        if key.startswith("test_acc_per_seed.") and seed in per_seed:
+        if key.split(".", 1)[0].endswith("_per_seed") and seed in per_seed:
             return [per_seed[seed]]
     return list(lineage["computed_from"])
 

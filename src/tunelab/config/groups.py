@@ -345,8 +345,12 @@ OBJECTIVE: dict[str, r.Check] = {
     "metric": r.one_of(*tasks.ALL_METRICS),
     "direction": r.one_of("maximize", "minimize"),
 }
+CONFIRM: dict[str, r.Check] = {
+    # retrain the selected configuration on train ∪ val before the test split (run/refit.py)
+    "refit": r.optional(r.one_of("train+val")),
+}
 # Every group whose node validation checks, in the order its problems are listed.
-NODE_GROUPS = (*BY_TARGET, "task", "trainer", "finetune", "diagnose", "objective")
+NODE_GROUPS = (*BY_TARGET, "task", "trainer", "finetune", "diagnose", "objective", "confirm")
 # Top-level nodes: the groups' and what train.yaml and pipeline.yaml define besides them.
 TOP_NODES = (*NODE_GROUPS, "hydra", "pipeline", "augment")  # augment: config/data_rules.py
 
@@ -365,6 +369,8 @@ def settings_of(group: str, node: dict[str, Any]) -> dict[str, r.Check] | None:
         return None if knobs is None else {"name": r.text, **knobs}
     if group == "objective":
         return OBJECTIVE
+    if group == "confirm":
+        return CONFIRM
     if group == "task":
         facts = tasks.TASKS.get(str(node.get("name")))
         name = {"name": r.one_of(*tasks.TASKS)}

@@ -114,6 +114,12 @@ def _cross_problems(plain: dict[str, Any]) -> list[str]:
         )
     if sched.get("name") != "plateau" and sched.get("monitor") is not None:
         out.append("scheduler.monitor is a setting of scheduler=plateau only")
+    refit = (plain.get("confirm") or {}).get("refit")
+    if refit is not None and sched.get("monitor") is not None:
+        out.append(
+            f"confirm.refit={refit!r} cannot follow scheduler={sched.get('name')}: a refit trains "
+            "on the validation split its monitor would watch (choose a schedule of epochs)"
+        )
     return out + tasks.metric_problems(plain)
 
 

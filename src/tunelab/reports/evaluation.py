@@ -8,49 +8,74 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from tunelab import build
-from tunelab.run.checkpoint import load_model_state, load_safe
-from tunelab.run.loop import evaluate
+from tunelab.reports.ensemble import evaluate_members
 
 
-def evaluate_checkpoints(cfg: DictConfig, checkpoints: dict[int, Path]) -> dict[str, Any]:
-    """Load each seed's selected weights and score them on the test split (never used for selection)."""
-    splits = build.build_data(cfg.data)
-    k = splits.num_classes
-    per_seed, confusion = {}, np.zeros((k, k), dtype=np.int64)
-    predictions = []
-    for seed, path in sorted(checkpoints.items()):
-        model = build.build_model(cfg.model, splits.input_shape, k)
-        load_model_state(model, load_safe(path)["model"], path)
-        loss, acc, pred = evaluate(model, splits.x_test, splits.y_test)
-        np.add.at(confusion, (splits.y_test.numpy(), pred.numpy()), 1)
-        per_seed[seed] = {"test_acc": acc, "test_loss": loss}
-        predictions += [
-            (seed, int(a), int(p))
-            for a, p in zip(splits.y_test.tolist(), pred.tolist(), strict=True)
-        ]
-    accs = np.array([m["test_acc"] for m in per_seed.values()])
-    per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
-    return {
-        "test_acc_mean": float(accs.mean()),
-        "test_acc_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-        "test_acc_min": float(accs.min()),
-        "test_acc_max": float(accs.max()),
-        "per_seed": per_seed,
-        "per_class_acc": per_class,
-        "confusion": confusion.tolist(),
-        "predictions": predictions,
-        "data_digest": splits.digest,
-        "num_classes": k,
+def headline(objective: str) -> str:
+    """The test metric a pipeline reports first: the objective's (`val/acc` -> `acc`)."""
+    return objective.split("/", 1)[1] if objective.startswith("val/") else objective
+
+
+def metric_key(metric: str) -> str:
+    """A test metric's key in metrics.json (`acc` -> `test_acc`, `recall/1` -> `test_recall_1`)."""
+    return "test_" + metric.replace("/", "_")
+
+
+def evaluate_checkpoints(
+    cfg: DictConfig, checkpoints: dict[int, Path], objective: str = "val/acc"
+) -> dict[str, Any]:
+    """Load each seed's selected weights and score them on the test split (never used for
+    selection) with the task's metrics; their ensemble (reports/ensemble.py); for
+    classification also per class and the confusion matrix. The objective's test metric is
+    summarised as test_<metric>_mean/std/min/max."""
+    members = evaluate_members(cfg, checkpoints)
+    splits, task = members["splits"], members["task"]
+    per_seed = {
+        seed: {metric_key(k): v for k, v in m.items()} for seed, m in members["per_seed"].items()
     }
+    head = metric_key(headline(objective))
+    values = np.array([m[head] for m in per_seed.values()])
+    out = {
+        "metric": headline(objective),
+        f"{head}_mean": float(values.mean()),
+        f"{head}_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        f"{head}_min": float(values.min()),
+        f"{head}_max": float(values.max()),
+        "per_seed": per_seed,
+        "ensemble": {metric_key(k): v for k, v in members["ensemble"].items()},
+        "per_class_acc": [],
+        "confusion": [],
+        "predictions": [],
+        "data_digest": splits.digest,
+        "num_classes": splits.num_classes,
+        "task": task.name,
+    }
+    if task.name == "classification":
+        k = splits.num_classes
+        confusion = np.zeros((k, k), dtype=np.int64)
+        y = splits.y_test
+        for seed, pred in sorted(members["kept"].items()):
+            np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
+            out["predictions"] += [
+                (seed, int(a), int(p)) for a, p in zip(y.tolist(), pred.tolist(), strict=True)
+            ]
+        out["per_class_acc"] = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
+        out["confusion"] = confusion.tolist()
+    return out
 
 
-def confusion_figure(confusion: list[list[int]]) -> Any:
+def confusion_figure(confusion: list[list[int]], task: str = "classification") -> Any:
+    """The test confusion matrix over all seeds; for another task a figure that says it has none
+    (the pipeline's outputs are the same files for every task)."""
     from tunelab.reports.figures import Figure
 
     m = np.asarray(confusion)
     fig = Figure(figsize=(5.2, 4.6))
     ax = fig.subplots()
+    if not m.size:
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"task={task}: no confusion matrix", ha="center", va="center")
+        return fig
     im = ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(
@@ -74,14 +99,13 @@ def seeds_of(directory: Path) -> dict[int, Path]:
     return {int(p.stem.split("_")[1]): p for p in sorted(directory.glob("seed_*.pt"))}
 
 
-def write_curves(histories: dict, path: Path) -> None:
-    """Mean and range over seeds per epoch (a seed-count-independent file for `dvc plots`)."""
-    keys = ("train/loss", "val/loss", "val/acc")
-    epochs = min(len(h["val/acc"]) for h in histories.values())
-    rows = [
-        "epoch,"
-        + ",".join(f"{k.replace('/', '_')}_{s}" for k in keys for s in ("mean", "min", "max"))
-    ]
+def write_curves(histories: dict, path: Path, objective: str = "val/acc") -> None:
+    """Mean and range over seeds per epoch (a seed-count-independent file for `dvc plots`): the
+    losses and the objective, whose columns are `objective_*` for every task."""
+    keys = ("train/loss", "val/loss", objective)
+    names = ("train_loss", "val_loss", "objective")
+    epochs = min(len(h[objective]) for h in histories.values())
+    rows = ["epoch," + ",".join(f"{n}_{s}" for n in names for s in ("mean", "min", "max"))]
     for e in range(epochs):
         cells = []
         for k in keys:

@@ -10,7 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from tunelab.reports.ensemble import ensemble_line
 from tunelab.reports.figures import close, plt
+from tunelab.reports.stats import scale_for
 
 
 def edge_warning(
@@ -97,19 +99,33 @@ def build_report(
         f"pruned, {counts.get('fail', 0)} failed trials.",
         "",
     ]
+    test = metrics.get("metric", "test/acc")  # the objective's test metric
+    head = "test_" + test.removeprefix("test/").replace("/", "_")
+    scale, unit = scale_for(test)
+    per_seed = metrics[f"{head}_per_seed"]
+    shown = (lambda v: f"{v * scale:.2f} %") if unit else (lambda v: f"{v:.4g}")
     lines += [
         "## Result",
         "",
-        f"Test accuracy over seeds {', '.join(metrics['test_acc_per_seed'])}: "
-        f"**{metrics['test_acc_mean']:.4f} ± {metrics['test_acc_std']:.4f}** "
-        f"(min {metrics['test_acc_min']:.4f}, max {metrics['test_acc_max']:.4f}). "
+        f"{test} over seeds {', '.join(per_seed)}: "
+        f"**{shown(metrics[f'{head}_mean'])} ± {shown(metrics[f'{head}_std'])}** "
+        f"(min {shown(metrics[f'{head}_min'])}, max {shown(metrics[f'{head}_max'])}). "
         "The test split was not used for any choice.",
         "",
-        "| seed | val acc | test acc | MLflow run |",
+    ]
+    if f"ensemble_{head}" in metrics:
+        line = ensemble_line(test, metrics[f"ensemble_{head}"], list(per_seed.values()))
+        lines += [
+            f"Ensemble (mean {'probability' if unit else 'prediction'} of the confirmed seeds' "
+            f"models on the test split): {line}.",
+            "",
+        ]
+    lines += [
+        f"| seed | {objective} | {test} | MLflow run |",
         "|---|---|---|---|",
     ]
     for seed, r in confirm["runs"].items():
-        lines.append(f"| {seed} | {r['val/acc']:.4f} | {r['test/acc']:.4f} | `{r['run_id']}` |")
+        lines.append(f"| {seed} | {r[objective]:.4f} | {r[test]:.4f} | `{r['run_id']}` |")
     lines += ["", "## Best configuration", ""]
     if best:
         lines += [
@@ -154,7 +170,7 @@ def build_report(
         lines += ["", *plots]
     n_complete = int((trials["state"] == "COMPLETE").sum()) if len(trials) else 0
     lines += _figure_section(out, figures_dir, confusion_png, n_complete)
-    lines += _curves_section(out, histories)
+    lines += _curves_section(out, histories, objective)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path, warnings
@@ -214,17 +230,17 @@ def _figure_section(
     return lines
 
 
-def _curves_section(out: Path, histories: dict[str, dict]) -> list[str]:
+def _curves_section(out: Path, histories: dict[str, dict], objective: str = "val/acc") -> list[str]:
     if not histories:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for seed, h in histories.items():
-        epochs = range(1, len(h["val/acc"]) + 1)  # epochs count from 1, as in the log and MLflow
+        epochs = range(1, len(h[objective]) + 1)  # epochs count from 1, as in the log and MLflow
         axes[0].plot(epochs, h["train/loss"], label=f"train seed {seed}", alpha=0.8)
         axes[0].plot(epochs, h["val/loss"], ls="--", label=f"val seed {seed}", alpha=0.8)
-        axes[1].plot(epochs, h["val/acc"], label=f"seed {seed}")
+        axes[1].plot(epochs, h[objective], label=f"seed {seed}")
     axes[0].set_title("loss")
-    axes[1].set_title("validation accuracy")
+    axes[1].set_title(objective)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)

@@ -25,7 +25,7 @@ from tunelab.reports import study_verdicts as sv
 from tunelab.reports import verdict_words
 from tunelab.reports.run_record import RunRecord
 from tunelab.reports.stats import audit, describe, doubling_gain
-from tunelab.tags import COMPARE_RUNS
+from tunelab.tags import COMPARE_RUNS, ENSEMBLE
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def _cell_summary(
             for m, v in per_seed.items()
         },
         "picked_seed": _picked(per_seed, spec.metric, spec.direction),
+        "ensemble": getattr(result, "ensemble", None) or {},
         "infeasible": checks.infeasible(result.trials),
         "stopped": result.stopped,
         "confirm_failures": {
@@ -276,8 +277,14 @@ def _records(run: StudyOutcome, summary: dict[str, Any]) -> tuple[RunRecord, dic
             for k in ("mean", "std", "ci_low", "ci_high"):
                 cell_metrics[f"confirm/{m}_{k}"] = s[k]
                 study_metrics[f"{c['cell']}/{m}_{k}"] = s[k]
+        ensemble = c["ensemble"]
+        if ensemble:
+            for k, v in ensemble["metrics"].items():
+                cell_metrics[f"ensemble/{k}"] = v
+                study_metrics[f"{c['cell']}/ensemble/{k}"] = v
         if c["mlflow_run_id"]:
             tags = {"best_trial": str(c["best_trial"])}
+            tags |= {ENSEMBLE: ensemble["line"]} if ensemble else {}
             cell_records[c["mlflow_run_id"]] = RunRecord(metrics=cell_metrics, tags=tags)
     params = {
         "scientific": spec.scientific,

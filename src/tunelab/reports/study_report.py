@@ -54,6 +54,21 @@ def _results(summary: dict[str, Any]) -> list[str]:
             + f" | {words.v(a['min'], m)} | {words.v(a['max'], m)} | {words.v(a['best_minus_median'], m)}"
             + f" | {words.v(c['search_value'], m)} | {int(c['stats'][m]['n'])} |"
         )
+    return [*lines, "", *_ensembles(summary)]
+
+
+def _ensembles(summary: dict[str, Any]) -> list[str]:
+    """Each cell's confirmed seeds as one model (the mean of their probabilities, or of their
+    predictions for regression) beside the single-seed mean ± sd, on the test split."""
+    cells = [c for c in summary["cells"] if c.get("ensemble")]
+    if not cells:
+        return []
+    lines = [
+        "Seed ensembles (seed 003): each cell's confirmed models averaged (class probabilities; "
+        "predictions for regression), on the test split:",
+        "",
+    ]
+    lines += [f"- `{c['cell']}`: {c['ensemble']['line']}" for c in cells]
     return [*lines, ""]
 
 

@@ -4,6 +4,7 @@ one MLflow run and returns a RunResult."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import partial
 from typing import Any
@@ -28,6 +29,7 @@ from tunelab.run.record import (
     finish_run,
     start_run,
 )
+from tunelab.run.refit import check_refit_data, refit, refit_mode
 from tunelab.run.store import RunStore
 from tunelab.run.tasks import Task
 from tunelab.tags import FAILURE_REASON, ROLE, Role
@@ -80,8 +82,10 @@ def _train(
     ft = cfg.get("finetune") or {}
     if ft.get("init_checkpoint"):
         load_backbone(model, ft.init_checkpoint)
-    compile_model(model.to(device), cfg.trainer)
     data = run_data(splits, device)
+    check_refit_data(cfg, data)
+    initial = copy.deepcopy(model).to(device) if refit_mode(cfg) else None  # refit starts here
+    compile_model(model.to(device), cfg.trainer)
     try:
         augment = build_augment(cfg, splits)
     except ValueError as exc:  # an augmentation this data's examples cannot take
@@ -133,9 +137,35 @@ def _train(
                 seed=int(cfg.seed),
                 task=s.task,
             )
+            refitted = None
+            if initial is not None:
+                compile_model(initial, cfg.trainer)
+                refitted = refit(
+                    cfg,
+                    initial,
+                    data,
+                    state.best_epoch,
+                    task=s.task,
+                    allow=s.allow,
+                    tracker=tracker,
+                    augment=augment,
+                    autocast=autocast,
+                    lr_mult=lr_mult,
+                    freeze_backbone_epochs=int(ft.get("freeze_backbone_epochs", 0)),
+                )
             optimizer_name = str(cfg.optimizer.get("name", ""))
             summary = finish_run(
-                tracker, ctx, optimizer_name, model, data, state, splits, store, autocast, s.task
+                tracker,
+                ctx,
+                optimizer_name,
+                model,
+                data,
+                state,
+                splits,
+                store,
+                autocast,
+                s.task,
+                refit=refitted,
             )
         except BaseException as exc:
             record_failure(tracker, store, exc, state)
@@ -147,8 +177,15 @@ def _train(
         objective=str(cfg.objective.metric),
         metrics=summary,
         history=state.history,
-        checkpoint=store.best_path if store.best_path.exists() else None,
+        checkpoint=_selected_checkpoint(store, refitted),
     )
+
+
+def _selected_checkpoint(store: RunStore, refitted: Any) -> Any:
+    """The weights the run's test metrics come from: the refit's, else the selected epoch's."""
+    if refitted is not None:
+        return refitted.checkpoint
+    return store.best_path if store.best_path.exists() else None
 
 
 def open_record(

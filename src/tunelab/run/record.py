@@ -17,6 +17,7 @@ from tunelab.run.context import RunContext
 from tunelab.run.lineage import git_state, lineage_tags
 from tunelab.run.loop import DivergedError, Pruned, TrainState, evaluate_split
 from tunelab.run.names import job_name, swept_values
+from tunelab.run.refit import TRAIN_VAL, Refit
 from tunelab.run.signals import Preempted, Terminated
 from tunelab.run.tasks import Task
 from tunelab.tags import (
@@ -24,6 +25,7 @@ from tunelab.tags import (
     FAILURE_REASON,
     FAILURE_TAGS,
     PREEMPTED,
+    REFIT,
     ROLE,
     TASK,
     TASK_LOSS,
@@ -33,6 +35,7 @@ from tunelab.tags import (
 from tunelab.tracking import Tracker
 
 log = logging.getLogger(__name__)
+REFIT_CHECKPOINT = "refit.pt"  # the refit's weights, beside best.pt
 
 
 def close_unfinished(tracker: Tracker, run_id: str) -> None:
@@ -138,18 +141,30 @@ def finish_run(
     store: Any,
     autocast: Any,
     task: Task | None = None,
+    refit: Refit | None = None,
 ) -> dict[str, float]:
     """Restore the selected (best-validation) weights, report the task's test metrics (default:
     classification), log artifacts. `optimizer` names the optimizer (the diagnosis's advice
-    depends on its family)."""
+    depends on its family). With a refit (run/refit.py) test/* and the logged model are the
+    refit's, the selected weights' test metrics are kept as train_only/test/*."""
     h = state.history
     task = task or Task(outputs=splits.num_classes)
     store.load_best(model)
     val, val_kept, y_val = evaluate_split(model, data, "val", autocast, task)
     test, _, y_test = evaluate_split(model, data, "test", autocast, task)
+    refit_summary = {}
+    if refit is not None:
+        refit_summary = {f"train_only/test/{k}": v for k, v in test.items()} | refit.metrics()
+        test, _, y_test = evaluate_split(refit.model, data, "test", autocast, task)
+        model = refit.model
+        store.save({"model": model.state_dict(), "epoch": refit.epochs}, REFIT_CHECKPOINT)
+        store.flush()
+        refit.checkpoint = store.dir / REFIT_CHECKPOINT
+        tracker.set_tags({REFIT: TRAIN_VAL})
     summary = {
         **{f"val/{k}": v for k, v in val.items()},
         **{f"test/{k}": v for k, v in test.items()},
+        **refit_summary,
         "best_epoch": float(state.best_epoch),
         "epochs_run": float(state.epoch),
         "train/loss": h["train/loss"][-1],
@@ -158,7 +173,7 @@ def finish_run(
         "data/n_val": float(len(y_val)),  # what an accuracy's sampling error rests on
         "data/n_test": float(len(y_test)),
     }
-    tests = {k: v for k, v in summary.items() if k.startswith("test/")}
+    tests = {k: v for k, v in summary.items() if k.startswith(("test/", "train_only/", "refit/"))}
     tracker.log_metrics(
         {f"best/{k}": v for k, v in summary.items() if k.startswith("val/")}
         | tests
@@ -174,6 +189,8 @@ def finish_run(
     tracker.log_dict(h, "history.json")
     if store.best_path.exists():
         tracker.log_artifact(store.best_path, "checkpoints")
+    if refit is not None:
+        tracker.log_artifact(refit.checkpoint, "checkpoints")
     if ctx.log_model is not False:
         tracker.log_model(model.cpu(), example_inputs(data).cpu().numpy())
     tracker.end("FINISHED")

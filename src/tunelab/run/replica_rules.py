@@ -92,6 +92,8 @@ def config_reason(cfg: DictConfig) -> str | None:
             f"augment={cfg.augment.get('name')} draws each batch's augmentation from the run's "
             "seed; the stacked replicas share one batch step"
         )
+    if OmegaConf.select(cfg, "confirm.refit", default=None):
+        return "confirm.refit trains each seed again on train+val after its own selection"
     ft = cfg.get("finetune") or {}
     tuned = ft.get("init_checkpoint") or ft.get("freeze_backbone_epochs")
     if tuned or ft.get("backbone_lr_mult", 1.0) != 1.0:

@@ -31,7 +31,9 @@ from tunelab.compat.hydra_internals import runs_in_process
 from tunelab.config.identity import digest
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, quote
+from tunelab.config.tasks import test_metric
 from tunelab.processes import file_lock
+from tunelab.reports.ensemble import seed_ensemble
 from tunelab.reports.study_analysis import StudyOutcome
 from tunelab.run import signals
 from tunelab.run.context import RunContext
@@ -42,7 +44,7 @@ from tunelab.tuning import study_storage
 from tunelab.tuning.inprocess import runner_for
 from tunelab.tuning.jobs import can_group, job_overrides, read_job, seed_outcomes
 from tunelab.tuning.settings import StudySweeperConf, cell_sweep_settings, tracking_target
-from tunelab.tuning.study_spec import Cell, StudySpec, parse
+from tunelab.tuning.study_spec import Cell, StudySpec, merge_overrides, parse
 from tunelab.tuning.sweep_runs import log_record
 from tunelab.tuning.sweeper import Sweep, SweepStopped
 
@@ -61,6 +63,7 @@ class CellResult:
     stopped: str = ""
     confirm: dict[int, dict[str, Any]] = field(default_factory=dict)
     config: Any = None  # the cell's composed config (None when it cannot be composed here)
+    ensemble: dict[str, Any] = field(default_factory=dict)  # the confirmed seeds as one model
 
     @property
     def best_params(self) -> dict[str, Any]:
@@ -230,12 +233,57 @@ class StudyRun:
         result.config = self._compose(args)
         if result.feasible:
             self._confirm(study, result, fixed)
+            result.ensemble = self._ensemble(result, args)
         else:
             log.warning("cell %s: no trial finished; nothing to confirm", cell.name)
         if self.writer and run_id:
             self.writer.end_run(run_id, "FINISHED")
         self.cell_run_id = None
         return result
+
+    def _ensemble(self, result: CellResult, args: list[str]) -> dict[str, Any]:
+        """The cell's confirmed seeds as one model (reports/ensemble.py): their recorded
+        checkpoints (the refit's where confirm.refit made one), read from MLflow into the study's
+        folder and loaded with weights_only=True, scored on the test split. Empty when fewer
+        than two seeds finished or the store is not MLflow; a problem is logged, not raised."""
+        runs = {
+            s: r["run_id"]
+            for s, r in result.confirm.items()
+            if r.get("kind") == "complete" and r.get("run_id")
+        }
+        if len(runs) < 2 or not self.writer:
+            return {}
+        best = [f"{k}={quote(str(v))}" for k, v in result.best_params.items()]
+        config = self._compose([*args, *best])
+        if config is None:
+            return {}
+        folder = self.root / "study" / "ensembles" / result.cell.name
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for seed, run_id in runs.items():
+            for name in ("refit.pt", "best.pt"):
+                data = self.writer.artifact_bytes(run_id, f"checkpoints/{name}")
+                if data:
+                    paths[seed] = folder / f"seed_{seed}.pt"
+                    paths[seed].write_bytes(data)
+                    break
+        if len(paths) < 2:
+            log.warning(
+                "cell %s: fewer than 2 confirmed checkpoints recorded: no ensemble",
+                result.cell.name,
+            )
+            return {}
+        split = (
+            self.spec.vary_split and OmegaConf.select(self.config, "data.split_seed") is not None
+        )
+        configs = {}
+        for seed in paths if split else ():  # each seed trained on its own split (its own scaling)
+            configs[seed] = self._compose([*args, *best, f"data.split_seed={seed}"])
+        try:
+            return seed_ensemble(config, paths, test_metric(self.spec.metric), configs)
+        except Exception as exc:  # the report goes on without it
+            log.warning("cell %s: ensemble not evaluated: %s", result.cell.name, mask(str(exc)))
+            return {}
 
     def _compose(self, args: list[str]) -> Any:
         """The config a cell's jobs start from (for the checks of settings that cannot act)."""
@@ -265,6 +313,8 @@ class StudyRun:
         config = copy.deepcopy(self.config)
         with open_dict(config):
             config.hydra.sweep.dir = str(cell_dir)
+        if OmegaConf.select(self.config, "confirm.refit", default=None) is not None:
+            args = merge_overrides(args, ["confirm.refit=null"])  # only confirmations refit
         sweep = _CellSweep(settings, config, self.launcher, [*args, _sweep_dir(cell_dir)])
         sweep.adopt = lambda run_id: self._adopt(cell, run_id)
         log.info("cell %s: nuisance study %s (%d trials)", cell.name, name, self.spec.n_trials)
