@@ -12,6 +12,7 @@ from tunelab.findings import search_section, study_section
 from tunelab.findings.spec import Claim, Spec
 from tunelab.findings.store import Reader
 from tunelab.findings.study_section import DATA, Section
+from tunelab.findings.verdict import drifted
 from tunelab.tags import ROLE, Role
 
 ARTICLES = {
@@ -36,6 +37,7 @@ class Written:
     figures: list[Path]
     run_ids: list[str]
     spans: list[tuple[float, float]]
+    drift: list[str]  # conclusions whose declared verdicts the runs no longer give
 
 
 def _row(cells: list[str]) -> str:
@@ -71,6 +73,7 @@ def section(
             "",
         ]
     )
+    given: dict[str, list[str]] = {}
     for d in claim.datasets:
         if claim.kind == "search":
             part = search_section.search(
@@ -84,7 +87,16 @@ def section(
         out.glance += part.glance
         out.run_ids += part.run_ids
         out.spans += part.spans
-    if budget == "full" and claim.conclusion:
+        given[d] = part.verdicts
+    out.drift = [f"{claim.id}, {d}" for d in drifted(claim, given)] if budget == "full" else []
+    if out.drift:
+        out.lines += [
+            "**What it shows.** *(The conclusion written in claims.yaml is not printed: it rests on "
+            "verdicts these runs no longer give (" + "; ".join(out.drift) + "). It needs "
+            "rewriting from the tables above.)*",
+            "",
+        ]
+    elif budget == "full" and claim.conclusion:
         out.lines += ["**What it shows.** " + " ".join(claim.conclusion.split()), ""]
     elif claim.conclusion:
         out.lines += [
@@ -165,7 +177,7 @@ def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
     out.write_text("\n".join(head + body).rstrip() + "\n")
     figures = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
     ids = [i for p in parts for i in p.run_ids]
-    return Written(out, figures, ids, spans)
+    return Written(out, figures, ids, spans, [d for p in parts for d in p.drift])
 
 
 __all__ = ["DATA", "Written", "commands", "write"]

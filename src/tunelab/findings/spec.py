@@ -13,6 +13,7 @@ EXPECTS = ("higher", "not_lower", "equal")
 KINDS = ("study", "audit", "search")
 DATASETS = ("mnist1d", "digits")
 SEARCH_BUDGET = ("trials", "epochs", "grid_points", "study_seeds")
+VERDICTS = ("supported", "contradicted", "not resolved", "no comparison", "one study each")
 
 
 class SpecError(ValueError):
@@ -46,6 +47,7 @@ class Claim:
     study: str | None = None
     checks: list[Check] = field(default_factory=list)
     conclusion: str | None = None
+    rests_on: dict[str, list[str]] = field(default_factory=dict)  # dataset: a verdict per check
     problem: list[str] = field(default_factory=list)
     space: list[str] = field(default_factory=list)
     methods: list[Method] = field(default_factory=list)
@@ -195,6 +197,18 @@ def _claim(c: dict[str, Any]) -> Claim:
     for k in checks:
         if k.expect not in EXPECTS:
             raise SpecError(f"claim {cid}: expect {k.expect!r} is not one of {EXPECTS}")
+    rests_on = {str(d): [str(w) for w in ws] for d, ws in (c.get("rests_on") or {}).items()}
+    if c.get("conclusion") and checks and sorted(rests_on) != sorted(datasets):
+        raise SpecError(
+            f"claim {cid}: its conclusion names no verdicts it rests on for every dataset "
+            f"(rests_on: {{dataset: [a verdict per check]}} for {datasets})"
+        )
+    for d, words in rests_on.items():
+        if len(words) != len(checks) or not set(words) <= set(VERDICTS):
+            raise SpecError(
+                f"claim {cid}: rests_on.{d} must be {len(checks)} verdicts, one per check, "
+                f"each one of {VERDICTS} (got {words})"
+            )
     methods = [
         Method(n, list(m.get("overrides", [])), bool(m.get("seeded", True)), m.get("space"))
         for n, m in (c.get("methods") or {}).items()
@@ -214,6 +228,7 @@ def _claim(c: dict[str, Any]) -> Claim:
         study=c.get("study"),
         checks=checks,
         conclusion=c.get("conclusion"),
+        rests_on=rests_on,
         problem=list(c.get("problem", [])),
         space=list(c.get("space", [])),
         methods=methods,

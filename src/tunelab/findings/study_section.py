@@ -25,6 +25,8 @@ class Section:
     glance: list[list[str]] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     spans: list[tuple[float, float]] = field(default_factory=list)  # each study's or sweep's run
+    verdicts: list[str] = field(default_factory=list)  # one word per check, in the claim's order
+    drift: list[str] = field(default_factory=list)  # where the conclusion no longer holds
 
 
 def figure(
@@ -114,6 +116,7 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
         j = judge(judged["pairs"], check, margin)
         out.lines.append(f"- {line(j, margin)}")
         out.glance.append(glance_row(claim, dataset, j))
+        out.verdicts.append(j.word)
     out.lines += ["", *verdict_words.power(judged)]
     warned = sorted({c["budget"] for c in summary["cells"] if c.get("budget")})
     edges = [f"`{c['cell']}`: {w}" for c in summary["cells"] for w in c.get("edge_warnings", [])]
