@@ -170,3 +170,127 @@ def _claims_with(tmp_path: Path, change) -> Path:
 def test_a_conclusion_without_its_verdicts_is_refused(tmp_path, change, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         findings_spec.load(_claims_with(tmp_path, change))
+
+
+# ---- what each claim is judged on -----------------------------------------------------------
+
+
+class StudyStore:
+    """One finished study, as the findings read it: two cells, `fast`'s runs still improving."""
+
+    def __init__(self) -> None:
+        stats = {"mean": 0.9, "std": 0.01, "ci_low": 0.88, "ci_high": 0.92}
+        flags = {
+            "fast": {"1": ["still_improving"], "2": ["still_improving"], "3": []},
+            "slow": {"1": [], "2": [], "3": []},
+        }
+        self.doc = {
+            "judged": {
+                "test/acc": {
+                    "pairs": [
+                        {
+                            "a": "fast",
+                            "b": "slow",
+                            "diff": 0.02,
+                            "low": 0.01,
+                            "high": 0.03,
+                            "resolved": True,
+                            "n": 3,
+                        }
+                    ],
+                    "top_set": ["fast"],
+                    "power": {"sd": float("nan")},
+                    "metric": "test/acc",
+                }
+            },
+            "top_set": ["fast"],
+            "seeds": [1, 2, 3],
+            "n_trials": 2,
+            "figures": {},
+            "cells": [
+                {
+                    "cell": c,
+                    "stats": {"test/acc": stats, "val/acc": stats},
+                    "best_params": {},
+                    "curve_flags": flags[c],
+                    "mlflow_run_id": c * 8,
+                    "confirm_runs": {},
+                }
+                for c in ("fast", "slow")
+            ],
+        }
+
+    def require(self, kind, name):
+        return SimpleNamespace(info=SimpleNamespace(run_id="s" * 32))
+
+    def summary(self, run):
+        return self.doc
+
+    def training(self, name):
+        return "cnn model, 8 epochs per run"
+
+    def seconds_by_cell(self, name):
+        return {}
+
+    def span(self, run):
+        return (0.0, 1.0)
+
+
+@pytest.mark.parametrize("about", ["final_quality", "short_budget"])
+def test_a_verdict_from_runs_still_improving_is_marked_in_its_section_and_at_a_glance(
+    tmp_path, about
+):
+    from dataclasses import replace
+
+    from tunelab.findings import study_section
+    from tunelab.findings.spec import Check
+
+    claim = next(c for c in findings_spec.load(CLAIMS).claims if c.id == "l2")
+    claim = replace(claim, about=about, checks=[Check("fast", "slow", "higher")])
+    part = study_section.study(StudyStore(), claim, "mnist1d", tmp_path, 0.01)
+    (verdict,) = [x for x in part.lines if x.startswith("- `fast` − `slow`")]
+    assert verdict.endswith("*Drawn from runs still improving (`fast` 2/3).*")
+    judged = {"final_quality": "final quality", "short_budget": "short budget"}[about]
+    assert part.glance == [
+        [
+            claim.title,
+            "MNIST-1D",
+            "`fast` − `slow`",
+            "+2.00",
+            "[+1.00, +3.00]",
+            f"{judged}, runs still improving",
+            "supported",
+        ]
+    ]
+    assert (part.cells, part.improving, part.verdicts) == (2, 1, ["supported"])
+
+
+def test_final_quality_claims_train_until_they_stop_improving_at_the_full_budget_only():
+    spec = findings_spec.load(CLAIMS)
+    stop = spec.budget("full").final_quality
+    assert any(s.startswith("trainer.early_stopping.patience=") for s in stop)
+    assert any(s.startswith("trainer.max_epochs=") for s in stop)
+    about = {c.id: c.about for c in spec.claims}
+    assert about["lr_momentum"] == about["search_methods"] == "short_budget"
+    for job in spec.jobs("full"):
+        assert (set(stop) <= set(job.overrides)) == (about[job.claim] == "final_quality"), job.name
+    assert not any(set(stop) & set(j.overrides) for j in spec.jobs("reduced"))
+
+
+def test_the_batch_size_study_gives_every_cell_the_same_number_of_optimizer_steps():
+    study = yaml.safe_load((ROOT / "conf" / "study" / "batch_size.yaml").read_text())
+    cells = study["hydra"]["sweeper"]["scientific"]["values"]
+    epochs_per_batch = set()
+    for name, overrides in cells.items():
+        given = dict(o.split("=", 1) for o in overrides)
+        assert given["trainer.batch_size"] == name
+        epochs_per_batch.add(int(given["trainer.max_epochs"]) / int(name))  # steps ∝ epochs / batch
+    assert len(cells) == 4 and len(epochs_per_batch) == 1
+    claim = next(c for c in findings_spec.load(CLAIMS).claims if c.id == "batch_size")
+    assert claim.note and "same number of optimizer steps" in claim.note
+
+
+def test_a_claim_that_does_not_say_what_it_is_about_is_refused(tmp_path):
+    path = _claims_with(tmp_path, lambda r: r["claims"][0].update(about="speed"))
+    with pytest.raises(SpecError, match="claim lr_momentum: about must be one of"):
+        findings_spec.load(path)

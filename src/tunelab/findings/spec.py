@@ -13,6 +13,7 @@ EXPECTS = ("higher", "not_lower", "equal")
 KINDS = ("study", "audit", "search")
 DATASETS = ("mnist1d", "digits")
 SEARCH_BUDGET = ("trials", "epochs", "grid_points", "study_seeds")
+ABOUT = ("final_quality", "short_budget")  # what a claim's article is about: see claims.yaml
 VERDICTS = ("supported", "contradicted", "not resolved", "no comparison", "one study each")
 
 
@@ -44,6 +45,8 @@ class Claim:
     says: str
     kind: str
     datasets: list[str]
+    about: str = "final_quality"
+    note: str | None = None  # how the study tests the claim, where the budget needs saying
     study: str | None = None
     checks: list[Check] = field(default_factory=list)
     conclusion: str | None = None
@@ -61,6 +64,7 @@ class Budget:
     study: list[str]
     audit: list[str]
     search: dict[str, Any]
+    final_quality: list[str] = field(default_factory=list)  # added to final-quality studies
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Spec:
 
 def study_jobs(c: Claim, b: Budget) -> list[Job]:
     extra = b.audit if c.kind == "audit" else b.study
+    extra = [*extra, *(b.final_quality if c.about == "final_quality" else [])]
     return [
         Job(
             c.id,
@@ -181,6 +186,7 @@ def _budget(name: str, b: dict[str, Any]) -> Budget:
         list(b.get("study", [])),
         list(b.get("audit", [])),
         search,
+        [str(o) for o in b.get("final_quality") or []],
     )
 
 
@@ -193,6 +199,9 @@ def _claim(c: dict[str, Any]) -> Claim:
     bad = [d for d in datasets if d not in DATASETS]
     if not datasets or bad:
         raise SpecError(f"claim {cid}: datasets must be some of {DATASETS} (got {datasets})")
+    about = c.get("about")
+    if about not in ABOUT:
+        raise SpecError(f"claim {cid}: about must be one of {ABOUT} (got {about!r})")
     checks = [Check(str(k["a"]), str(k["b"]), str(k["expect"])) for k in c.get("checks", [])]
     for k in checks:
         if k.expect not in EXPECTS:
@@ -225,6 +234,8 @@ def _claim(c: dict[str, Any]) -> Claim:
         says=" ".join(str(c["says"]).split()),
         kind=kind,
         datasets=datasets,
+        about=about,
+        note=" ".join(str(c["note"]).split()) if c.get("note") else None,
         study=c.get("study"),
         checks=checks,
         conclusion=c.get("conclusion"),
