@@ -180,9 +180,10 @@ def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
         f"Written by `tunelab findings write` from the MLflow experiment `{reader.experiment_name}` (of "
         "the findings' own store, `results/findings/mlflow.db`, unless `--tracking-uri` names another) and "
         "`docs/findings/claims.yaml`; every number is computed from the runs the document names "
-        "(`tunelab trace <run id> --tracking-uri <the store>` shows where each came from). Regenerate the "
-        "runs with `tunelab "
-        "findings run` (it runs only what the store lacks, then writes this file).",
+        "(`tunelab trace <run id>` shows where each came from, from the store or, without it, from the "
+        "record `findings/record.parquet` beside this file: every run as data, from which `tunelab "
+        "findings write` regenerates this file). Regenerate the runs with `tunelab findings run` (it "
+        "runs only what the store lacks, then writes this file and the record).",
         "",
         f"- **Budget `{budget}`**: {' '.join(b.about.split())}.",
         f"- **Compute**: {compute(spans)}, on {' '.join(b.machine.split())} ({environment(reader)}).",
