@@ -42,7 +42,13 @@ class FakeStore:
                     f"{i:x}" * 32,
                     2000 + 10 * i,
                     {ROLE: Role.CONFIRM, STUDY: "l2-mnist1d", CELL: "0.01", PARENT_RUN_ID: study},
-                    {"val/acc": 0.5 + i / 100, "test/acc": 0.6, "val/loss": 1.0},
+                    {
+                        "val/acc": 0.5 + i / 100,
+                        "test/acc": 0.6,
+                        "val/loss": 1.0,
+                        "val/recall/2": 0.4,
+                        "val/acc_class_3": 0.3,
+                    },
                 )
                 for i in (1, 2, 3)
             ),
@@ -76,7 +82,8 @@ def test_the_record_keeps_every_run_as_data_and_answers_as_the_store_does(tmp_pa
         assert got.data.tags == {k: v for k, v in r.data.tags.items() if k != "mlflow.user"}
     confirm = kept.run("1" * 32)
     want = {k: [(0, len(k)), (1, 0.1 + len(k)), (2, 0.2 + len(k))] for k in ("val/acc", "val/loss")}
-    assert confirm.history == want
+    assert confirm.history == want  # the per-class curves are left out; their final values kept
+    assert confirm.data.metrics["val/acc_class_3"] == 0.3
     assert kept.artifact("a" * 32, "summary.json") == fake.summary
     assert kept.artifact("a" * 32, "figures/iso.png") == b"\x89PNG fake"
     assert kept.artifact("a" * 32, "figures/x.png") is None  # figures the document does not copy

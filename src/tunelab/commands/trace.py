@@ -96,6 +96,11 @@ def from_record(record: Path, run_id: str, tracking_uri: str | None) -> tuple[An
     if run is None:
         return None
     print(f"from the record {record} (experiment '{kept.experiment_name}'; not in the store)")
+    m = run.data.metrics
+    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("val/acc", "test/acc") if k in m)
+    if shown:
+        epochs = len(run.history.get("val/acc", []))
+        print(f"final {shown}" + (f" ({epochs} epochs of val/acc kept)" if epochs else ""))
     return kept, run
 
 

@@ -16,7 +16,7 @@ from tunelab.findings.store import Reader
 from tunelab.tags import PARENT_RUN_ID, ROLE, TRAINING_ROLES, Role
 
 FIGURES = ("isolation", "seed_spread")  # the study figures the document copies
-HISTORY = "val/"  # the per-epoch metrics kept: the validation curves the curve diagnosis reads
+HISTORY = "val/"  # the per-epoch metrics kept: the validation curves, not their per-class parts
 KEEP_MLFLOW = (PARENT_RUN_ID,)  # MLflow's own tags kept (not its user, source or note)
 INFO = ("experiment_id", "run_name", "status", "start_time", "end_time")
 FIELDS = ("run_id", "kind", "key", "step", "value", "text", "data")
@@ -91,7 +91,7 @@ def _rows(reader: Reader, run: Any) -> list[dict[str, Any]]:
         {**row, "run_id": rid, "kind": "metric", "key": k, "value": v} for k, v in d.metrics.items()
     ]
     if d.tags.get(ROLE) in TRAINING_ROLES:
-        for k in sorted(k for k in d.metrics if k.startswith(HISTORY)):
+        for k in sorted(k for k in d.metrics if _curve(k)):
             out += [
                 {
                     **row,
@@ -114,6 +114,12 @@ def _rows(reader: Reader, run: Any) -> list[dict[str, Any]]:
             if data is not None:
                 out.append({**row, "run_id": rid, "kind": "artifact", "key": path, "data": data})
     return out
+
+
+def _curve(key: str) -> bool:
+    """A validation metric of the whole split (val/acc, val/loss, val/macro_f1), not of a class:
+    per-class curves would multiply the record's size by the number of classes."""
+    return key.startswith(HISTORY) and key.count("/") == 1 and "_class_" not in key
 
 
 def export(reader: Reader, path: Path) -> int:
