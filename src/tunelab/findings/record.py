@@ -122,6 +122,13 @@ def _curve(key: str) -> bool:
     return key.startswith(HISTORY) and key.count("/") == 1 and "_class_" not in key
 
 
+def _order(row: dict[str, Any]) -> tuple:
+    """A total order of the rows (a step logged twice included), so the bytes never depend on
+    the order the store answered in."""
+    step = -1 if row["step"] is None else row["step"]
+    return (row["run_id"], row["kind"], row["key"], step, repr(row["value"]), row["text"] or "")
+
+
 def export(reader: Reader, path: Path) -> int:
     """Write every run of the reader's experiment to `path` (Parquet); the number of runs."""
     import pyarrow as pa
@@ -134,7 +141,7 @@ def export(reader: Reader, path: Path) -> int:
     rows[0]["text"] = reader.experiment_name
     for r in runs:
         rows += _rows(reader, r)
-    rows.sort(key=lambda r: (r["run_id"], r["kind"], r["key"], r["step"] or 0))
+    rows.sort(key=_order)
     table = pa.Table.from_pylist(rows, schema=_schema())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
