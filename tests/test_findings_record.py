@@ -293,6 +293,8 @@ def test_the_batch_size_study_gives_every_cell_the_same_number_of_optimizer_step
         assert given["trainer.batch_size"] == name
         epochs_per_batch.add(int(given["trainer.max_epochs"]) / int(name))  # steps ∝ epochs / batch
     assert len(cells) == 4 and len(epochs_per_batch) == 1
+    for job in findings_spec.load(CLAIMS).jobs("reduced", ["batch_size"]):  # a token budget
+        assert sum("trainer.max_epochs=1" in o for o in job.overrides) == 5, job.overrides
     claim = next(c for c in findings_spec.load(CLAIMS).claims if c.id == "batch_size")
     assert claim.note and "same number of optimizer steps" in claim.note
 

@@ -65,6 +65,7 @@ class Budget:
     audit: list[str]
     search: dict[str, Any]
     final_quality: list[str] = field(default_factory=list)  # added to final-quality studies
+    claims: dict[str, list[str]] = field(default_factory=dict)  # added to one claim's studies
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,11 @@ class Spec:
 
 def study_jobs(c: Claim, b: Budget) -> list[Job]:
     extra = b.audit if c.kind == "audit" else b.study
-    extra = [*extra, *(b.final_quality if c.about == "final_quality" else [])]
+    extra = [
+        *extra,
+        *(b.final_quality if c.about == "final_quality" else []),
+        *b.claims.get(c.id, []),
+    ]
     return [
         Job(
             c.id,
@@ -187,6 +192,7 @@ def _budget(name: str, b: dict[str, Any]) -> Budget:
         list(b.get("audit", [])),
         search,
         [str(o) for o in b.get("final_quality") or []],
+        {str(k): [str(o) for o in v] for k, v in (b.get("claims") or {}).items()},
     )
 
 
