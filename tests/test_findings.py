@@ -17,7 +17,7 @@ from tunelab.findings import spec as findings_spec
 from tunelab.findings.spec import Check, SpecError
 from tunelab.findings.verdict import judge
 
-# the reduced findings run: built once, on one worker; 22 studies take minutes on 2 busy cores
+# the reduced findings run: built once, on one worker; 25 studies take minutes on 2 busy cores
 pytestmark = [pytest.mark.xdist_group("findings"), pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,8 @@ def test_the_reduced_budget_writes_every_claim_with_tables_that_parse(reduced):
     words = {"supported", "contradicted", "not resolved", "no comparison", "one study each"}
     for row in glance[2:]:
         assert row[-1] in words or row[2] == "best seed − median seed", row
-    assert "[22/22]" in stdout and "wrote" in stdout
+    jobs = len(spec.jobs("reduced"))
+    assert f"[{jobs}/{jobs}]" in stdout and "wrote" in stdout
 
 
 @pytest.mark.slow
@@ -207,7 +208,8 @@ def test_the_document_cannot_drift_from_the_store(reduced):
     before = out.read_text()
     again = tunelab("findings", "run", *args, cwd=work, timeout=300)  # everything is there
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already in the store, kept") == 22
+    jobs = len(findings_spec.load(CLAIMS).jobs("reduced"))
+    assert again.stdout.count("already in the store, kept") == jobs
     assert out.read_text() == before
 
 
@@ -221,3 +223,146 @@ def test_a_claim_reads_in_the_words_of_the_report():
         "`x` − `y`: +1.23 points [−0.10, +2.50], 5 seeds: **supported** "
         "(the article: no lower than (margin ±1.0))"
     )
+
+
+# ---- the record: the document and `trace` without the store -------------------------------
+
+
+@pytest.mark.slow
+def test_the_document_regenerates_identically_from_its_record_alone(reduced, tmp_path):
+    """A fresh directory with no store and no training: `write` reads the record `run` exported
+    beside the document and gives the same text and the same figures, byte for byte; exporting
+    the same store again gives the same record, byte for byte."""
+    work, uri, out, _, _ = reduced
+    shipped = out.parent / "findings" / "record.parquet"
+    assert shipped.is_file() and shipped.stat().st_size < 5_000_000
+    (tmp_path / "findings").mkdir()
+    (tmp_path / "findings" / "record.parquet").write_bytes(shipped.read_bytes())
+    fresh = tmp_path / "FINDINGS.md"
+    done = tunelab(
+        "findings",
+        "write",
+        "--budget",
+        "reduced",
+        "--out",
+        str(fresh),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/none.db",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "read the record" in done.stdout
+    assert not (tmp_path / "none.db").exists()  # the absent store was not created
+    assert fresh.read_text() == out.read_text()
+    figures = sorted(p.name for p in (out.parent / "findings").glob("*.png"))
+    assert figures and figures == sorted(p.name for p in (tmp_path / "findings").glob("*.png"))
+    for name in figures:
+        assert (tmp_path / "findings" / name).read_bytes() == (
+            out.parent / "findings" / name
+        ).read_bytes(), name
+    again = tmp_path / "again.parquet"
+    done = tunelab(
+        "findings",
+        "export",
+        "--budget",
+        "reduced",
+        "--tracking-uri",
+        uri,
+        "--record",
+        str(again),
+        cwd=work,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert again.read_bytes() == shipped.read_bytes()
+
+
+@pytest.mark.slow
+def test_trace_answers_for_a_cited_run_from_the_record_without_the_store(reduced, tmp_path):
+    _, _, out, _, _ = reduced
+    record = out.parent / "findings" / "record.parquet"
+    text = out.read_text()
+    study = re.search(r"Study run `([0-9a-f]{32})`", text).group(1)
+    seed = re.search(r"seed 1 `([0-9a-f]{32})`", text).group(1)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/none.db"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab", "trace", seed, "--record", str(record)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "from the record" in done.stdout and seed in done.stdout
+    assert "parent: " in done.stdout and "confirm" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelab", "trace", study, "--record", str(record)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "children:" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "tunelab", "trace", "0" * 32, "--record", str(record)],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode != 0 and "no MLflow store" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_conclusion_whose_verdicts_the_runs_no_longer_give_is_flagged_not_printed(
+    reduced, tmp_path
+):
+    """The reduced runs written as if they were the full budget: the conclusion whose declared
+    verdicts match is printed; the one whose verdicts differ is replaced by a flag naming the
+    change, and `write` exits 1."""
+    from tunelab.findings.study_section import DATA
+
+    _, _, out, _, _ = reduced
+    record = out.parent / "findings" / "record.parquet"
+    glance = {}
+    for row in tables(out.read_text())[0][2:]:
+        glance.setdefault((row[0], row[1]), []).append(row[-1])
+    other = {"supported": "contradicted"}
+
+    def as_full(raw):
+        raw["experiment"] = "findings-reduced"  # the record's experiment at the budget "full"
+        raw["budgets"]["full"] = raw["budgets"]["reduced"]
+        for c in raw["claims"]:
+            if c.get("rests_on"):
+                c["rests_on"] = {d: glance[(c["title"], DATA[d])] for d in c["rests_on"]}
+        lr = raw["claims"][0]["rests_on"]["mnist1d"]
+        lr[0] = other.get(lr[0], "supported")  # one verdict the runs do not give
+
+    claims = _write(tmp_path, as_full)
+    doc = tmp_path / "FINDINGS.md"
+    done = tunelab(
+        "findings",
+        "write",
+        "--from-record",
+        "--record",
+        str(record),
+        "--claims",
+        str(claims),
+        "--out",
+        str(doc),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "lr_momentum, mnist1d `lr_large_mom_large` − `lr_small_mom_small`" in done.stderr
+    text = doc.read_text()
+    assert "The conclusion written in claims.yaml is not printed" in text
+    assert text.count("**What it shows.**") == 8  # every claim with a conclusion: 7 printed, 1 flag
+    spec = findings_spec.load(claims)
+    l2 = next(c for c in spec.claims if c.id == "l2")
+    assert " ".join(l2.conclusion.split()) in text

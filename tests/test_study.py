@@ -42,7 +42,8 @@ def test_every_preset_composes_and_parses(name):
         assert f"study={name}" in args and f"experiment={spec.experiment}" in args
         # the cell's jobs compose (its overrides and a point of its nuisance space)
         job = _config(*[a for a in args if not a.startswith("hydra.")])
-        assert job.trainer.max_epochs <= max(15, _recipe_epochs(job))
+        steps = job.trainer.max_epochs * min(1, 128 / job.trainer.batch_size)  # epochs at batch 128
+        assert steps <= max(15, _recipe_epochs(job))
         recipe = job.hydra.runtime.choices.get("recipe")
         applied = recipe is not None and (CONF / "recipe" / f"{recipe}.yaml").exists()
         recipes[(job.model.name, job.optimizer.name)] = recipe if applied else None

@@ -5,6 +5,9 @@
     tunelab trace RUN_ID                                    a run: its stage, dvc.lock entry,
                                                             sweep or study, parent and children
 
+A run id the store lacks (or any, when there is no store) is looked up in the findings' record
+(docs/findings/record.parquet, or --record): the runs docs/FINDINGS.md cites, without their store.
+
 Each run is listed with its seed, git commit, data digest and a link into the MLflow UI. What the
 store holds is printed with its control characters and escape sequences shown, never sent raw to
 the terminal (common.printable)."""
@@ -40,17 +43,28 @@ from tunelab.tracking.policy import tag_filter
 
 HELP = "list the runs behind a metric, a sweep or a study, or where a run came from"
 LINEAGE = "lineage.json"  # written beside a stage's metrics: the runs they were computed from
+RECORD = Path("docs/findings/record.parquet")  # the runs behind docs/FINDINGS.md, as data
 
 
 def add_arguments(p: Any) -> None:
     p.add_argument("target", help="a metrics file, a sweep or study directory, or a run id")
     p.add_argument("key", nargs="?", help="a metric in the file (e.g. test_acc_per_seed.1)")
     p.add_argument("--tracking-uri", help="the MLflow store (default: the project's)")
+    p.add_argument(
+        "--record",
+        type=Path,
+        default=RECORD,
+        help="the findings' record, asked for a run the store lacks (default: %(default)s)",
+    )
 
 
 def run(args: Any) -> int:
-    store = MlflowReader(common.store_uri(args.tracking_uri))
     path = Path(args.target)
+    if not path.exists():
+        found = from_record(args.record, args.target, args.tracking_uri)
+        if found is not None:
+            return describe(*found)
+    store = MlflowReader(common.store_uri(args.tracking_uri))
     if path.is_file():
         ids = metric_runs(path, args.key)
     elif path.is_dir():
@@ -60,6 +74,34 @@ def run(args: Any) -> int:
     runs = [common.get_run(store, i) for i in ids]
     print(listing(runs))
     return 0
+
+
+def from_record(record: Path, run_id: str, tracking_uri: str | None) -> tuple[Any, Any] | None:
+    """The record and its run, when the store is absent or lacks the run and the record has it."""
+    try:
+        store = MlflowReader(common.store_uri(tracking_uri))
+        if store.run(run_id) is not None:
+            return None
+    except CommandError:  # no store here: the record is all there is
+        pass
+    if not record.is_file():
+        return None
+    from tunelab.findings.record import RecordError, RecordReader
+
+    try:
+        kept = RecordReader(record)
+    except RecordError as exc:
+        raise CommandError(str(exc)) from None
+    run = kept.run(run_id)
+    if run is None:
+        return None
+    print(f"from the record {record} (experiment '{kept.experiment_name}'; not in the store)")
+    m = run.data.metrics
+    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("val/acc", "test/acc") if k in m)
+    if shown:
+        epochs = len(run.history.get("val/acc", []))
+        print(f"final {shown}" + (f" ({epochs} epochs of val/acc kept)" if epochs else ""))
+    return kept, run
 
 
 def metric_runs(path: Path, key: str | None) -> list[str]:

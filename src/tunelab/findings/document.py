@@ -12,6 +12,7 @@ from tunelab.findings import search_section, study_section
 from tunelab.findings.spec import Claim, Spec
 from tunelab.findings.store import Reader
 from tunelab.findings.study_section import DATA, Section
+from tunelab.findings.verdict import drifted
 from tunelab.tags import ROLE, Role
 
 ARTICLES = {
@@ -26,6 +27,7 @@ GLANCE = [
     "comparison (a − b)",
     "test/acc difference, points",
     "interval (family level)",
+    "judged on",
     "verdict",
 ]
 
@@ -36,6 +38,7 @@ class Written:
     figures: list[Path]
     run_ids: list[str]
     spans: list[tuple[float, float]]
+    drift: list[str]  # conclusions whose declared verdicts the runs no longer give
 
 
 def _row(cells: list[str]) -> str:
@@ -50,6 +53,32 @@ def commands(spec: Spec, budget: str, claim: Claim) -> list[str]:
         ]
     exp = f"hydra.sweeper.experiment={spec.experiment_for(budget)}"
     return [shlex.join(["python", "src/train.py", "-m", *j.overrides, exp]) for j in jobs]
+
+
+def judged_on(spec: Spec, budget: str, claim: Claim) -> str:
+    """What the claim is about, and so what its runs' budget means."""
+    if claim.about == "short_budget":
+        return (
+            "**Judged on**: a short budget. The article's claim is about speed, so each run trains "
+            "the preset's fixed epochs; runs still improving when they stop are the point, not a flaw."
+        )
+    extra = spec.budget(budget).final_quality
+    how = f" (`{' '.join(extra)}`)" if extra else " (not at this budget: it adds no stopping rule)"
+    return (
+        "**Judged on**: final quality. The article's claim is about what training reaches, so at the "
+        f"document's budget runs train until validation stops improving{how}; a verdict drawn from "
+        "runs the curve diagnosis still finds improving is marked so."
+    )
+
+
+def still_improving(parts: list[Section], claims: list[Claim]) -> str:
+    """How many cell rows of final-quality claims were still improving when their runs stopped."""
+    rows = [p for p, c in zip(parts, claims, strict=True) if c.about == "final_quality"]
+    cells, improving = sum(p.cells for p in rows), sum(p.improving for p in rows)
+    return (
+        f"{improving} of the {cells} cell rows of final-quality claims have runs the curve "
+        "diagnosis finds still improving when they stopped"
+    )
 
 
 def section(
@@ -69,8 +98,12 @@ def section(
             *commands(spec, budget, claim),
             "```",
             "",
+            judged_on(spec, budget, claim),
+            "",
+            *([claim.note, ""] if claim.note else []),
         ]
     )
+    given: dict[str, list[str]] = {}
     for d in claim.datasets:
         if claim.kind == "search":
             part = search_section.search(
@@ -84,7 +117,18 @@ def section(
         out.glance += part.glance
         out.run_ids += part.run_ids
         out.spans += part.spans
-    if budget == "full" and claim.conclusion:
+        out.cells += part.cells
+        out.improving += part.improving
+        given[d] = part.verdicts
+    out.drift = [f"{claim.id}, {d}" for d in drifted(claim, given)] if budget == "full" else []
+    if out.drift:
+        out.lines += [
+            "**What it shows.** *(The conclusion written in claims.yaml is not printed: it rests on "
+            "verdicts these runs no longer give (" + "; ".join(out.drift) + "). It needs "
+            "rewriting from the tables above.)*",
+            "",
+        ]
+    elif budget == "full" and claim.conclusion:
         out.lines += ["**What it shows.** " + " ".join(claim.conclusion.split()), ""]
     elif claim.conclusion:
         out.lines += [
@@ -136,12 +180,16 @@ def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
         f"Written by `tunelab findings write` from the MLflow experiment `{reader.experiment_name}` (of "
         "the findings' own store, `results/findings/mlflow.db`, unless `--tracking-uri` names another) and "
         "`docs/findings/claims.yaml`; every number is computed from the runs the document names "
-        "(`tunelab trace <run id> --tracking-uri <the store>` shows where each came from). Regenerate the "
-        "runs with `tunelab "
-        "findings run` (it runs only what the store lacks, then writes this file).",
+        "(`tunelab trace <run id>` shows where each came from, from the store or, without it, from the "
+        "record `findings/record.parquet` beside this file: every run as data, from which `tunelab "
+        "findings write` regenerates this file). Regenerate the runs with `tunelab findings run` (it "
+        "runs only what the store lacks, then writes this file and the record).",
         "",
         f"- **Budget `{budget}`**: {' '.join(b.about.split())}.",
         f"- **Compute**: {compute(spans)}, on {' '.join(b.machine.split())} ({environment(reader)}).",
+        f"- **Budgets**: each claim is judged on final quality (runs train until validation stops "
+        f"improving) or on a short budget (where speed is the article's point); "
+        f"{still_improving(parts, spec.claims)}.",
         "- **Data**: MNIST-1D (4,000 generated 1-D sequences, 10 classes; the published baselines are "
         "32 % logistic, 68 % MLP, 94 % CNN) and scikit-learn's digits (1,797 8×8 images). Both are "
         "small: a verdict here says what holds for small models on small data at a few epochs, and "
@@ -165,7 +213,7 @@ def write(spec: Spec, budget: str, reader: Reader, out: Path) -> Written:
     out.write_text("\n".join(head + body).rstrip() + "\n")
     figures = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
     ids = [i for p in parts for i in p.run_ids]
-    return Written(out, figures, ids, spans)
+    return Written(out, figures, ids, spans, [d for p in parts for d in p.drift])
 
 
 __all__ = ["DATA", "Written", "commands", "write"]

@@ -79,6 +79,7 @@ def search(
             j = Judged(check, j.diff, math.nan, math.nan, False, 1, "one study each")
         out.lines.append(f"- {line(j, margin)}")
         out.glance.append(glance_row(claim, dataset, j))
+        out.verdicts.append(j.word)
     name = f"{claim.id}-{dataset}-best_so_far.png"
     _plot(curves, fig_dir / name)
     out.lines += [

@@ -13,6 +13,8 @@ EXPECTS = ("higher", "not_lower", "equal")
 KINDS = ("study", "audit", "search")
 DATASETS = ("mnist1d", "digits")
 SEARCH_BUDGET = ("trials", "epochs", "grid_points", "study_seeds")
+ABOUT = ("final_quality", "short_budget")  # what a claim's article is about: see claims.yaml
+VERDICTS = ("supported", "contradicted", "not resolved", "no comparison", "one study each")
 
 
 class SpecError(ValueError):
@@ -43,9 +45,12 @@ class Claim:
     says: str
     kind: str
     datasets: list[str]
+    about: str = "final_quality"
+    note: str | None = None  # how the study tests the claim, where the budget needs saying
     study: str | None = None
     checks: list[Check] = field(default_factory=list)
     conclusion: str | None = None
+    rests_on: dict[str, list[str]] = field(default_factory=dict)  # dataset: a verdict per check
     problem: list[str] = field(default_factory=list)
     space: list[str] = field(default_factory=list)
     methods: list[Method] = field(default_factory=list)
@@ -59,6 +64,8 @@ class Budget:
     study: list[str]
     audit: list[str]
     search: dict[str, Any]
+    final_quality: list[str] = field(default_factory=list)  # added to final-quality studies
+    claims: dict[str, list[str]] = field(default_factory=dict)  # added to one claim's studies
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,11 @@ class Spec:
 
 def study_jobs(c: Claim, b: Budget) -> list[Job]:
     extra = b.audit if c.kind == "audit" else b.study
+    extra = [
+        *extra,
+        *(b.final_quality if c.about == "final_quality" else []),
+        *b.claims.get(c.id, []),
+    ]
     return [
         Job(
             c.id,
@@ -179,6 +191,8 @@ def _budget(name: str, b: dict[str, Any]) -> Budget:
         list(b.get("study", [])),
         list(b.get("audit", [])),
         search,
+        [str(o) for o in b.get("final_quality") or []],
+        {str(k): [str(o) for o in v] for k, v in (b.get("claims") or {}).items()},
     )
 
 
@@ -191,10 +205,25 @@ def _claim(c: dict[str, Any]) -> Claim:
     bad = [d for d in datasets if d not in DATASETS]
     if not datasets or bad:
         raise SpecError(f"claim {cid}: datasets must be some of {DATASETS} (got {datasets})")
+    about = c.get("about")
+    if about not in ABOUT:
+        raise SpecError(f"claim {cid}: about must be one of {ABOUT} (got {about!r})")
     checks = [Check(str(k["a"]), str(k["b"]), str(k["expect"])) for k in c.get("checks", [])]
     for k in checks:
         if k.expect not in EXPECTS:
             raise SpecError(f"claim {cid}: expect {k.expect!r} is not one of {EXPECTS}")
+    rests_on = {str(d): [str(w) for w in ws] for d, ws in (c.get("rests_on") or {}).items()}
+    if c.get("conclusion") and checks and sorted(rests_on) != sorted(datasets):
+        raise SpecError(
+            f"claim {cid}: its conclusion names no verdicts it rests on for every dataset "
+            f"(rests_on: {{dataset: [a verdict per check]}} for {datasets})"
+        )
+    for d, words in rests_on.items():
+        if len(words) != len(checks) or not set(words) <= set(VERDICTS):
+            raise SpecError(
+                f"claim {cid}: rests_on.{d} must be {len(checks)} verdicts, one per check, "
+                f"each one of {VERDICTS} (got {words})"
+            )
     methods = [
         Method(n, list(m.get("overrides", [])), bool(m.get("seeded", True)), m.get("space"))
         for n, m in (c.get("methods") or {}).items()
@@ -211,9 +240,12 @@ def _claim(c: dict[str, Any]) -> Claim:
         says=" ".join(str(c["says"]).split()),
         kind=kind,
         datasets=datasets,
+        about=about,
+        note=" ".join(str(c["note"]).split()) if c.get("note") else None,
         study=c.get("study"),
         checks=checks,
         conclusion=c.get("conclusion"),
+        rests_on=rests_on,
         problem=list(c.get("problem", [])),
         space=list(c.get("space", [])),
         methods=methods,

@@ -41,15 +41,16 @@ class Reader:
             self.store.experiment_id = self.store.experiment_named(self.experiment_name)
         return self.store.experiment_id
 
-    def search(self, tags: dict[str, str], extra: str = "") -> list[Any]:
+    def search(self, tags: dict[str, str], finished: bool = False) -> list[Any]:
+        """The experiment's runs carrying these tags (only FINISHED ones if asked), newest first."""
         if self.experiment_id is None:
             return []
-        query = tag_filter(tags) + (f" and {extra}" if extra else "")
+        query = tag_filter(tags) + (" and attributes.status = 'FINISHED'" if finished else "")
         return self.store.search(query, order_by=["attributes.start_time DESC"])
 
     def parent(self, kind: str, name: str) -> Any | None:
         """The newest FINISHED parent run of a study or sweep called `name`."""
-        runs = self.search({ROLE: kind, kind: name}, "attributes.status = 'FINISHED'")
+        runs = self.search({ROLE: kind, kind: name}, finished=True)
         return runs[0] if runs else None
 
     def finished(self, kind: str, name: str) -> bool:

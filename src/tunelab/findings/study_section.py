@@ -17,6 +17,8 @@ from tunelab.reports.verdict_words import pct, points
 from tunelab.tags import Role
 
 TEST, VAL = "test/acc", "val/acc"
+STILL_IMPROVING = "still_improving"  # the curve diagnosis' code for a run cut short
+ABOUT = {"final_quality": "final quality", "short_budget": "short budget"}
 
 
 @dataclass
@@ -25,6 +27,10 @@ class Section:
     glance: list[list[str]] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     spans: list[tuple[float, float]] = field(default_factory=list)  # each study's or sweep's run
+    verdicts: list[str] = field(default_factory=list)  # one word per check, in the claim's order
+    cells: int = 0  # cell rows of a study
+    improving: int = 0  # of them, rows whose best runs the curve diagnosis says still improve
+    drift: list[str] = field(default_factory=list)  # where the conclusion no longer holds
 
 
 def figure(
@@ -81,6 +87,23 @@ def _flags(flags: dict[str, list[str]]) -> str:
     return ", ".join(f"{code} {n}/{len(flags)}" for code, n in sorted(counts.items()))
 
 
+def still_improving(summary: dict[str, Any]) -> dict[str, str]:
+    """Each cell whose best runs were still improving when training stopped: `2/3`."""
+    out = {}
+    for c in summary["cells"]:
+        flags = c.get("curve_flags") or {}
+        n = sum(STILL_IMPROVING in codes for codes in flags.values())
+        if n:
+            out[c["cell"]] = f"{n}/{len(flags)}"
+    return out
+
+
+def improving_note(check: Any, improving: dict[str, str]) -> str | None:
+    """The cells of a comparison whose runs were still improving, or None."""
+    cells = [f"`{x}` {improving[x]}" for x in (check.a, check.b) if x in improving]
+    return ", ".join(cells) if cells else None
+
+
 def _seed_runs(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
     lines, ids = (
         ["<details><summary>The seed runs behind each row (MLflow run ids)</summary>", ""],
@@ -110,10 +133,15 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     out.lines += _cells_table(summary, reader.seconds_by_cell(name)) + [""]
     top = ", ".join(f"`{c}`" for c in judged["top_set"])
     out.lines += [f"Held-out verdict (test split, which no search saw): top set {top}.", ""]
+    improving = still_improving(summary)
+    out.cells, out.improving = len(summary["cells"]), len(improving)
     for check in claim.checks:
         j = judge(judged["pairs"], check, margin)
-        out.lines.append(f"- {line(j, margin)}")
-        out.glance.append(glance_row(claim, dataset, j))
+        note = improving_note(check, improving)
+        drawn = f" *Drawn from runs still improving ({note}).*" if note else ""
+        out.lines.append(f"- {line(j, margin)}{drawn}")
+        out.glance.append(glance_row(claim, dataset, j, note is not None))
+        out.verdicts.append(j.word)
     out.lines += ["", *verdict_words.power(judged)]
     warned = sorted({c["budget"] for c in summary["cells"] if c.get("budget")})
     edges = [f"`{c['cell']}`: {w}" for c in summary["cells"] for w in c.get("edge_warnings", [])]
@@ -134,13 +162,15 @@ def study(reader: Reader, claim: Claim, dataset: str, fig_dir: Path, margin: flo
     return out
 
 
-def glance_row(claim: Claim, dataset: str, j: Judged) -> list[str]:
+def glance_row(claim: Claim, dataset: str, j: Judged, improving: bool = False) -> list[str]:
+    """One comparison at a glance; `improving`: drawn from runs that were still improving."""
     return [
         claim.title,
         DATA[dataset],
         f"`{j.check.a}` − `{j.check.b}`",
         f"{points(j.diff)}",
         j.interval(),
+        ABOUT[claim.about] + (", runs still improving" if improving else ""),
         f"{j.word}",
     ]
 
@@ -205,6 +235,7 @@ def audit(reader: Reader, claim: Claim, dataset: str, fig_dir: Path) -> Section:
             "best seed − median seed",
             points(a["best_minus_median"]),
             f"one run: [{pct(one['low'])}, {pct(one['high'])}] %",
+            ABOUT[claim.about],
             f"spread {pct(a['max'] - a['min'])} points",
         ]
     )

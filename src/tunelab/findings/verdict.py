@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.findings.spec import Check
+from tunelab.findings.spec import Check, Claim
 from tunelab.reports import verdict_words
 
 
@@ -77,3 +77,16 @@ def line(j: Judged, margin: float) -> str:
     """The claim's line in the words of reports/verdict_words.py."""
     c = j.check
     return verdict_words.claim_line(c.a, c.b, j.diff, j.low, j.high, j.n, j.word, c.expect, margin)
+
+
+def drifted(claim: Claim, given: dict[str, list[str]]) -> list[str]:
+    """Where the verdicts the runs give (per dataset, one per check) differ from those the
+    claim's hand-written conclusion declares it rests on: one line each, empty when none."""
+    out = []
+    for d, words in claim.rests_on.items():
+        now = given.get(d, [])
+        for k, (check, was) in enumerate(zip(claim.checks, words, strict=True)):
+            got = now[k] if k < len(now) else "missing"
+            if got != was:
+                out.append(f"{d} `{check.a}` − `{check.b}`: written for {was}, the runs give {got}")
+    return out
