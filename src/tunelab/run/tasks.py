@@ -62,6 +62,14 @@ class Task:
             return F.cross_entropy(out, target, reduction="sum")
         return self._loss(out, target, None).sum()
 
+    def check_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean loss of one batch, unweighted and unsmoothed (regression: on standardised
+        targets): what the lr range test, overfit check and gradient check minimise, so that
+        "the loss reaches ~0" holds for every task."""
+        if self.name == "classification":
+            return F.cross_entropy(out, target)
+        return self._loss(out, target, None).mean()
+
     def _loss(
         self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
     ) -> torch.Tensor:
