@@ -19,6 +19,7 @@ import torch
 from conftest import QUICK_ENV, ROOT, finish_cli, mlflow_runs, start_cli, wait_for_line
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
+from test_sweep_stop import _terminal_like
 
 from tunelab.config import ConfigError
 from tunelab.run.context import RunContext
@@ -271,6 +272,23 @@ def test_a_lightning_run_killed_mid_training_resumes_to_the_uninterrupted_record
     out = finish_cli(start_cli(*args, cwd=killed, script=LIGHTNING))
     assert "resuming from" in out, out[-3000:]
     assert metric_histories(killed)[1] == metric_histories(whole)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [EXAMPLE, LIGHTNING], ids=["own_loop", "lightning"])
+def test_ctrl_c_ends_the_run_killed_under_lightning_as_under_the_own_loop(script, workdir):
+    """A terminal's Ctrl-C (SIGINT to the process group) mid-training: the run KILLED,
+    `interrupted`, and the process ends by the KeyboardInterrupt (Hydra's exit status 1), not by
+    Lightning's `sys.exit(1)`."""
+    args = ["trainer.max_epochs=100000", "trainer.num_threads=1"]
+    proc = start_cli(*args, cwd=workdir, script=script, preexec_fn=_terminal_like)
+    wait_for_line(proc, "epoch 2/100000")
+    os.killpg(proc.pid, signal.SIGINT)
+    out = finish_cli(proc, timeout=120)
+    (run,) = mlflow_runs(workdir, EXPERIMENT)
+    assert run.info.status == "KILLED", (run.data.tags, out[-3000:])
+    assert run.data.tags[FAILURE_REASON] == "interrupted"
+    assert proc.returncode == 1 and out.rstrip().endswith("KeyboardInterrupt"), out[-3000:]
 
 
 def test_tunelab_lightning_without_lightning_says_how_to_install_it():

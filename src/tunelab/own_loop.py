@@ -87,6 +87,9 @@ class TrackedRun:
     optimizer: Any = None
     scheduler: Any = None
     extra: dict[str, float] = field(default_factory=dict)
+    # A Ctrl-C that a framework caught and turned into an exit (Lightning exits 1): the run ends
+    # KILLED as for the signal, and the block raises it in place of that exit.
+    interrupted_by: KeyboardInterrupt | None = None
 
     def resume(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None) -> int:
         """Start the record: continue an unfinished run of this config from its last checkpoint
@@ -237,6 +240,9 @@ def tracked_run(
             yield run
             run.result = run.finish()
         except BaseException as exc:
-            record_failure(tracker, store, exc, run.state)
+            cause = run.interrupted_by if isinstance(exc, SystemExit) else None
+            record_failure(tracker, store, cause or exc, run.state)
+            if cause is not None:
+                raise cause from None
             raise
         store.mark_done()
