@@ -211,6 +211,30 @@ def test_a_non_finite_loss_ends_the_run_failed_and_a_rerun_starts_over(workdir):
     assert statuses == ["FAILED", "FINISHED"]
 
 
+def test_an_own_loop_run_gets_the_curve_diagnosis_tunelab_runs_get(workdir):
+    """Val loss rising while train loss falls: the run's tags say `diagnosis=overfitting,…`,
+    since the epoch diagnose_curves names, with its advice."""
+    from tunelab import tracked_run
+    from tunelab.diagnostics.curves import diagnose_curves
+
+    example = example_module()
+    cfg = example_config(workdir, "trainer.max_epochs=12")
+    val = [1.0, 0.8, 0.6, 0.5, 0.45, 0.44, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    history = {"train/loss": [1 / e for e in range(1, 13)], "val/loss": val, "val/acc": [0.5] * 12}
+    with tracked_run(cfg, data=example["load_data"](), ctx=RunContext(log_model=False)) as run:
+        model = example["make_model"](8)
+        run.resume(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for epoch in run.epochs():
+            run.log_epoch(epoch, {k: v[epoch - 1] for k, v in history.items()})
+    findings = diagnose_curves(history, optimizer="sgd")  # overfitting, then plateaued
+    (recorded,) = mlflow_runs(workdir, EXPERIMENT)
+    tags = recorded.data.tags
+    assert findings[0].code == "overfitting", findings
+    assert tags["diagnosis"] == ",".join(f.code for f in findings), tags
+    assert tags["diagnosis.overfitting.since_epoch"] == str(findings[0].since_epoch)
+    assert tags["diagnosis.recommendation"] == findings[0].recommendation
+
+
 def test_the_config_tracked_run_reads_is_checked_first_every_problem_at_once(tmp_path):
     from tunelab import tracked_run
 

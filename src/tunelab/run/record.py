@@ -186,18 +186,26 @@ def example_inputs(data: Any) -> torch.Tensor:
     return data["x_val"][:2]
 
 
-def _diagnosis_tags(history: dict[str, list[float]], splits: Any, optimizer: str) -> dict[str, str]:
-    """Curve diagnosis (overfitting, unstable, ...) and data check, as flat tags."""
+def curve_diagnosis_tags(history: dict[str, list[float]], optimizer: str | None) -> dict[str, str]:
+    """The curve diagnosis (overfitting, unstable, ...) of a run's per-epoch history as flat
+    tags (`diagnosis=…`), each finding logged: tunelab's runs and a loop of the user's own
+    (`tracked_run`) alike. `optimizer`: its conf/optimizer name or class name in lower case."""
     from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
-    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
 
     findings = diagnose_curves(history, optimizer=optimizer)
     for f in findings:
         log.info("diagnosis: %s — %s", f.message, f.recommendation)
+    return findings_to_tags(findings)
+
+
+def _diagnosis_tags(history: dict[str, list[float]], splits: Any, optimizer: str) -> dict[str, str]:
+    """Curve diagnosis and data check, as flat tags."""
+    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
+
     report = check_data(splits)
     for w in report.warnings:
         log.warning("data check: %s", w)
-    return {**findings_to_tags(findings), **datacheck_tags(report)}
+    return {**curve_diagnosis_tags(history, optimizer), **datacheck_tags(report)}
 
 
 def final_outcome(exc: BaseException) -> str | None:
