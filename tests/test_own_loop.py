@@ -37,16 +37,9 @@ from tunelab.tuning.study_storage import make_storage
 
 EXAMPLE = ROOT / "examples" / "own_loop" / "train.py"
 EXPERIMENT = "own_loop"
-SWEEP = [
-    "-m",
-    "search=random",
-    "hydra.sweeper.n_trials=6",
-    "hydra.sweeper.pruner.name=median",
-    "++hydra.sweeper.pruner.kwargs.n_startup_trials=1",  # Optuna's 5 would leave one trial to prune
-    "hydra.sweeper.sampler.seed=1",
-    "trainer.max_epochs=4",
-    "trainer.num_threads=1",
-]
+# README's command, as typed: the median pruner starts after a third of a small budget
+# (tuning/settings.py), and the example's conf fixes the sampler's seed
+SWEEP = ["-m", "search=random", "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.name=median"]
 
 
 def example_config(workdir: Path, *overrides: str):
@@ -77,6 +70,8 @@ def study_trials(workdir: Path) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 def test_the_example_sweep_prunes_and_records_every_trial_as_tunelab_runs_are(workdir):
+    readme = (ROOT / "README.md").read_text()
+    assert f"python examples/own_loop/train.py {' '.join(SWEEP)}" in readme
     out = finish_cli(start_cli(*SWEEP, cwd=workdir, script=EXAMPLE), timeout=600)
     assert "study own_loop-random-" in out, out[-3000:]
     states = [t.state.name for t in study_trials(workdir)]
@@ -101,11 +96,26 @@ def test_the_example_sweep_prunes_and_records_every_trial_as_tunelab_runs_are(wo
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
+def test_the_median_pruner_starts_after_a_third_of_a_small_budget():
+    """Optuna's n_startup_trials=5 would leave a 6-trial sweep one trial to prune."""
+    from tunelab.tuning.settings import sweep_settings
+
+    def startup(n_trials: int, name: str = "median", **kwargs: int) -> dict:
+        pruner = {"name": name, "kwargs": kwargs}
+        return sweep_settings({"n_trials": n_trials, "pruner": pruner}).pruner.kwargs
+
+    assert startup(6) == {"n_startup_trials": 2} and startup(2) == {"n_startup_trials": 1}
+    assert startup(30) == startup(15) == {"n_startup_trials": 5}  # Optuna's default
+    assert startup(12, "percentile", percentile=25) == {"percentile": 25, "n_startup_trials": 4}
+    assert startup(6, n_startup_trials=1) == {"n_startup_trials": 1}  # a setting is kept
+    assert startup(6, "hyperband") == {}
+
+
 @pytest.mark.slow
 def test_a_sweep_killed_with_sigkill_mid_trial_finishes_its_budget_exactly_when_rerun(workdir):
     sweep = start_cli(*SWEEP, cwd=workdir, script=EXAMPLE, start_new_session=True)
     wait_for_line(sweep, "job #2")
-    wait_for_line(sweep, "epoch 1/4")  # a trial is training
+    wait_for_line(sweep, "epoch 1/8")  # a trial is training
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait(timeout=60)
 
