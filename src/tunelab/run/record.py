@@ -168,7 +168,10 @@ def finish_run(
         accs = per_class_accuracy(val_kept, y_val, splits.num_classes)
         tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
     tracker.set_tags(
-        {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits, optimizer)}
+        {
+            "stopped_early": str(state.stopped_early).lower(),
+            **_diagnosis_tags(h, splits, optimizer, task.name),
+        }
     )
     tracker.log_dict(h, "history.json")
     if store.best_path.exists():
@@ -198,11 +201,13 @@ def curve_diagnosis_tags(history: dict[str, list[float]], optimizer: str | None)
     return findings_to_tags(findings)
 
 
-def _diagnosis_tags(history: dict[str, list[float]], splits: Any, optimizer: str) -> dict[str, str]:
-    """Curve diagnosis and data check, as flat tags."""
+def _diagnosis_tags(
+    history: dict[str, list[float]], splits: Any, optimizer: str, task: str
+) -> dict[str, str]:
+    """Curve diagnosis and the data check of the task's targets, as flat tags."""
     from tunelab.diagnostics.datacheck import check_data, datacheck_tags
 
-    report = check_data(splits)
+    report = check_data(splits, task=task)
     for w in report.warnings:
         log.warning("data check: %s", w)
     return {**curve_diagnosis_tags(history, optimizer), **datacheck_tags(report)}
