@@ -19,6 +19,7 @@ import torch
 from conftest import QUICK_ENV, ROOT, finish_cli, mlflow_runs, start_cli, wait_for_line
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
+from test_sweep_stop import _terminal_like
 
 from tunelab.config import ConfigError
 from tunelab.run.context import RunContext
@@ -36,16 +37,11 @@ from tunelab.tuning.study_storage import make_storage
 
 EXAMPLE = ROOT / "examples" / "own_loop" / "train.py"
 EXPERIMENT = "own_loop"
-SWEEP = [
-    "-m",
-    "search=random",
-    "hydra.sweeper.n_trials=6",
-    "hydra.sweeper.pruner.name=median",
-    "++hydra.sweeper.pruner.kwargs.n_startup_trials=1",  # Optuna's 5 would leave one trial to prune
-    "hydra.sweeper.sampler.seed=1",
-    "trainer.max_epochs=4",
-    "trainer.num_threads=1",
-]
+# README's command, as typed (the median pruner starts after a third of a small budget:
+# tuning/settings.py), and a fixed sampler seed: a drawn one leaves a few percent of sweeps
+# whose every trial beats the median
+DOCUMENTED = ["-m", "search=random", "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.name=median"]
+SWEEP = [*DOCUMENTED, "hydra.sweeper.sampler.seed=0"]
 
 
 def example_config(workdir: Path, *overrides: str):
@@ -76,6 +72,8 @@ def study_trials(workdir: Path) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 def test_the_example_sweep_prunes_and_records_every_trial_as_tunelab_runs_are(workdir):
+    readme = (ROOT / "README.md").read_text()
+    assert f"python examples/own_loop/train.py {' '.join(DOCUMENTED)}" in readme
     out = finish_cli(start_cli(*SWEEP, cwd=workdir, script=EXAMPLE), timeout=600)
     assert "study own_loop-random-" in out, out[-3000:]
     states = [t.state.name for t in study_trials(workdir)]
@@ -100,11 +98,26 @@ def test_the_example_sweep_prunes_and_records_every_trial_as_tunelab_runs_are(wo
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
+def test_the_median_pruner_starts_after_a_third_of_a_small_budget():
+    """Optuna's n_startup_trials=5 would leave a 6-trial sweep one trial to prune."""
+    from tunelab.tuning.settings import sweep_settings
+
+    def startup(n_trials: int, name: str = "median", **kwargs: int) -> dict:
+        pruner = {"name": name, "kwargs": kwargs}
+        return sweep_settings({"n_trials": n_trials, "pruner": pruner}).pruner.kwargs
+
+    assert startup(6) == {"n_startup_trials": 2} and startup(2) == {"n_startup_trials": 1}
+    assert startup(30) == startup(15) == {"n_startup_trials": 5}  # Optuna's default
+    assert startup(12, "percentile", percentile=25) == {"percentile": 25, "n_startup_trials": 4}
+    assert startup(6, n_startup_trials=1) == {"n_startup_trials": 1}  # a setting is kept
+    assert startup(6, "hyperband") == {}
+
+
 @pytest.mark.slow
 def test_a_sweep_killed_with_sigkill_mid_trial_finishes_its_budget_exactly_when_rerun(workdir):
     sweep = start_cli(*SWEEP, cwd=workdir, script=EXAMPLE, start_new_session=True)
     wait_for_line(sweep, "job #2")
-    wait_for_line(sweep, "epoch 1/4")  # a trial is training
+    wait_for_line(sweep, "epoch 1/8")  # a trial is training
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait(timeout=60)
 
@@ -210,6 +223,30 @@ def test_a_non_finite_loss_ends_the_run_failed_and_a_rerun_starts_over(workdir):
     assert statuses == ["FAILED", "FINISHED"]
 
 
+def test_an_own_loop_run_gets_the_curve_diagnosis_tunelab_runs_get(workdir):
+    """Val loss rising while train loss falls: the run's tags say `diagnosis=overfitting,…`,
+    since the epoch diagnose_curves names, with its advice."""
+    from tunelab import tracked_run
+    from tunelab.diagnostics.curves import diagnose_curves
+
+    example = example_module()
+    cfg = example_config(workdir, "trainer.max_epochs=12")
+    val = [1.0, 0.8, 0.6, 0.5, 0.45, 0.44, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    history = {"train/loss": [1 / e for e in range(1, 13)], "val/loss": val, "val/acc": [0.5] * 12}
+    with tracked_run(cfg, data=example["load_data"](), ctx=RunContext(log_model=False)) as run:
+        model = example["make_model"](8)
+        run.resume(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for epoch in run.epochs():
+            run.log_epoch(epoch, {k: v[epoch - 1] for k, v in history.items()})
+    findings = diagnose_curves(history, optimizer="sgd")  # overfitting, then plateaued
+    (recorded,) = mlflow_runs(workdir, EXPERIMENT)
+    tags = recorded.data.tags
+    assert findings[0].code == "overfitting", findings
+    assert tags["diagnosis"] == ",".join(f.code for f in findings), tags
+    assert tags["diagnosis.overfitting.since_epoch"] == str(findings[0].since_epoch)
+    assert tags["diagnosis.recommendation"] == findings[0].recommendation
+
+
 def test_the_config_tracked_run_reads_is_checked_first_every_problem_at_once(tmp_path):
     from tunelab import tracked_run
 
@@ -271,6 +308,23 @@ def test_a_lightning_run_killed_mid_training_resumes_to_the_uninterrupted_record
     out = finish_cli(start_cli(*args, cwd=killed, script=LIGHTNING))
     assert "resuming from" in out, out[-3000:]
     assert metric_histories(killed)[1] == metric_histories(whole)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [EXAMPLE, LIGHTNING], ids=["own_loop", "lightning"])
+def test_ctrl_c_ends_the_run_killed_under_lightning_as_under_the_own_loop(script, workdir):
+    """A terminal's Ctrl-C (SIGINT to the process group) mid-training: the run KILLED,
+    `interrupted`, and the process ends by the KeyboardInterrupt (Hydra's exit status 1), not by
+    Lightning's `sys.exit(1)`."""
+    args = ["trainer.max_epochs=100000", "trainer.num_threads=1"]
+    proc = start_cli(*args, cwd=workdir, script=script, preexec_fn=_terminal_like)
+    wait_for_line(proc, "epoch 2/100000")
+    os.killpg(proc.pid, signal.SIGINT)
+    out = finish_cli(proc, timeout=120)
+    (run,) = mlflow_runs(workdir, EXPERIMENT)
+    assert run.info.status == "KILLED", (run.data.tags, out[-3000:])
+    assert run.data.tags[FAILURE_REASON] == "interrupted"
+    assert proc.returncode == 1 and out.rstrip().endswith("KeyboardInterrupt"), out[-3000:]
 
 
 def test_tunelab_lightning_without_lightning_says_how_to_install_it():

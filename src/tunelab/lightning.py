@@ -22,7 +22,8 @@ class TunelabCallback(pl.Callback):
     validation has run by then: `run.log_epoch()` with the epoch's scalar
     `trainer.callback_metrics` (record, checkpoint, report to the pruner: Pruned and
     DivergedError leave `trainer.fit` and end the run as tunelab's own); early stopping
-    (trainer.early_stopping) stops the Trainer."""
+    (trainer.early_stopping) stops the Trainer. A Ctrl-C, which Lightning turns into exit
+    status 1, ends the run KILLED (`interrupted`) as a Ctrl-C of tunelab's own loop does."""
 
     def __init__(self, run: TrackedRun) -> None:
         self.run = run
@@ -49,6 +50,14 @@ class TunelabCallback(pl.Callback):
         )
         if self.run.should_stop:
             trainer.should_stop = True
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Lightning calls this with the KeyboardInterrupt before its `sys.exit(1)`: remembered,
+        so that `tracked_run` records and raises the interrupt rather than a failure."""
+        if isinstance(exception, KeyboardInterrupt):
+            self.run.interrupted_by = exception
 
 
 def _scalar(value: Any) -> float | None:

@@ -35,6 +35,7 @@ from tunelab.run.context import RunContext, RunResult
 from tunelab.run.lineage import resolve_device
 from tunelab.run.loop import DivergedError, Objective, TrainState, end_epoch
 from tunelab.run.prepare import DataChangedError, seed_everything
+from tunelab.run.record import curve_diagnosis_tags
 from tunelab.run.store import RunStore
 from tunelab.tags import ENTRY_POINT
 from tunelab.tracking import Tracker
@@ -87,6 +88,9 @@ class TrackedRun:
     optimizer: Any = None
     scheduler: Any = None
     extra: dict[str, float] = field(default_factory=dict)
+    # A Ctrl-C that a framework caught and turned into an exit (Lightning exits 1): the run ends
+    # KILLED as for the signal, and the block raises it in place of that exit.
+    interrupted_by: KeyboardInterrupt | None = None
 
     def resume(self, model: torch.nn.Module, optimizer: Any, scheduler: Any = None) -> int:
         """Start the record: continue an unfinished run of this config from its last checkpoint
@@ -163,7 +167,8 @@ class TrackedRun:
         self.extra.update({str(k): float(v) for k, v in metrics.items()})
 
     def finish(self) -> RunResult:
-        """End the record FINISHED: the selected epoch's metrics, history.json, best.pt."""
+        """End the record FINISHED: the selected epoch's metrics, the curve diagnosis's tags,
+        history.json, best.pt."""
         if not self.started:
             raise RuntimeError("the run never started: call run.resume(model, optimizer)")
         self.store.flush()
@@ -174,7 +179,13 @@ class TrackedRun:
         self.tracker.log_metrics(
             {**logged, "best_epoch": float(best), **self.extra}, step=max(state.epoch, 1)
         )
-        self.tracker.set_tags({"stopped_early": str(state.stopped_early).lower()})
+        optimizer = type(self.optimizer).__name__.lower()  # adamw: the diagnosis's advice
+        self.tracker.set_tags(
+            {
+                "stopped_early": str(state.stopped_early).lower(),
+                **curve_diagnosis_tags(state.history, optimizer),
+            }
+        )
         self.tracker.log_dict(state.history, "history.json")
         if self.store.best_path.exists():
             self.tracker.log_artifact(self.store.best_path, "checkpoints")
@@ -237,6 +248,9 @@ def tracked_run(
             yield run
             run.result = run.finish()
         except BaseException as exc:
-            record_failure(tracker, store, exc, run.state)
+            cause = run.interrupted_by if isinstance(exc, SystemExit) else None
+            record_failure(tracker, store, cause or exc, run.state)
+            if cause is not None:
+                raise cause from None
             raise
         store.mark_done()

@@ -170,15 +170,6 @@ def metric_problems(plain: dict[str, Any]) -> list[str]:
             f"scheduler.monitor={monitor!r} is not a metric of task={task}; its metrics are "
             f"{list(known)}"
         )
-    check = (
-        (plain.get("diagnose") or {}).get("name")
-        if isinstance(plain.get("diagnose"), dict)
-        else None
-    )
-    if check in ("lr_range", "overfit", "gradcheck") and task != "classification":
-        out.append(
-            f"diagnose={check} trains with cross-entropy: task={task} has only diagnose=datacheck"
-        )
     augment = plain.get("augment") if isinstance(plain.get("augment"), dict) else {}
     mixing = [k for k in ("mixup_alpha", "cutmix_alpha") if augment.get(k)]
     if mixing and task != "classification":

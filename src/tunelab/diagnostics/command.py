@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -24,6 +25,7 @@ from tunelab.diagnostics.lr_range import OptimizerFactory, lr_range_test, plot_l
 from tunelab.diagnostics.overfit import overfit_tiny_subset
 
 log = logging.getLogger(__name__)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets) -> mean loss
 PREFIX = "diagnostics"  # artifact folder
 
 
@@ -41,6 +43,7 @@ class Check:
     model: nn.Module
     make_optimizer: OptimizerFactory
     tracker: Any
+    loss_fn: LossFn = F.cross_entropy
 
     @property
     def seed(self) -> int:
@@ -51,14 +54,21 @@ Handler = Callable[[Check], dict[str, float]]
 
 
 def run_check(
-    cfg: Any, splits: Any, model: nn.Module, make_optimizer: OptimizerFactory, tracker: Any
+    cfg: Any,
+    splits: Any,
+    model: nn.Module,
+    make_optimizer: OptimizerFactory,
+    tracker: Any,
+    loss_fn: LossFn = F.cross_entropy,
 ) -> dict[str, float]:
-    """Run the check named cfg.diagnose.name; returns its metrics (the headline metric first)."""
+    """Run the check named cfg.diagnose.name; returns its metrics (the headline metric first).
+    `loss_fn` (outputs, targets) -> mean loss is the task's (run/tasks.py `Task.check_loss`):
+    the lr range test, overfit check and gradient check train or differentiate it."""
     knobs = _knobs(cfg)
     name = knobs.pop("name", None)
     if name not in DIAGNOSTICS:
         raise ValueError(f"diagnose.name={name!r}: choose one of {sorted(DIAGNOSTICS)}")
-    return DIAGNOSTICS[name](Check(knobs, cfg, splits, model, make_optimizer, tracker))
+    return DIAGNOSTICS[name](Check(knobs, cfg, splits, model, make_optimizer, tracker, loss_fn))
 
 
 def _lr_range(c: Check) -> dict[str, float]:
@@ -68,10 +78,12 @@ def _lr_range(c: Check) -> dict[str, float]:
     if isinstance(c.splits, StreamedSplits):
         device = next(c.model.parameters()).device  # pinned and copied as training copies them
         batches = endless_batches(c.splits, int(knobs["batch_size"]), seed=c.seed, device=device)
-        r = lr_range_test(c.model, c.make_optimizer, batches=batches, seed=c.seed, **knobs)
+        r = lr_range_test(
+            c.model, c.make_optimizer, batches=batches, seed=c.seed, loss_fn=c.loss_fn, **knobs
+        )
     else:
         x, y = c.splits.x_train, c.splits.y_train
-        r = lr_range_test(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
+        r = lr_range_test(c.model, c.make_optimizer, x, y, seed=c.seed, loss_fn=c.loss_fn, **knobs)
     tracker.log_figure(plot_lr_range(r), f"{PREFIX}/lr_range.png")
     tracker.log_dict(r.to_dict(), f"{PREFIX}/lr_range.json")
     tracker.set_tags(
@@ -109,7 +121,9 @@ def _overfit(c: Check) -> dict[str, float]:
     knobs.pop("regularisation_off", None)  # applied when the model/optimizer are built
     n = int(knobs.get("n_examples", 32))
     x, y = _train_examples(c.splits, n, torch.Generator().manual_seed(c.seed))
-    r = overfit_tiny_subset(c.model, c.make_optimizer, x, y, seed=c.seed, **knobs)
+    r = overfit_tiny_subset(
+        c.model, c.make_optimizer, x, y, seed=c.seed, loss_fn=c.loss_fn, **knobs
+    )
     tracker.log_figure(_loss_figure(r.losses, r.message), f"{PREFIX}/overfit.png")
     tracker.log_dict(asdict(r), f"{PREFIX}/overfit.json")
     metrics = {
@@ -124,7 +138,7 @@ def _gradcheck(c: Check) -> dict[str, float]:
     knobs, tracker = c.knobs, c.tracker
     n = int(knobs.pop("n_examples", 8))
     x, y = _train_examples(c.splits, n)
-    r = gradient_check(c.model, x, y, seed=c.seed, **knobs)
+    r = gradient_check(c.model, x, y, loss_fn=c.loss_fn, seed=c.seed, **knobs)
     tracker.log_dict(asdict(r), f"{PREFIX}/gradcheck.json")
     tracker.set_tags({"diagnose.worst_param": r.worst_param})
     metrics = {"diagnose/worst_rel_error": r.worst_rel_error, "diagnose/passed": float(r.passed)}
@@ -140,7 +154,7 @@ def _gradcheck(c: Check) -> dict[str, float]:
 def _datacheck(c: Check) -> dict[str, float]:
     knobs, tracker = c.knobs, c.tracker
     fail = bool(knobs.pop("fail_on_warning", False))
-    r = check_data(c.splits, **knobs)
+    r = check_data(c.splits, task=_get(c.cfg, "task.name", None), **knobs)
     for w in r.warnings:
         log.warning("data check: %s", w)
     tracker.log_dict({"warnings": r.warnings, "stats": r.stats}, f"{PREFIX}/datacheck.json")

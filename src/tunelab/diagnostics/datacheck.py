@@ -1,5 +1,7 @@
-"""Data check before trusting any number (seed 001, 14.3.1): class balance, leakage across splits,
-NaN/Inf and distribution shift between splits; in memory or streamed from disk one batch at a time."""
+"""Data check before trusting any number (seed 001, 14.3.1): the targets as the task sees them
+(class balance; positive rate per label; a regression target's mean, std, range and NaN/Inf),
+leakage across splits, NaN/Inf inputs and distribution shift between splits; in memory or
+streamed from disk one batch at a time."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import torch
 from scipy.stats import chisquare
 from torch import Tensor
 
+from tunelab.config.tasks import CLASSES, MULTI_HOT, VALUES
 from tunelab.data.loader import StreamedSplits, split_batches
 
 SPLITS = ("train", "val", "test")
+_TASK_OF_KIND = {CLASSES: "classification", MULTI_HOT: "multilabel", VALUES: "regression"}
 
 
 @dataclass
@@ -35,28 +39,39 @@ def check_data(
     shift_tolerance: float = 0.5,
     std_ratio: float = 1.5,
     batch_size: int = 256,
+    task: str | None = None,
 ) -> DataReport:
     """Inspect `splits`: in-memory (x_train/y_train/x_val/y_val/x_test/y_test, optional
     num_classes) or streamed from disk (`StreamedSplits`, read batch_size examples at a time, so
     memory holds one batch of inputs plus a label and a 16-byte hash per example).
 
-    Warns on: a class missing or max/min class count > imbalance_ratio in a split; inputs shared
-    between splits; NaN/Inf; a val/test mean more than shift_tolerance train stds from the train mean,
-    or a std ratio beyond std_ratio."""
+    `task` (config/tasks.py's names; None: the one the targets' kind implies) decides what the
+    targets are checked for. Warns on: classification and binary, a class missing or max/min class
+    count > imbalance_ratio in a split; binary and multilabel, a label without positives or
+    without negatives in a split (its positive rate per label is in the stats); regression,
+    NaN/Inf targets (their mean, std and range are in the stats); every task, inputs shared
+    between splits, NaN/Inf inputs, a val/test mean more than shift_tolerance train stds from the
+    train mean, or a std ratio beyond std_ratio."""
     seen = {s: _scan(batches) for s, batches in _split_sources(splits, batch_size).items()}
-    kind = getattr(splits, "targets", "classes")  # multi-hot or real values: no class checks
-    labels = [y for y, _, _ in seen.values() if len(y)] if kind == "classes" else []
+    kind = getattr(splits, "targets", CLASSES)
+    task = task or _TASK_OF_KIND.get(kind, "classification")
+    classes = kind == CLASSES and task in ("classification", "binary")
+    labels = [y for y, _, _ in seen.values() if len(y)] if classes else []
     num_classes = getattr(splits, "num_classes", None) or (
         int(max(int(y.max()) for y in labels)) + 1 if labels else 0
     )
     report = DataReport(
         stats={"num_classes": num_classes, "sizes": {s: len(y) for s, (y, _, _) in seen.items()}}
     )
-    if kind != "classes":
-        report.stats["class_checks"] = f"skipped: the targets are {kind}, not class ids"
+    if not classes:
+        report.stats["class_checks"] = f"skipped: task={task}, its targets are {kind}"
     for s, (y, moments, _) in seen.items():
-        if kind == "classes":
+        if classes:
             _check_classes(report, s, y, num_classes, imbalance_ratio)
+        if task in ("binary", "multilabel") and kind != VALUES:
+            _check_positives(report, s, y)
+        if task == "regression":
+            _check_targets(report, s, y)
         _check_values(report, s, moments)
     _check_shift(report, shift_tolerance, std_ratio)
     _check_duplicates(report, {s: hashes for s, (_, _, hashes) in seen.items()})
@@ -166,6 +181,33 @@ def _check_classes(
         report.warnings.append(
             f"{split}: class imbalance, largest/smallest class = {max(present)}/{min(present)} = {r:.2f} "
             f"(> {ratio}, chi-square p={p_uniform:.1g}); weigh the classes: task.class_weights=balanced (task=binary: task.pos_weight), or resample"
+        )
+
+
+def _check_positives(report: DataReport, split: str, y: Tensor) -> None:
+    """Binary and multilabel: the positive rate of each label; a label whose split has no
+    positives or no negatives (its recall, precision or AUROC mean nothing there)."""
+    if not len(y):
+        return
+    rows = y.reshape(len(y), -1).double()
+    rates = [float(r) for r in rows.mean(0)]
+    report.stats.setdefault("positive_rate", {})[split] = rates
+    one_sided = [k for k, r in enumerate(rates) if r in (0.0, 1.0)]
+    if one_sided:
+        report.warnings.append(
+            f"{split}: labels {one_sided} have only negatives or only positives "
+            f"(positive rates {[rates[k] for k in one_sided]})"
+        )
+
+
+def _check_targets(report: DataReport, split: str, y: Tensor) -> None:
+    """Regression: the targets' mean, std, range and NaN/Inf counts; NaN/Inf targets warned."""
+    moments = _Moments()
+    moments.add(y)
+    report.stats.setdefault("targets", {})[split] = moments.stats()
+    if moments.nan or moments.inf:
+        report.warnings.append(
+            f"{split}: {moments.nan} NaN and {moments.inf} Inf target values (the loss turns NaN)"
         )
 
 

@@ -232,8 +232,9 @@ def diagnose(cfg: DictConfig, ctx: RunContext, tracker: Tracker | None = None) -
     tracker.set_tags({"diagnose": str(cfg.diagnose.name)})
     with signals.signals_raise():
         try:
+            factory = build.optimizer_factory(cfg.optimizer, s.allow)
             metrics = diagnostics.run_check(
-                cfg, s.splits, model, build.optimizer_factory(cfg.optimizer, s.allow), tracker
+                cfg, s.splits, model, factory, tracker, loss_fn=s.task.check_loss
             )
         except BaseException as exc:
             tracker.set_tags({FAILURE_REASON: diagnostics.failure_reason(exc)})

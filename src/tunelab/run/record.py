@@ -184,7 +184,10 @@ def finish_run(
         accs = per_class_accuracy(val_kept, y_val, splits.num_classes)
         tracker.log_metrics(per_class_metrics(accs), step=state.epoch)
     tracker.set_tags(
-        {"stopped_early": str(state.stopped_early).lower(), **_diagnosis_tags(h, splits, optimizer)}
+        {
+            "stopped_early": str(state.stopped_early).lower(),
+            **_diagnosis_tags(h, splits, optimizer, task.name),
+        }
     )
     tracker.log_dict(h, "history.json")
     if store.best_path.exists():
@@ -204,18 +207,28 @@ def example_inputs(data: Any) -> torch.Tensor:
     return data["x_val"][:2]
 
 
-def _diagnosis_tags(history: dict[str, list[float]], splits: Any, optimizer: str) -> dict[str, str]:
-    """Curve diagnosis (overfitting, unstable, ...) and data check, as flat tags."""
+def curve_diagnosis_tags(history: dict[str, list[float]], optimizer: str | None) -> dict[str, str]:
+    """The curve diagnosis (overfitting, unstable, ...) of a run's per-epoch history as flat
+    tags (`diagnosis=…`), each finding logged: tunelab's runs and a loop of the user's own
+    (`tracked_run`) alike. `optimizer`: its conf/optimizer name or class name in lower case."""
     from tunelab.diagnostics.curves import diagnose_curves, findings_to_tags
-    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
 
     findings = diagnose_curves(history, optimizer=optimizer)
     for f in findings:
         log.info("diagnosis: %s — %s", f.message, f.recommendation)
-    report = check_data(splits)
+    return findings_to_tags(findings)
+
+
+def _diagnosis_tags(
+    history: dict[str, list[float]], splits: Any, optimizer: str, task: str
+) -> dict[str, str]:
+    """Curve diagnosis and the data check of the task's targets, as flat tags."""
+    from tunelab.diagnostics.datacheck import check_data, datacheck_tags
+
+    report = check_data(splits, task=task)
     for w in report.warnings:
         log.warning("data check: %s", w)
-    return {**findings_to_tags(findings), **datacheck_tags(report)}
+    return {**curve_diagnosis_tags(history, optimizer), **datacheck_tags(report)}
 
 
 def final_outcome(exc: BaseException) -> str | None:

@@ -62,6 +62,14 @@ class Task:
             return F.cross_entropy(out, target, reduction="sum")
         return self._loss(out, target, None).sum()
 
+    def check_loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean loss of one batch, unweighted and unsmoothed (regression: on standardised
+        targets): what the lr range test, overfit check and gradient check minimise, so that
+        "the loss reaches ~0" holds for every task."""
+        if self.name == "classification":
+            return F.cross_entropy(out, target)
+        return self._loss(out, target, None).mean()
+
     def _loss(
         self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
     ) -> torch.Tensor:
@@ -142,19 +150,33 @@ class Task:
 
 def _classification(pred: torch.Tensor, y: torch.Tensor, classes: int) -> dict[str, float]:
     """Accuracy, balanced accuracy (the mean recall of the classes the split has), macro-F1 and
-    per-class recall and precision, from predicted and true class ids."""
-    c = tmf.classification
+    per-class recall and precision, from predicted and true class ids, all read off one confusion
+    matrix, with torchmetrics' definitions (a class with no example has recall 0, one never
+    predicted precision 0; macro-F1 averages the classes that occur or are predicted). Not
+    torchmetrics' calls: with deterministic algorithms on (trainer.deterministic, the default)
+    each counts with an N x C² comparison even on CPU, where torch.bincount is deterministic:
+    75 ms against 0.14 ms here for 1000 predictions of 10 classes (a loaded 2-core host)."""
     classes = classes or int(max(pred.max(), y.max())) + 1
-    recall = c.multiclass_recall(pred, y, num_classes=classes, average="none")
-    precision = c.multiclass_precision(pred, y, num_classes=classes, average="none")
-    present = torch.bincount(y, minlength=classes)[:classes] > 0
+    cells = torch.bincount(y.long() * classes + pred.long(), minlength=classes * classes)
+    confusion = cells[: classes * classes].reshape(classes, classes).double()  # true x predicted
+    tp, support, predicted = confusion.diagonal(), confusion.sum(1), confusion.sum(0)
+    recall = _ratio(tp, support)
+    precision = _ratio(tp, predicted)
+    f1 = _ratio(2 * tp, support + predicted)
+    seen = (support + predicted) > 0
+    present = support > 0
     out = {
-        "acc": float((pred == y).float().mean()),
-        "balanced_acc": float(recall[present].double().mean()) if present.any() else 0.0,
-        "macro_f1": float(c.multiclass_f1_score(pred, y, num_classes=classes, average="macro")),
+        "acc": float(tp.sum() / max(len(y), 1)),
+        "balanced_acc": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
     }
     out |= {f"recall/{k}": float(v) for k, v in enumerate(recall)}
     return out | {f"precision/{k}": float(v) for k, v in enumerate(precision)}
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, 0 where den is 0 (torchmetrics' zero_division=0)."""
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
 
 
 def make_task(cfg: DictConfig, splits: Any) -> Task:

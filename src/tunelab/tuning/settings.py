@@ -188,7 +188,15 @@ def sweep_settings(
     if schema is None:
         target = str(values.get("_target_") or "")
         schema = StudySweeperConf if target.endswith("StudySweeper") else TunelabSweeperConf
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    pruner = settings.pruner
+    if pruner.name in ("median", "percentile") and "n_startup_trials" not in pruner.kwargs:
+        # Optuna waits for 5 finished trials: a budget of 6 could prune one. A third of the
+        # budget (1 to 5) starts instead; 15 trials and more keep Optuna's 5.
+        startup = min(5, max(1, int(settings.n_trials) // 3))
+        kwargs = {**pruner.kwargs, "n_startup_trials": startup}
+        settings = dataclasses.replace(settings, pruner=dataclasses.replace(pruner, kwargs=kwargs))
+    return settings
 
 
 def cell_sweep_settings(study: StudySweeperConf, **changes: Any) -> TunelabSweeperConf:
