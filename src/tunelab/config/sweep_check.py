@@ -9,8 +9,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tunelab.config import constraints, tasks
 from tunelab.config import rules as r
-from tunelab.config import tasks
 from tunelab.config.schema import ConfigError, validate
 from tunelab.config.search_methods import pruner_name, sampler_name
 
@@ -131,12 +131,27 @@ def _objective_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
+def _constraint_problems(cfg: DictConfig) -> list[str]:
+    """hydra.sweeper.constraints: each of the form, on a metric the task's runs report (a class
+    the data has)."""
+    values = OmegaConf.select(cfg, "hydra.sweeper.constraints", default=None)
+    values = OmegaConf.to_container(values) if OmegaConf.is_config(values) else values
+    task = str(OmegaConf.select(cfg, "task.name", default=tasks.DEFAULT))
+    target = OmegaConf.select(cfg, "data._target_", default=None)
+    classes = tasks.CLASS_COUNTS.get(target)
+    if target == "tunelab.data.sources.synthetic":
+        classes = OmegaConf.select(cfg, "data.num_classes", default=None)
+    return constraints.problems(values, task, classes if isinstance(classes, int) else None)
+
+
 def sweeper_problems(cfg: DictConfig) -> list[str]:
     kind = sweeper_kind(cfg)
     if kind is None:
         return []
     table = STUDY if kind == "study" else SWEEPER
     out = _objective_problems(cfg)
+    if kind == "sweeper":
+        out += _constraint_problems(cfg)
     for key, check in table.items():
         value = OmegaConf.select(cfg, f"hydra.sweeper.{key}", default=None)
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -124,6 +124,9 @@ class TunelabSweeperConf(SweepSettings):
     baseline: bool = False
     # queue an earlier study's best configurations first (once per study)
     warm_start: WarmStartConf = field(default_factory=WarmStartConf)
+    # "METRIC >= NUMBER" / "METRIC <= NUMBER" on each trial's (seed-mean) summary metrics: the best
+    # trial is chosen among the trials that meet them all (config/constraints.py)
+    constraints: list[str] = field(default_factory=list)
 
 
 @dataclass

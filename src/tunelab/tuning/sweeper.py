@@ -29,6 +29,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from tunelab.compat.hydra_internals import runs_in_process
+from tunelab.config.constraints import parse_all
 from tunelab.config.identity import changed_keys, digest, fixed_settings
 from tunelab.config.search_methods import SAMPLERS, SamplerFacts
 from tunelab.config.secrets import mask
@@ -37,7 +38,7 @@ from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
-from tunelab.tags import FAILURE_REASON, ROLE, WARM_START_FROM, Role
+from tunelab.tags import FAILURE_REASON, FEASIBLE, ROLE, WARM_START_FROM, Role
 from tunelab.tuning import devices, pruning, study_storage
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import Interrupted, Outcome, can_group, job_overrides, seed_outcomes
@@ -86,12 +87,21 @@ class Sweep:
         ]
         self.metrics = [o["metric"] for o in objectives]
         self.directions = [o["direction"] for o in objectives]
+        self.constraints = parse_all(settings.constraints)
+        # what each job must report: the objectives and the constrained metrics
+        self.watched = list(dict.fromkeys(self.metrics + [c.metric for c in self.constraints]))
         self.space, self.fixed = build_space(settings.params, arguments, settings.conditional)
         if not self.space:
             raise ValueError("empty search space: set hydra.sweeper.params or pass sweep overrides")
         self.sampler_name = settings.sampler.name
         self.sampler_facts = SAMPLERS[self.sampler_name]
         _check_space(self.sampler_facts, self.space)
+        if self.constraints and not self.sampler_facts.constrained:
+            log.info(
+                "sampler %s samples without the constraints; the best trial is chosen among "
+                "the trials that meet them",
+                self.sampler_name,
+            )
         self.runner, self.n_jobs, self.devices = _launch_plan(
             settings, config, launcher, len(self.fixed), self.sampler_facts.sequential
         )
@@ -99,6 +109,8 @@ class Sweep:
         # what the trials hold fixed: a study never mixes trials run under other settings
         held = fixed_settings(config, [p.name for p in self.space])
         held.update({"hydra.sweeper.seeds": settings.seeds, "objectives": objectives})
+        if self.constraints:  # a study's trials are judged feasible under one set of constraints
+            held["constraints"] = [c.text for c in self.constraints]
         self.held = json.loads(json.dumps(held, default=str))  # as the study stores it
         self.study_name = settings.study_name or (
             f"{self.experiment}-{self.sampler_name}-{digest(self.held, 8)}"
@@ -290,7 +302,7 @@ class Sweep:
                     self.state.in_job = False
 
             together = self.together and seed_key == "seed"
-            outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.metrics, together)
+            outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.watched, together)
             for kind, reason, values, job_dir, job_run in outcomes:
                 out.job_dirs.append(job_dir)
                 # e.g. its worker, or its SLURM job, stopped with the sweep
@@ -325,6 +337,12 @@ class Sweep:
                 if len(self.seeds) > 1:
                     for m in self.metrics:
                         trial.set_user_attr(f"seeds:{m}", [v[m] for v in out.per_seed])
+                if self.constraints:
+                    violations = self.violations(means)
+                    trial.set_user_attr("constraints", violations)
+                    for text, value in violations.items():  # what samplers and best_trial read
+                        trial.set_constraint(text, value)
+                    end_tags[FEASIBLE] = str(all(v <= 0 for v in violations.values())).lower()
                 self.study.tell(trial, [means[m] for m in self.metrics])
             elif out.kind == "pruned":
                 self.study.tell(trial, state=TrialState.PRUNED)
@@ -360,10 +378,16 @@ class Sweep:
         state = {"complete": "COMPLETE", "pruned": "PRUNED"}.get(out.kind, "FAIL")
         shown = {m: means.get(m) for m in self.metrics} if means else ""
         said = "INTERRUPTED (re-queued)" if out.kind == "interrupted" else state
+        if end_tags.get(FEASIBLE) == "false":
+            said += " (infeasible)"
         log.info("trial %d %s %s %s", trial.number, said, shown, out.reason)
         if self.runs and run_id:
             end_tags.update(optuna_state=state, n_seeds=str(len(out.per_seed)))
             self.runs.end_trial(run_id, out.kind, means, end_tags, params)
+
+    def violations(self, means: dict[str, float]) -> dict[str, float]:
+        """Each constraint's violation by a trial's seed-mean metrics (<= 0: met), by its text."""
+        return {c.text: c.violation(means) for c in self.constraints}
 
     # ---- stopping ----------------------------------------------------------------------------
     def _stop_by(self, signum: int) -> None:
