@@ -188,3 +188,42 @@ def test_a_constrained_study_is_not_resumed_under_other_constraints(app):
             "hydra.sweeper.study_name=s",
             "hydra.sweeper.constraints=['val/recall/1 >= 0.5']",
         )
+
+
+@pytest.mark.slow
+def test_the_class_weight_preset_finds_a_weight_that_meets_the_recall_floor(tmp_path):
+    """search=class_weight_line (seed 004's example) end to end, on a smaller budget: digit 3
+    against the rest, task.pos_weight by golden section under a recall floor."""
+    proc = run_cli(
+        "-m",
+        "search=class_weight_line",
+        "hydra.sweeper.n_trials=3",
+        "trainer.max_epochs=2",
+        "hydra.sweeper.study_name=cw",
+        "hydra.sweeper.constraints=['val/recall >= 0.5']",
+        "hydra.sweeper.figures=false",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="cw", storage=_journal(tmp_path))
+    assert len(study.trials) == 3 and all(t.values for t in study.trials)
+    assert all(set(t.constraints) == {"val/recall >= 0.5"} for t in study.trials)
+    weights = [t.params["task.pos_weight"] for t in study.trials]
+    assert all(1.0 <= w <= 30.0 for w in weights)
+    feasible = [t for t in study.trials if t.constraints["val/recall >= 0.5"] <= 0]
+    summary = json.loads(next(tmp_path.glob("multirun/*/*/summary.json")).read_text())
+    if feasible:
+        best = max(feasible, key=lambda t: t.value)
+        assert summary["best"][0]["number"] == best.number
+        assert summary["best"][0]["values"]["val/precision"] == pytest.approx(best.value)
+    else:
+        assert summary["best"] == [] and len(summary["infeasible"]) == 3
+
+
+def _journal(directory):
+    from tunelab.tuning.study_storage import make_storage
+
+    return make_storage(f"journal:{directory / 'optuna.journal'}")

@@ -48,6 +48,11 @@ PRUNERS: dict[str, str] = {
 }
 
 
+# the pruners whose rungs can be training-set fractions (hydra.sweeper.fidelity=data)
+FIDELITY_PRUNERS = ("successive_halving", "hyperband")
+FIDELITIES = ("epochs", "data")
+
+
 def sampler_name(v: object) -> str | None:
     """None when `v` names a registered sampler, else what is allowed."""
     return None if isinstance(v, str) and v in SAMPLERS else f"one of {sorted(SAMPLERS)}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +108,18 @@ def make_splits(
 
 
 CLASSES, MULTI_HOT, VALUES = "classes", "multi_hot", "values"  # config/tasks.py's target kinds
+
+
+def train_fraction(splits: Splits, fraction: float, seed: int) -> Splits:
+    """The splits with only `fraction` of the training examples (at least one): the first
+    ceil(fraction x n) of one seeded permutation, so a smaller fraction's examples are part of every
+    larger one's (a sweep's data fidelity, hydra.sweeper.fidelity=data). Validation and test stay."""
+    if fraction >= 1.0:
+        return splits
+    n = len(splits.y_train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    keep = order[: max(1, math.ceil(fraction * n))].sort().values
+    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep])
 
 
 def target_kind(y: np.ndarray, values: bool = False) -> str:
