@@ -227,3 +227,23 @@ def _journal(directory):
     from tunelab.tuning.study_storage import make_storage
 
     return make_storage(f"journal:{directory / 'optuna.journal'}")
+
+
+def test_task_positive_class_turns_one_class_against_the_rest(tmp_path):
+    """task=binary task.positive_class=k: class k is 1, the others 0, in every split (the
+    imbalanced task of search=class_weight_line); a class the data lacks is refused."""
+    import numpy as np
+
+    from tunelab.data.splits import make_splits, one_vs_rest
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 1, 8)).astype(np.float32), rng.integers(0, 4, 200)
+    splits = make_splits(x, y, x[:40], y[:40], name="t", val_fraction=0.2, split_seed=0)
+    binary = one_vs_rest(splits, 3)
+    assert binary.num_classes == 2
+    for k in ("y_train", "y_val", "y_test"):
+        assert getattr(binary, k).tolist() == (getattr(splits, k) == 3).long().tolist()
+    with pytest.raises(ValueError, match="task.positive_class=4"):
+        one_vs_rest(splits, 4)
+    proc = run_cli(*FAST, "task=binary", "task.positive_class=9", cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and "task.positive_class=9" in proc.stderr, proc.stderr[-2000:]

@@ -45,7 +45,6 @@ DATA: dict[str, dict[str, r.Check]] = {
         "train_split": r.OPEN_UNIT,
         "data_seed": SEED,
         "cache_dir": r.optional_text,
-        "positive_class": r.optional(r.number(0, 9, integer=True)),
     },
     "tunelab.data.sources.digits": {**DATA_COMMON, "test_fraction": r.OPEN_UNIT},
     "tunelab.data.sources.npz": {

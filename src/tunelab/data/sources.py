@@ -26,21 +26,15 @@ def mnist1d(
     data_seed: int = 42,
     cache_dir: str | None = None,
     train_subset: int | None = None,
-    positive_class: int | None = None,
 ) -> Splits:
-    """MNIST-1D generated offline by the `mnist1d` package (official 4,000/1,000 split by default).
-    `positive_class`: that digit against the other nine (targets 1 and 0, about 10% positives),
-    an imbalanced binary task."""
+    """MNIST-1D generated offline by the `mnist1d` package (official 4,000/1,000 split by default)."""
     raw = _load_or_make_mnist1d(num_samples, train_split, data_seed, cache_dir)
     x, x_test = raw["x"][:, None, :], raw["x_test"][:, None, :]  # (N, 40) -> (N, 1, 40)
-    y, y_test = raw["y"], raw["y_test"]
-    if positive_class is not None:
-        y, y_test = (np.asarray(t == positive_class, dtype=np.int64) for t in (y, y_test))
     return make_splits(
         x,
-        y,
+        raw["y"],
         x_test,
-        y_test,
+        raw["y_test"],
         name="mnist1d",
         val_fraction=val_fraction,
         split_seed=split_seed,

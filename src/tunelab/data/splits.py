@@ -156,3 +156,15 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, split: str) -> None:
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise ValueError(f"{split} inputs contain {bad} NaN/Inf values")
+
+
+def one_vs_rest(splits: Splits, positive: int) -> Splits:
+    """The splits with class `positive` as 1 and every other class as 0: a binary task (often an
+    imbalanced one) from a multi-class dataset. ValueError when the data has no such class."""
+    if splits.targets != CLASSES or not 0 <= positive < splits.num_classes:
+        raise ValueError(
+            f"task.positive_class={positive}: the data's targets are {splits.targets} with "
+            f"{splits.num_classes} classes"
+        )
+    ys = {k: (getattr(splits, k) == positive).long() for k in ("y_train", "y_val", "y_test")}
+    return dataclasses.replace(splits, **ys, num_classes=2)
