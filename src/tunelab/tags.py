@@ -60,6 +60,8 @@ ENTRY_POINT = "entry_point"  # the script a run of a loop of the user's own ran 
 FAILURE_REASON = "failure_reason"
 FAILURE_MESSAGE = "failure_message"
 FAILURE_TAGS = (FAILURE_REASON, FAILURE_MESSAGE)
+DATA_FRACTION = "data_fraction"  # a fidelity=data sweep's trial: the training fraction it reached
+FEASIBLE = "feasible"  # a constrained sweep's trial: "true" when it meets hydra.sweeper.constraints
 DIVERGED_AT_EPOCH = "diverged_at_epoch"
 PREEMPTED = "preempted"  # SLURM warned the job (time limit, preemption) and requeued it
 MODEL_FORMAT = "model_format"

@@ -276,6 +276,8 @@ BY_TARGET: dict[str, dict[str, dict[str, r.Check]]] = {
 # Groups without a _target_: one set of settings, the same for every option.
 TRAINER: dict[str, r.Check] = {
     "max_epochs": r.POSITIVE_INT,
+    # absent: all; set by a sweep with hydra.sweeper.fidelity=data (run/prepare.py)
+    "train_fraction": r.number(0, 1, lo_open=True),
     "batch_size": r.POSITIVE_INT,
     "drop_last": r.boolean,
     "grad_accum_steps": r.POSITIVE_INT,

@@ -18,18 +18,23 @@ class SamplerFacts:
     sequential: bool = False
     # draws from a grid of values per interval (hydra.sweeper.grid_points); its size caps n_trials
     gridded: bool = False
+    # samples towards the trials that meet hydra.sweeper.constraints (Optuna's trial.constraints);
+    # the others sample as without them, and the best trial is chosen among the feasible ones
+    constrained: bool = False
 
 
 SAMPLERS: dict[str, SamplerFacts] = {
     "bruteforce": SamplerFacts("BruteForceSampler"),
     "cmaes": SamplerFacts("CmaEsSampler"),
-    "gp": SamplerFacts("GPSampler"),
+    "gp": SamplerFacts("GPSampler", constrained=True),
     "grid": SamplerFacts("GridSampler", fixed_seed=True, gridded=True),
-    "line": SamplerFacts("GoldenSectionSampler", fixed_seed=True, sequential=True),
-    "nsgaii": SamplerFacts("NSGAIISampler"),
+    "line": SamplerFacts(
+        "GoldenSectionSampler", fixed_seed=True, sequential=True, constrained=True
+    ),
+    "nsgaii": SamplerFacts("NSGAIISampler", constrained=True),
     "qmc": SamplerFacts("QMCSampler", fixed_seed=True),
     "random": SamplerFacts("RandomSampler"),
-    "tpe": SamplerFacts("TPESampler"),
+    "tpe": SamplerFacts("TPESampler", constrained=True),
 }
 
 # pruner name -> its class in `optuna.pruners`
@@ -41,6 +46,11 @@ PRUNERS: dict[str, str] = {
     "hyperband": "HyperbandPruner",
     "wilcoxon": "WilcoxonPruner",
 }
+
+
+# the pruners whose rungs can be training-set fractions (hydra.sweeper.fidelity=data)
+FIDELITY_PRUNERS = ("successive_halving", "hyperband")
+FIDELITIES = ("epochs", "data")
 
 
 def sampler_name(v: object) -> str | None:

@@ -9,10 +9,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tunelab.config import constraints, tasks
 from tunelab.config import rules as r
-from tunelab.config import tasks
 from tunelab.config.schema import ConfigError, validate
-from tunelab.config.search_methods import pruner_name, sampler_name
+from tunelab.config.search_methods import FIDELITIES, FIDELITY_PRUNERS, pruner_name, sampler_name
 
 STORAGE_SCHEMES = ("journal", "sqlite", "postgresql", "mysql")
 # a trial is stale after this many heartbeat intervals without one (the default and the minimum):
@@ -92,6 +92,8 @@ SWEEPER: dict[str, r.Check] = {
     "n_trials": r.POSITIVE_INT,
     "seeds": seeds,
     "warm_start": warm_start,
+    "fidelity": r.optional(r.one_of(*FIDELITIES)),  # absent: epochs
+    "data_rungs": r.optional(r.number(2, integer=True)),
 }
 STUDY: dict[str, r.Check] = {
     **COMMON,
@@ -131,12 +133,54 @@ def _objective_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
+def _constraint_problems(cfg: DictConfig) -> list[str]:
+    """hydra.sweeper.constraints: each of the form, on a metric the task's runs report (a class
+    the data has)."""
+    values = OmegaConf.select(cfg, "hydra.sweeper.constraints", default=None)
+    values = OmegaConf.to_container(values) if OmegaConf.is_config(values) else values
+    task = str(OmegaConf.select(cfg, "task.name", default=tasks.DEFAULT))
+    target = OmegaConf.select(cfg, "data._target_", default=None)
+    classes = tasks.CLASS_COUNTS.get(target)
+    if target == "tunelab.data.sources.synthetic":
+        classes = OmegaConf.select(cfg, "data.num_classes", default=None)
+    return constraints.problems(values, task, classes if isinstance(classes, int) else None)
+
+
+def _fidelity_problems(cfg: DictConfig) -> list[str]:
+    """fidelity=data: rungs of a successive-halving or Hyperband pruner, on one objective."""
+    sel = OmegaConf.select
+    if sel(cfg, "hydra.sweeper.fidelity", default="epochs") != "data":
+        return []
+    out = []
+    pruner = sel(cfg, "hydra.sweeper.pruner.name", default="none")
+    if pruner not in FIDELITY_PRUNERS:
+        out.append(
+            f"hydra.sweeper.fidelity=data needs a pruner in {list(FIDELITY_PRUNERS)}, not "
+            f"{pruner!r}: set hydra.sweeper.pruner.name=successive_halving (or hyperband)"
+        )
+    objectives = sel(cfg, "hydra.sweeper.objectives", default=None)
+    if isinstance(objectives, ListConfig) and len(objectives) > 1:
+        out.append(
+            "hydra.sweeper.fidelity=data prunes by one objective: Optuna cannot prune a "
+            f"study of {len(objectives)} (hydra.sweeper.objectives)"
+        )
+    eta = sel(cfg, "hydra.sweeper.pruner.kwargs.reduction_factor", default=3)
+    if r.number(2, integer=True)(eta) is not None:
+        out.append(
+            f"hydra.sweeper.pruner.kwargs.reduction_factor={eta!r} is invalid with "
+            "fidelity=data: expected an integer >= 2 (the ratio of two rungs' fractions)"
+        )
+    return out
+
+
 def sweeper_problems(cfg: DictConfig) -> list[str]:
     kind = sweeper_kind(cfg)
     if kind is None:
         return []
     table = STUDY if kind == "study" else SWEEPER
     out = _objective_problems(cfg)
+    if kind == "sweeper":
+        out += _constraint_problems(cfg) + _fidelity_problems(cfg)
     for key, check in table.items():
         value = OmegaConf.select(cfg, f"hydra.sweeper.{key}", default=None)
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

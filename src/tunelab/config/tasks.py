@@ -57,7 +57,12 @@ TASKS: dict[str, TaskFacts] = {
         targets=(CLASSES,),
     ),
     "binary": TaskFacts(
-        {"pos_weight": r.OPTIONAL_POSITIVE, "threshold": r.OPEN_UNIT},
+        {
+            "pos_weight": r.OPTIONAL_POSITIVE,
+            "threshold": r.OPEN_UNIT,
+            # a class id of a multi-class dataset: that class is 1, every other 0 (run/prepare.py)
+            "positive_class": r.optional(r.NON_NEGATIVE_INT),
+        },
         {"acc": MAX, "auroc": MAX, "ap": MAX, "f1": MAX, "recall": MAX, "precision": MAX},
         train_acc=True,
         targets=(CLASSES,),

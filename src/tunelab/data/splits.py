@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,6 +110,18 @@ def make_splits(
 CLASSES, MULTI_HOT, VALUES = "classes", "multi_hot", "values"  # config/tasks.py's target kinds
 
 
+def train_fraction(splits: Splits, fraction: float, seed: int) -> Splits:
+    """The splits with only `fraction` of the training examples (at least one): the first
+    ceil(fraction x n) of one seeded permutation, so a smaller fraction's examples are part of every
+    larger one's (a sweep's data fidelity, hydra.sweeper.fidelity=data). Validation and test stay."""
+    if fraction >= 1.0:
+        return splits
+    n = len(splits.y_train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    keep = order[: max(1, math.ceil(fraction * n))].sort().values
+    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep])
+
+
 def target_kind(y: np.ndarray, values: bool = False) -> str:
     """What labels are: class ids (integers >= 0, one per example, of an integer dtype or whole
     floats), multi-hot ((N, L) of 0 and 1) or real values (anything else numeric). values: the
@@ -142,3 +156,15 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, split: str) -> None:
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise ValueError(f"{split} inputs contain {bad} NaN/Inf values")
+
+
+def one_vs_rest(splits: Splits, positive: int) -> Splits:
+    """The splits with class `positive` as 1 and every other class as 0: a binary task (often an
+    imbalanced one) from a multi-class dataset. ValueError when the data has no such class."""
+    if splits.targets != CLASSES or not 0 <= positive < splits.num_classes:
+        raise ValueError(
+            f"task.positive_class={positive}: the data's targets are {splits.targets} with "
+            f"{splits.num_classes} classes"
+        )
+    ys = {k: (getattr(splits, k) == positive).long() for k in ("y_train", "y_val", "y_test")}
+    return dataclasses.replace(splits, **ys, num_classes=2)

@@ -69,10 +69,13 @@ def trials_table(study: optuna.Study, metrics: list[str], k: int = 5) -> str:
     if not done:
         return head
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
-    best = sorted(done, key=lambda t: sign * t.values[0])[:k]
+    missed = {t.number for t in done if any(v > 0 for v in t.constraints.values())}
+    if missed:  # a constrained sweep: the feasible trials rank first, the others are marked
+        head += f", {len(missed)} infeasible"
+    best = sorted(done, key=lambda t: (t.number in missed, sign * t.values[0]))[:k]
     rows = [
         [
-            str(t.number),
+            str(t.number) + (" (infeasible)" if t.number in missed else ""),
             *(_fmt(v) for v in t.values),
             " ".join(f"{p}={_fmt(v)}" for p, v in t.params.items()),
         ]

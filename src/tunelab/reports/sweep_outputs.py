@@ -65,20 +65,36 @@ def as_study(outcome: SweepOutcome) -> optuna.Study:
     return study
 
 
+def feasible(trial: FrozenTrial) -> bool:
+    """Whether a trial meets every constraint of its sweep (Optuna's: each value <= 0); a trial of
+    a sweep without constraints does."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def constrained(study: optuna.Study) -> bool:
+    return any(t.constraints for t in study.get_trials(deepcopy=False))
+
+
 def write_trials_csv(study: optuna.Study, path: Path) -> Path:
-    """Every trial with params, values, state, duration and user attrs."""
+    """Every trial with params, values, state, duration and user attrs (and, in a constrained
+    sweep, whether it is feasible: a finished trial that misses a constraint is not)."""
     df = study.trials_dataframe(
         attrs=("number", "value", "state", "duration", "params", "user_attrs")
     )
     if "duration" in df:
         df["duration"] = df["duration"].dt.total_seconds()
+    if constrained(study):
+        trials = study.get_trials(deepcopy=False)
+        df["feasible"] = [feasible(t) if t.constraints else None for t in trials]
     df.to_csv(path, index=False)
     return path
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The best trial (single objective) or the Pareto front (several)."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    """The best trial (single objective) or the Pareto front (several), among the feasible
+    trials of a constrained sweep."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not any(feasible(t) for t in complete):
         return []
     return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
 
@@ -169,8 +185,11 @@ def write_figures(study: optuna.Study, metrics: list[str], out_dir: Path) -> lis
 
 def summary(study: optuna.Study, metrics: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Counts per state, best values and params (for logs and the sweep run)."""
-    counts = trial_counts(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    counts = trial_counts(trials)
     out: dict[str, Any] = {"counts": counts, "best": []}
+    if constrained(study):
+        out["infeasible"] = sorted(t.number for t in trials if not feasible(t))
     for t in best_trials(study):
         out["best"].append(
             {
@@ -237,8 +256,12 @@ def _record(
     elif best:
         tags["pareto.trials"] = ",".join(str(t.number) for t in best)
         head = f"Pareto front: trials {tags['pareto.trials']} (pareto_front.csv)"
+    elif result.get("infeasible"):
+        head = "No finished trial meets the constraints."
     else:
         head = "No trial finished."
+    if "infeasible" in result:
+        tags["trials.infeasible"] = str(len(result["infeasible"]))
     counts = ", ".join(f"{v} {k}" for k, v in result["counts"].items() if v)
     compare = compare_best(outcome, study)
     tags["mlflow.note.content"] = (
@@ -268,7 +291,7 @@ def compare_best(
 
     if outcome.experiment_id is None:
         return None
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
     done = [t for t in done if t.user_attrs.get("mlflow_run_id")]
     done.sort(key=lambda t: -_sign(study, 0) * t.values[0])
     runs = [str(t.user_attrs["mlflow_run_id"]) for t in done[:most]]

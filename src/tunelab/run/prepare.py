@@ -18,6 +18,7 @@ from tunelab import build
 from tunelab.config import ConfigError, targets
 from tunelab.data.augment import Augment, make_augment
 from tunelab.data.loader import StreamedSplits
+from tunelab.data.splits import Splits, one_vs_rest, train_fraction
 from tunelab.run.context import RunContext
 from tunelab.run.lineage import resolve_device
 from tunelab.run.tasks import Task, make_task
@@ -47,6 +48,18 @@ def setup(cfg: DictConfig, ctx: RunContext) -> Setup:
     device = resolve_device(cfg.trainer.device)
     seed_everything(int(cfg.seed), cfg.trainer, ctx.threads)
     splits = build.build_data(cfg.data, allow)
+    positive = (cfg.get("task") or {}).get("positive_class")
+    if positive is not None:  # task=binary on one class of a multi-class dataset
+        if not isinstance(splits, Splits):
+            raise ConfigError("task.positive_class needs a dataset held in memory")
+        try:
+            splits = one_vs_rest(splits, int(positive))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if (fraction := cfg.trainer.get("train_fraction")) is not None:  # a sweep's data fidelity
+        if not isinstance(splits, Splits):
+            raise ConfigError("trainer.train_fraction needs a dataset held in memory")
+        splits = train_fraction(splits, float(fraction), int(cfg.data.get("split_seed", 0)))
     workers = int(splits.settings.num_workers) if isinstance(splits, StreamedSplits) else 0
     if workers and not cfg.trainer.num_threads:  # an explicit count is kept
         torch.set_num_threads(loader_threads(torch.get_num_threads(), workers))

@@ -43,6 +43,7 @@ class Outcome:
     per_seed: list[dict[str, float]] = field(default_factory=list)
     job_dirs: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)  # MLflow runs of the finished jobs
+    fraction: float | None = None  # fidelity=data: the training fraction of its last rung
 
 
 def env_overrides(env: dict[str, str]) -> list[str]:

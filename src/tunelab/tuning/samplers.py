@@ -3,7 +3,11 @@ smooth hyperparameter as an Optuna sampler.
 
 The line search is stateless: the next point is replayed from the finished trials, so a resumed
 study continues the same bracket. It assumes a unimodal objective on [low, high] (in log space for
-log distributions).
+log distributions). Under constraints (hydra.sweeper.constraints) it compares two points by Deb's
+constrained domination: a feasible point beats an infeasible one, two infeasible ones are ranked by
+how far they miss: where the feasible set is an interval of the knob and the objective unimodal on
+it, the bracket closes on the best feasible point (e.g. the smallest loss weight whose recall
+reaches a target, seed 004's example).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ _DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def next_point(
-    history: Sequence[tuple[float, float]], minimize: bool = True, tol: float = 1e-9
+    history: Sequence[tuple[float, Any]], minimize: bool = True, tol: float = 1e-9
 ) -> float:
-    """Next golden-section point in [0, 1] given evaluated (u, value) pairs (failures = +-inf)."""
+    """Next golden-section point in [0, 1] given evaluated (u, value) pairs (failures = +-inf);
+    a value may be a tuple (a rank, compared in order; minimize only)."""
 
-    def lookup(u: float) -> float | None:
+    def lookup(u: float) -> Any:
         for x, f in history:
             if abs(x - u) <= tol:
                 return f if minimize else -f
@@ -66,6 +71,17 @@ def _from_unit(u: float, d: FloatDistribution) -> float:
     return d.low + u * (d.high - d.low)
 
 
+def rank(trial: FrozenTrial, minimize: bool) -> tuple[float, float]:
+    """A finished trial's rank for the line search, lower better: (0, objective) when it meets
+    every constraint, (total violation, 0) when not, (inf, inf) failed or pruned."""
+    if trial.state != TrialState.COMPLETE or trial.value is None:
+        return math.inf, math.inf
+    violation = sum(max(0.0, v) for v in trial.constraints.values())
+    if violation > 0:
+        return violation, 0.0
+    return 0.0, trial.value if minimize else -trial.value
+
+
 class GoldenSectionSampler(BaseSampler):
     """Golden-section search over the single float parameter of the study (sequential trials)."""
 
@@ -86,14 +102,12 @@ class GoldenSectionSampler(BaseSampler):
                 f"line search needs a continuous float parameter, got {param_name}: {dist}"
             )
         minimize = study.direction == StudyDirection.MINIMIZE
-        worst = math.inf if minimize else -math.inf
         history = []
         for t in study.get_trials(deepcopy=False, states=_DONE):
             if param_name not in t.params or t.user_attrs.get("stale"):
                 continue
-            value = t.value if t.state == TrialState.COMPLETE and t.value is not None else worst
-            history.append((_to_unit(t.params[param_name], dist), value))
-        u = next_point(history, minimize=minimize)
+            history.append((_to_unit(t.params[param_name], dist), rank(t, minimize)))
+        u = next_point(history)
         return min(max(_from_unit(u, dist), dist.low), dist.high)
 
     def reseed_rng(self) -> None:

@@ -124,6 +124,14 @@ class TunelabSweeperConf(SweepSettings):
     baseline: bool = False
     # queue an earlier study's best configurations first (once per study)
     warm_start: WarmStartConf = field(default_factory=WarmStartConf)
+    # "METRIC >= NUMBER" / "METRIC <= NUMBER" on each trial's (seed-mean) summary metrics: the best
+    # trial is chosen among the trials that meet them all (config/constraints.py)
+    constraints: list[str] = field(default_factory=list)
+    # the budget of successive halving / Hyperband: epochs (each job reports every epoch), or
+    # data: rung r trains on a nested fraction of the training split (data_rungs rungs, the last
+    # all of it) and reports once
+    fidelity: str = "epochs"
+    data_rungs: int = 3
 
 
 @dataclass

@@ -204,6 +204,8 @@ def tell_late(
         attrs: dict[str, Any] = {"mlflow_run_id": run_id, "mlflow_seed_run_ids": out.run_ids}
         if len(out.per_seed) > 1:
             attrs.update({f"seeds:{m}": [v[m] for v in out.per_seed] for m in sweep.metrics})
+        if sweep.constraints:
+            attrs["constraints"] = sweep.violations(means)
         values = [means[m] for m in sweep.metrics]
         told = retry_for(sweep.storage, sweep.study, trial.number, values, attrs)
     where = f"told as its retry, trial {told}" if told is not None else "not told to Optuna"
@@ -232,6 +234,8 @@ def retry_for(
         storage.set_trial_system_attr(tid, OWNER, processes.me())
         for key, value in {**attrs, "late_result_of": number}.items():
             storage.set_trial_user_attr(tid, key, value)
+        for text, value in (attrs.get("constraints") or {}).items():
+            optuna.Trial(study, tid).set_constraint(text, value)
         study.tell(t.number, values)
         return t.number
     return None

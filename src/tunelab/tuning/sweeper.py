@@ -29,15 +29,24 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from tunelab.compat.hydra_internals import runs_in_process
+from tunelab.config.constraints import parse_all
 from tunelab.config.identity import changed_keys, digest, fixed_settings
-from tunelab.config.search_methods import SAMPLERS, SamplerFacts
+from tunelab.config.search_methods import FIDELITY_PRUNERS, SAMPLERS, SamplerFacts
 from tunelab.config.secrets import mask
 from tunelab.config.space import Param, build_space, describe, grid_values, suggest
 from tunelab.reports import sweep_outputs
 from tunelab.reports.runs_table import trials_table
 from tunelab.run import signals
 from tunelab.run.context import RunContext, TrialRef, aggregate
-from tunelab.tags import FAILURE_REASON, PREEMPTED, ROLE, WARM_START_FROM, Role
+from tunelab.tags import (
+    DATA_FRACTION,
+    FAILURE_REASON,
+    FEASIBLE,
+    PREEMPTED,
+    ROLE,
+    WARM_START_FROM,
+    Role,
+)
 from tunelab.tuning import devices, pruning, slurm_jobs, study_storage
 from tunelab.tuning.inprocess import plan_launch
 from tunelab.tuning.jobs import (
@@ -93,12 +102,27 @@ class Sweep:
         ]
         self.metrics = [o["metric"] for o in objectives]
         self.directions = [o["direction"] for o in objectives]
+        self.constraints = parse_all(settings.constraints)
+        # what each job must report: the objectives and the constrained metrics
+        self.watched = list(dict.fromkeys(self.metrics + [c.metric for c in self.constraints]))
         self.space, self.fixed = build_space(settings.params, arguments, settings.conditional)
         if not self.space:
             raise ValueError("empty search space: set hydra.sweeper.params or pass sweep overrides")
         self.sampler_name = settings.sampler.name
         self.sampler_facts = SAMPLERS[self.sampler_name]
         _check_space(self.sampler_facts, self.space)
+        if self.constraints and not self.sampler_facts.constrained:
+            log.info(
+                "sampler %s samples without the constraints; the best trial is chosen among "
+                "the trials that meet them",
+                self.sampler_name,
+            )
+        # the training-set fraction of each rung (fidelity=data), the pruner's steps: fraction x
+        # rung_steps; one rung of all the data (fidelity=epochs: the jobs report every epoch)
+        self.rungs, self.rung_steps = data_rungs(settings)
+        if len(self.rungs) > 1:
+            settings = dataclasses.replace(settings, pruner=rung_pruner(settings))
+            self.settings = settings
         self.runner, self.n_jobs, self.devices = _launch_plan(
             settings, config, launcher, len(self.fixed), self.sampler_facts.sequential
         )
@@ -106,6 +130,10 @@ class Sweep:
         # what the trials hold fixed: a study never mixes trials run under other settings
         held = fixed_settings(config, [p.name for p in self.space])
         held.update({"hydra.sweeper.seeds": settings.seeds, "objectives": objectives})
+        if settings.fidelity != "epochs":  # its trials' intermediate values are of other rungs
+            held.update(fidelity=settings.fidelity, data_rungs=settings.data_rungs)
+        if self.constraints:  # a study's trials are judged feasible under one set of constraints
+            held["constraints"] = [c.text for c in self.constraints]
         self.held = json.loads(json.dumps(held, default=str))  # as the study stores it
         self.study_name = settings.study_name or (
             f"{self.experiment}-{self.sampler_name}-{digest(self.held, 8)}"
@@ -275,17 +303,22 @@ class Sweep:
         try:
             seed_key = self.settings.seed_key
 
+            rung, fraction = 0, 1.0
+            by_epoch = self.settings.fidelity == "epochs"  # else the rungs' jobs report nothing
+
             def overrides_for(i: int) -> list[str]:
                 ctx = self.ctx.derive(
                     parent_run_id=run_id,
                     tags={**tags, ROLE: Role.SEED, "replicate": str(i)},
                     log_model=False,
-                    trial=TrialRef(self.context_path, trial.number, report=i == 0),
+                    trial=TrialRef(self.context_path, trial.number, report=i == 0 and by_epoch),
                 )
-                return job_overrides([*self.fixed, *on], params, self.seeds[i], seed_key, ctx)
+                less = [f"++trainer.train_fraction={fraction!r}"] if fraction < 1 else []
+                fixed = [*self.fixed, *on, *less]
+                return job_overrides(fixed, params, self.seeds[i], seed_key, ctx)
 
             def launch(overrides: list[str], i: int) -> Any:
-                first = trial.number * len(self.seeds) + i
+                first = (trial.number * len(self.rungs) + rung) * len(self.seeds) + i
                 if self.state.signum:  # the next seed of a trial that a signal stopped
                     raise Interrupted(self.state.signum)
                 self.state.in_job = runs_in_process(self.launcher) and _main_thread()
@@ -299,17 +332,29 @@ class Sweep:
                     self.state.in_job = False
 
             together = self.together and seed_key == "seed"
-            outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.metrics, together)
-            for kind, reason, values, job_dir, job_run in outcomes:
-                out.job_dirs.append(job_dir)
-                # e.g. its worker, or its SLURM job, stopped with the sweep
-                if kind in ("fail", "lost") and self.state.signum:
-                    kind, reason = "interrupted", signal.Signals(self.state.signum).name
-                if kind != "complete":
-                    out.kind, out.reason = kind, reason
+            for rung, fraction in enumerate(self.rungs):  # noqa: B007 (the closures read them)
+                out.per_seed, out.run_ids = [], []
+                outcomes = seed_outcomes(launch, self.seeds, overrides_for, self.watched, together)
+                for kind, reason, values, job_dir, job_run in outcomes:
+                    out.job_dirs.append(job_dir)
+                    # e.g. its worker, or its SLURM job, stopped with the sweep
+                    if kind in ("fail", "lost") and self.state.signum:
+                        kind, reason = "interrupted", signal.Signals(self.state.signum).name
+                    if kind != "complete":
+                        out.kind, out.reason = kind, reason
+                        break
+                    out.per_seed.append(values)
+                    out.run_ids.append(job_run or "")
+                if len(self.rungs) > 1:
+                    trial.set_user_attr("data_fraction", fraction)
+                    out.fraction = fraction
+                if out.kind != "complete" or rung == len(self.rungs) - 1:
                     break
-                out.per_seed.append(values)
-                out.run_ids.append(job_run or "")
+                value = aggregate(out.per_seed)[self.metrics[0]]
+                trial.report(value, step=round(fraction * self.rung_steps))
+                if trial.should_prune():
+                    out.kind, out.reason = "pruned", f"pruned at data fraction {fraction:.4g}"
+                    break
         finally:
             beat.stop()
             pruning.unregister(self.context_path, trial)
@@ -337,6 +382,12 @@ class Sweep:
                 if len(self.seeds) > 1:
                     for m in self.metrics:
                         trial.set_user_attr(f"seeds:{m}", [v[m] for v in out.per_seed])
+                if self.constraints:
+                    violations = self.violations(means)
+                    trial.set_user_attr("constraints", violations)
+                    for text, value in violations.items():  # what samplers and best_trial read
+                        trial.set_constraint(text, value)
+                    end_tags[FEASIBLE] = str(all(v <= 0 for v in violations.values())).lower()
                 self.study.tell(trial, [means[m] for m in self.metrics])
             elif out.kind == "pruned":
                 self.study.tell(trial, state=TrialState.PRUNED)
@@ -372,10 +423,18 @@ class Sweep:
         state = {"complete": "COMPLETE", "pruned": "PRUNED"}.get(out.kind, "FAIL")
         shown = {m: means.get(m) for m in self.metrics} if means else ""
         said = "INTERRUPTED (re-queued)" if out.kind == "interrupted" else state
+        if end_tags.get(FEASIBLE) == "false":
+            said += " (infeasible)"
         log.info("trial %d %s %s %s", trial.number, said, shown, out.reason)
+        if len(self.rungs) > 1 and out.fraction is not None:
+            end_tags[DATA_FRACTION] = f"{out.fraction:.6g}"
         if self.runs and run_id:
             end_tags.update(optuna_state=state, n_seeds=str(len(out.per_seed)))
             self.runs.end_trial(run_id, out.kind, means, end_tags, params)
+
+    def violations(self, means: dict[str, float]) -> dict[str, float]:
+        """Each constraint's violation by a trial's seed-mean metrics (<= 0: met), by its text."""
+        return {c.text: c.violation(means) for c in self.constraints}
 
     # ---- stopping ----------------------------------------------------------------------------
     def _stop_by(self, signum: int) -> None:
@@ -600,6 +659,33 @@ def _launch_plan(
     runner, n_jobs = plan_launch(launcher, n_jobs, n_fixed, settings.cached_compose)
     n_jobs, slots = devices.plan(settings.gpus, settings.trials_per_gpu, config, n_jobs)
     return runner, n_jobs, slots
+
+
+def data_rungs(settings: TunelabSweeperConf) -> tuple[list[float], int]:
+    """(the training-set fraction of each rung, the pruner's steps for all the data). With
+    fidelity=data and the pruner's reduction factor eta (3 unless its kwargs say), data_rungs R
+    rungs train on eta^-(R-1), ..., 1/eta, 1 of the training split and report at steps 1, eta, ...,
+    eta^(R-1): the successive-halving rungs with min_resource 1."""
+    if settings.fidelity != "data":
+        return [1.0], 1
+    if settings.pruner.name not in FIDELITY_PRUNERS:
+        raise ValueError(
+            f"hydra.sweeper.fidelity=data needs a pruner in {list(FIDELITY_PRUNERS)}, not "
+            f"{settings.pruner.name!r}: set hydra.sweeper.pruner.name=successive_halving"
+        )
+    eta = int(settings.pruner.kwargs.get("reduction_factor", 3))
+    top = eta ** (settings.data_rungs - 1)
+    return [eta**r / top for r in range(settings.data_rungs)], top
+
+
+def rung_pruner(settings: TunelabSweeperConf) -> Any:
+    """The pruner settings whose rungs are data_rungs' steps: min_resource 1 (and Hyperband's
+    max_resource the last step), reduction factor eta."""
+    eta = int(settings.pruner.kwargs.get("reduction_factor", 3))
+    kwargs = {**settings.pruner.kwargs, "reduction_factor": eta, "min_resource": 1}
+    if settings.pruner.name == "hyperband":
+        kwargs["max_resource"] = eta ** (settings.data_rungs - 1)
+    return dataclasses.replace(settings.pruner, kwargs=kwargs)
 
 
 def _main_thread() -> bool:
