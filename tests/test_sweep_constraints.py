@@ -9,7 +9,7 @@ import math
 import pytest
 from conftest import FAST, run_cli
 from omegaconf import OmegaConf
-from test_sweep_plugin import CONFIG, OPTIMIZERS, load, multirun
+from test_sweep_plugin import load, multirun, write_app
 
 from tunelab.config.constraints import parse, parse_all
 from tunelab.config.sweep_check import sweeper_problems
@@ -40,13 +40,7 @@ BOUNDARY = math.log10(0.9 / 20.0)
 
 @pytest.fixture
 def app(tmp_path):
-    (tmp_path / "conf" / "optimizer").mkdir(parents=True)
-    (tmp_path / "app.py").write_text(APP)
-    repo = str(__import__("test_sweep_plugin").REPO)
-    (tmp_path / "conf" / "config.yaml").write_text(CONFIG.replace("REPO", repo))
-    for name, body in OPTIMIZERS.items():
-        (tmp_path / "conf" / "optimizer" / f"{name}.yaml").write_text(body + "\n")
-    return tmp_path
+    return write_app(tmp_path, APP)
 
 
 def _problems(values, **cfg) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from conftest import FAST, run_cli
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from test_sweep_plugin import CONFIG, OPTIMIZERS, REPO, load, multirun
+from test_sweep_plugin import load, multirun, write_app
 
 from tunelab.config.sweep_check import sweeper_problems
 from tunelab.data.splits import make_splits, train_fraction
@@ -40,12 +40,7 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def app(tmp_path):
-    (tmp_path / "conf" / "optimizer").mkdir(parents=True)
-    (tmp_path / "app.py").write_text(APP)
-    (tmp_path / "conf" / "config.yaml").write_text(CONFIG.replace("REPO", str(REPO)))
-    for name, body in OPTIMIZERS.items():
-        (tmp_path / "conf" / "optimizer" / f"{name}.yaml").write_text(body + "\n")
-    return tmp_path
+    return write_app(tmp_path, APP)
 
 
 def test_training_fractions_are_nested_deterministic_and_leave_val_and_test_alone():

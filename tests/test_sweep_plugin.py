@@ -98,15 +98,20 @@ OPTIMIZERS = {
 }
 
 
+def write_app(directory: Path, source: str = APP) -> Path:
+    """A toy app (`source` as app.py, with this module's config and optimizers) in `directory`."""
+    (directory / "conf" / "optimizer").mkdir(parents=True)
+    (directory / "app.py").write_text(source)
+    (directory / "conf" / "config.yaml").write_text(CONFIG.replace("REPO", str(REPO)))
+    for name, body in OPTIMIZERS.items():
+        (directory / "conf" / "optimizer" / f"{name}.yaml").write_text(body + "\n")
+    return directory
+
+
 @pytest.fixture
 def app(tmp_path):
     """The toy app's files in a temp dir; returns that dir."""
-    (tmp_path / "conf" / "optimizer").mkdir(parents=True)
-    (tmp_path / "app.py").write_text(APP)
-    (tmp_path / "conf" / "config.yaml").write_text(CONFIG.replace("REPO", str(REPO)))
-    for name, body in OPTIMIZERS.items():
-        (tmp_path / "conf" / "optimizer" / f"{name}.yaml").write_text(body + "\n")
-    return tmp_path
+    return write_app(tmp_path)
 
 
 def _task(app_dir: Path):

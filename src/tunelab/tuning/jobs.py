@@ -334,6 +334,20 @@ def lost_job(exc: BaseException) -> str | None:
     return f"slurm: {found.group(1).lower() if found else 'ended without a result'}"
 
 
+def squeue_state(job_id: str) -> str:
+    """The job's state as squeue shows it ("" once SLURM no longer knows it, or squeue fails)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "--noheader", "--states=all", "--format=%T", "--jobs", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out[0] if out else ""
+
+
 def slurm_end(job_id: str, signum: int, wait_s: float = 30) -> str:
     """`slurm: <state>` of a SLURM job that a signal stopped (scancel: `slurm: cancelled`), once
     SLURM has settled it (a job shows COMPLETING while its processes end); the signal when
@@ -341,15 +355,7 @@ def slurm_end(job_id: str, signum: int, wait_s: float = 30) -> str:
     deadline = time.monotonic() + wait_s
     state = ""
     while time.monotonic() < deadline:
-        try:
-            state = subprocess.run(
-                ["squeue", "--noheader", "--states=all", "--format=%T", "--jobs", job_id],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            state = ""
+        state = squeue_state(job_id)
         if state not in ("RUNNING", "COMPLETING", "SUSPENDED"):
             break
         time.sleep(0.5)

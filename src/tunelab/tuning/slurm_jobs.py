@@ -10,7 +10,6 @@ again. The budget stays exact: the trial is counted once, as it ran.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from optuna.trial import TrialState
 
 from tunelab import processes
 from tunelab.tuning import study_storage
-from tunelab.tuning.jobs import SLURM_JOB, Outcome, seed_outcomes
+from tunelab.tuning.jobs import SLURM_JOB, Outcome, seed_outcomes, squeue_state
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +29,12 @@ WAITING = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPE
 Tell = Callable[[optuna.Trial, Outcome, str | None, dict[str, Any]], None]
 
 
-def _state(job_id: str) -> str:
-    """The job's state as squeue shows it ("" once SLURM no longer knows it)."""
-    try:
-        out = subprocess.run(
-            ["squeue", "--noheader", "--states=all", "--format=%T", "--jobs", job_id],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out[0] if out else ""
-
-
 def _alive(job: dict[str, str]) -> bool:
     """Whether the job still runs or waits in SLURM, or has left its result to read."""
     import submitit
 
     result = submitit.SlurmJob(folder=job["folder"], job_id=job["id"]).paths.result_pickle
-    return Path(result).is_file() or _state(job["id"]) in WAITING
+    return Path(result).is_file() or squeue_state(job["id"]) in WAITING
 
 
 def adopt(
